@@ -1,0 +1,124 @@
+"""The exception hierarchy of tqsnap.
+
+Every error a user can hit derives from :class:`TqsnapError`. Messages name the object key (or
+URL) involved and say what to do, because these errors usually surface in unattended jobs whose
+only output is a log line.
+"""
+
+from __future__ import annotations
+
+
+class TqsnapError(Exception):
+    """Base class of every tqsnap error."""
+
+
+# --- store -----------------------------------------------------------------------------------
+
+
+class StoreError(TqsnapError):
+    """An object-store request failed for a reason other than the ones below."""
+
+
+class ObjectNotFoundError(StoreError):
+    """A key that was expected to exist is absent from the store."""
+
+    def __init__(self, key: str, message: str | None = None) -> None:
+        self.key = key
+        super().__init__(message or f"object {key!r} does not exist in the store")
+
+
+class BucketNotFoundError(StoreError):
+    """The bucket (or local root directory) named in the URL does not exist."""
+
+
+class AccessDeniedError(StoreError):
+    """The store refused the credentials or the operation (HTTP 401/403)."""
+
+
+class ConditionalWriteUnsupportedError(StoreError):
+    """The store cannot do an atomic create, and the user did not opt in to single-writer mode."""
+
+
+# --- format ----------------------------------------------------------------------------------
+
+
+class FormatError(TqsnapError):
+    """Bytes on the store do not follow docs/format.md."""
+
+
+class ManifestError(FormatError):
+    """A manifest (or repository config) is malformed: not JSON, missing fields, wrong types."""
+
+
+class UnsupportedFormatError(FormatError):
+    """The object was written by a newer, incompatible format major version."""
+
+
+class CorruptShardError(FormatError):
+    """A shard's bytes do not hash to the name it is stored under."""
+
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        self.key, self.expected, self.actual = key, expected, actual
+        super().__init__(
+            f"shard {key!r} is corrupt: expected xxh3-128 {expected}, got {actual}. "
+            "Restore from an older snapshot or re-run the save that produced it."
+        )
+
+
+class MissingShardError(FormatError):
+    """A shard referenced by a manifest is absent from the store."""
+
+    def __init__(self, key: str, snapshot: str = "") -> None:
+        self.key = key
+        where = f" (referenced by {snapshot})" if snapshot else ""
+        super().__init__(
+            f"shard {key!r} is missing{where}. The snapshot cannot be restored; "
+            "run `tqsnap verify` to list every damaged snapshot."
+        )
+
+
+# --- repository and engine -------------------------------------------------------------------
+
+
+class InvalidNameError(TqsnapError, ValueError):
+    """A stream or tag name would escape its key prefix or is otherwise unusable."""
+
+
+class RepositoryNotFoundError(TqsnapError):
+    """No `tqsnap.json` exists at the URL."""
+
+
+class SnapshotNotFoundError(TqsnapError):
+    """The requested stream, seq or tag does not resolve to a visible snapshot."""
+
+
+class KindMismatchError(TqsnapError):
+    """A snapshot of one kind (say, a DCP checkpoint) was given to a loader of another."""
+
+
+class CommitConflictError(TqsnapError):
+    """The writer lost the commit race more times than it is allowed to retry."""
+
+
+class WriteDeadlineExceededError(TqsnapError):
+    """The writer ran past `started_at + max_write_duration`; its shards are now garbage."""
+
+
+class UnsafeConfigError(TqsnapError, ValueError):
+    """A repository config would let gc delete shards a live writer still needs."""
+
+
+class PickleNotAllowedError(TqsnapError):
+    """Saving or loading an arbitrary Python object requires `allow_pickle=True`."""
+
+
+class PolicyError(TqsnapError, ValueError):
+    """A retention policy is empty or malformed."""
+
+
+class TargetNotEmptyError(TqsnapError):
+    """A restore target already holds data and `force=True` was not given."""
+
+
+class RestoreError(TqsnapError):
+    """A restore could not be carried out; the target was left unchanged."""

@@ -1,0 +1,108 @@
+"""The byte-level object store interface every backend implements.
+
+The store knows nothing of snapshots: it moves opaque bytes under string keys. Keys are
+relative to the store's root (the URL's path or prefix) and always use ``/`` separators.
+
+Conditional create (:meth:`ObjectStore.put_if_absent`) is a first-class verb, not a flag on
+:meth:`ObjectStore.put`, because it is the single mutable decision of the whole system: the
+commit of a manifest.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+Buffer = bytes | bytearray | memoryview
+
+#: S3's DeleteObjects accepts at most this many keys per request.
+DELETE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or HEAD says about one object."""
+
+    key: str
+    size: int
+    last_modified: float  # seconds since the epoch, in the store's clock
+
+
+class ObjectStore(abc.ABC):
+    """Bytes on an object store: get, ranged get, put, put-if-absent, head, list, delete.
+
+    Implementations must be safe to call from many threads at once.
+    """
+
+    #: The URL the store was opened from (``file:///...``, ``s3://bucket/prefix``, ``memory://x``).
+    url: str
+
+    #: True when :meth:`put_if_absent` is an atomic create that exactly one racer can win.
+    atomic_create: bool = True
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the whole object. Raises :class:`~tqsnap.errors.ObjectNotFoundError`."""
+
+    @abc.abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Return ``length`` bytes from ``start``. Shorter only if the object is shorter."""
+
+    def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
+        """Read ``len(buf)`` bytes at ``start`` into ``buf``; return the count read.
+
+        Backends override this to avoid an intermediate copy; the default goes through
+        :meth:`get_range`.
+        """
+        data = self.get_range(key, start, len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    @abc.abstractmethod
+    def put(self, key: str, data: Buffer) -> None:
+        """Write (or overwrite) an object. Used only for keys no one else writes."""
+
+    @abc.abstractmethod
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        """Create the object only if the key is absent; return False if it already existed.
+
+        A concurrent racer sees exactly one True. On S3 this is ``If-None-Match: *``.
+        """
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Return the object's size and LastModified, or None if absent."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, in key order, paginating."""
+
+    @abc.abstractmethod
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete keys (absent ones are ignored), batching requests; return the request count."""
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The store's current time in epoch seconds, the clock LastModified is stamped in."""
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Safe to call twice."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+def batched(keys: Iterable[str], size: int = DELETE_BATCH) -> Iterator[list[str]]:
+    """Split keys into lists of at most ``size``."""
+    batch: list[str] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

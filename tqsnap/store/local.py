@@ -29,7 +29,9 @@ class LocalStore(ObjectStore):
         self.fsync = fsync
         if not self.root.exists():
             if not create:
-                raise BucketNotFoundError(f"directory {self.root} does not exist; create it or pass create=True")
+                raise BucketNotFoundError(
+                    f"directory {self.root} does not exist; create it or pass create=True"
+                )
             self.root.mkdir(parents=True, exist_ok=True)
         (self.root / _TMP_DIR).mkdir(exist_ok=True)
 
@@ -103,7 +105,9 @@ class LocalStore(ObjectStore):
             return False
         except OSError as exc:  # pragma: no cover - file systems without hard links
             if exc.errno in (errno.EPERM, errno.ENOTSUP):
-                raise StoreError(f"{self.root} does not support hard links; exclusive create is impossible") from exc
+                raise StoreError(
+                    f"{self.root} does not support hard links; exclusive create is impossible"
+                ) from exc
             raise
         finally:
             tmp.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Adapters: turn TransferQueue, torch DCP and plain state dicts into items and back."""

@@ -1,0 +1,79 @@
+"""Zero-copy conversion between torch tensors and byte views, shared by every adapter.
+
+A tensor is stored as its C-order bytes plus a dtype name and a shape; nothing else. Loading
+rebuilds it with ``torch.frombuffer`` over the (writable) shard buffer, so no pickle is
+involved and no further copy is made.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FormatError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the name written to manifests."""
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """The inverse of :func:`dtype_name`; refuses names that are not torch dtypes."""
+    import torch
+
+    dtype = getattr(torch, name, None) if name.isidentifier() else None
+    if not isinstance(dtype, torch.dtype):
+        raise FormatError(f"unknown tensor dtype {name!r} in manifest")
+    return dtype
+
+
+def tensor_bytes(t: torch.Tensor) -> tuple[memoryview, torch.Tensor]:
+    """The tensor's bytes as a flat view, plus the tensor that owns them (keep it alive).
+
+    Contiguous CPU tensors are not copied. Others (strided views, GPU tensors) are copied once.
+    """
+    import torch
+
+    if t.layout != torch.strided:
+        raise TypeError(f"cannot snapshot a {t.layout} tensor; convert it with .to_dense() first")
+    if t.is_quantized:
+        raise TypeError("cannot snapshot a quantized tensor; dequantize it first")
+    owner = t.detach()
+    if owner.device.type != "cpu":
+        owner = owner.cpu()
+    if not owner.is_contiguous():
+        owner = owner.contiguous()
+    if owner.numel() == 0:
+        return memoryview(b""), owner
+    flat = owner.reshape(-1).view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B"), owner
+
+
+def tensor_from_bytes(data: memoryview | bytes | bytearray, dtype: str, shape: list[int]) -> torch.Tensor:
+    """Rebuild a tensor over ``data`` without copying when the buffer is writable."""
+    import torch
+
+    torch_dtype = dtype_from_name(dtype)
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    expected = numel * torch.empty((), dtype=torch_dtype).element_size()
+    if len(memoryview(data).cast("B")) != expected:
+        raise FormatError(f"tensor of {dtype}{list(shape)} needs {expected} bytes, item has {len(data)}")
+    if numel == 0:
+        return torch.empty(shape, dtype=torch_dtype)
+    view = memoryview(data)
+    if view.readonly:
+        view = memoryview(bytearray(view))
+    return torch.frombuffer(view, dtype=torch.uint8).view(torch_dtype).reshape(shape)
+
+
+def is_tensor(value: Any) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is optional for bytes/JSON states
+        return False
+    return isinstance(value, torch.Tensor)

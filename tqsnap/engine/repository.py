@@ -1,0 +1,293 @@
+"""A repository: the config, the streams, their manifests, tombstones and tags.
+
+Everything here is read-mostly. The only writes are the one-time config create, tag creates and
+tombstones, each a put-if-absent of an immutable object.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import (
+    KindMismatchError,
+    ManifestError,
+    ObjectNotFoundError,
+    RepositoryNotFoundError,
+    SnapshotNotFoundError,
+)
+from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION, RepoConfig, parse_duration
+from ..format.keys import (
+    CONFIG_KEY,
+    SNAPSHOTS_PREFIX,
+    TAGS_PREFIX,
+    TOMBSTONES_PREFIX,
+    parse_seq_key,
+    parse_stream_key,
+    snapshot_key,
+    snapshot_prefix,
+    tag_key,
+    tombstone_key,
+    tombstone_prefix,
+    validate_name,
+)
+from ..format.manifest import Manifest, SnapshotId, Tag, Tombstone
+from ..store import ObjectStore, open_store
+from .reader import SnapshotReader, VerifyReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SnapshotInfo:
+    """A summary of one committed snapshot, as listings and saves report it."""
+
+    stream: str
+    seq: int
+    kind: str
+    parent: SnapshotId | None
+    started_at: float
+    committed_at: float
+    write_id: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    tombstoned: bool = False
+
+    @property
+    def id(self) -> SnapshotId:
+        return SnapshotId(self.stream, self.seq)
+
+    @classmethod
+    def from_manifest(cls, m: Manifest, tombstoned: bool = False) -> SnapshotInfo:
+        return cls(
+            m.stream,
+            m.seq,
+            m.kind,
+            m.parent,
+            m.started_at,
+            m.committed_at,
+            m.write_id,
+            dict(m.metadata),
+            dict(m.stats),
+            tombstoned,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "seq": self.seq,
+            "kind": self.kind,
+            "parent": self.parent.to_json() if self.parent else None,
+            "started_at": self.started_at,
+            "committed_at": self.committed_at,
+            "write_id": self.write_id,
+            "metadata": self.metadata,
+            "stats": self.stats,
+            "tombstoned": self.tombstoned,
+        }
+
+
+class Repository:
+    """Opened with :meth:`open` (or :meth:`init`); hands out readers and writers."""
+
+    def __init__(self, store: ObjectStore, config: RepoConfig, storage_options: dict[str, Any] | None = None):
+        self.store = store
+        self.config = config
+        self.storage_options = dict(storage_options or {})
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    # --- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        url: str | ObjectStore,
+        *,
+        grace: float | str = DEFAULT_GRACE,
+        max_write_duration: float | str = DEFAULT_MAX_WRITE_DURATION,
+        exist_ok: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Repository:
+        """Create ``tqsnap.json`` with put-if-absent. If one exists, open it (or raise)."""
+        store = open_store(url, **(storage_options or {}))
+        config = RepoConfig(
+            repo_id=secrets.token_hex(8),
+            created_at=store.now(),
+            grace=parse_duration(grace),
+            max_write_duration=parse_duration(max_write_duration),
+        )
+        config.check_safe()
+        if store.put_if_absent(CONFIG_KEY, config.encode()):
+            log.info(
+                "created repository %s (grace %gs, max_write_duration %gs)",
+                store.url,
+                config.grace,
+                config.max_write_duration,
+            )
+            return cls(store, config, storage_options)
+        if not exist_ok:
+            raise FileExistsError(f"a repository already exists at {store.url}")
+        return cls.open(store, storage_options=storage_options)
+
+    @classmethod
+    def open(
+        cls, url: str | ObjectStore, *, create: bool = False, storage_options: dict[str, Any] | None = None
+    ) -> Repository:
+        """Open an existing repository; with ``create=True`` a missing one is made with defaults."""
+        store = open_store(url, **(storage_options or {}))
+        try:
+            raw = store.get(CONFIG_KEY)
+        except ObjectNotFoundError:
+            if create:
+                return cls.init(store, storage_options=storage_options)
+            raise RepositoryNotFoundError(
+                f"no repository at {store.url} ({CONFIG_KEY} is missing); run `tqsnap init {store.url}`"
+            ) from None
+        config = RepoConfig.decode(raw, CONFIG_KEY)
+        config.check_safe()
+        return cls(store, config, storage_options)
+
+    # --- listing -----------------------------------------------------------------------------
+
+    def streams(self) -> list[str]:
+        """Every stream with at least one manifest (tombstoned or not)."""
+        names = set()
+        for info in self.store.list(SNAPSHOTS_PREFIX):
+            parsed = parse_stream_key(info.key, SNAPSHOTS_PREFIX)
+            if parsed:
+                names.add(parsed[0])
+        return sorted(names)
+
+    def manifest_seqs(self, stream: str) -> list[int]:
+        """Seqs of every manifest of the stream, tombstoned ones included, ascending."""
+        prefix = snapshot_prefix(stream)
+        seqs = [parse_seq_key(i.key, prefix) for i in self.store.list(prefix)]
+        return sorted(s for s in seqs if s is not None)
+
+    def tombstoned_seqs(self, stream: str) -> set[int]:
+        prefix = tombstone_prefix(stream)
+        seqs = {parse_seq_key(i.key, prefix) for i in self.store.list(prefix)}
+        seqs.discard(None)
+        return seqs  # type: ignore[return-value]
+
+    def visible_seqs(self, stream: str) -> list[int]:
+        """Seqs readers may use: manifests without a tombstone."""
+        dead = self.tombstoned_seqs(stream)
+        return [s for s in self.manifest_seqs(stream) if s not in dead]
+
+    def load_manifest(self, stream: str, seq: int) -> Manifest:
+        key = snapshot_key(stream, seq)
+        try:
+            raw = self.store.get(key)
+        except ObjectNotFoundError:
+            raise SnapshotNotFoundError(
+                f"snapshot {stream}@{seq} does not exist ({key} is missing)"
+            ) from None
+        manifest = Manifest.decode(raw, key)
+        if manifest.stream != stream or manifest.seq != seq:
+            raise ManifestError(f"manifest {key!r} claims to be {manifest.stream}@{manifest.seq}")
+        return manifest
+
+    def snapshots(self, stream: str | None = None, *, include_tombstoned: bool = False) -> list[SnapshotInfo]:
+        """Summaries of the snapshots of one stream (or all), oldest first."""
+        out: list[SnapshotInfo] = []
+        for name in [validate_name(stream)] if stream else self.streams():
+            dead = self.tombstoned_seqs(name)
+            for seq in self.manifest_seqs(name):
+                if seq in dead and not include_tombstoned:
+                    continue
+                out.append(SnapshotInfo.from_manifest(self.load_manifest(name, seq), seq in dead))
+        return out
+
+    def tombstones(self) -> list[tuple[Tombstone, float]]:
+        """Every tombstone with its LastModified (server time), for gc."""
+        out = []
+        for info in self.store.list(TOMBSTONES_PREFIX):
+            if parse_stream_key(info.key, TOMBSTONES_PREFIX) is None:
+                continue
+            try:
+                out.append((Tombstone.decode(self.store.get(info.key), info.key), info.last_modified))
+            except ObjectNotFoundError:
+                continue  # finalised by a concurrent gc
+        return out
+
+    # --- resolving ---------------------------------------------------------------------------
+
+    def resolve(self, stream: str, snapshot: str | int = "latest") -> SnapshotId:
+        """Turn ``latest``, a seq (int or digits) or ``tag:<name>`` into a visible snapshot id."""
+        validate_name(stream)
+        if isinstance(snapshot, str) and snapshot.startswith("tag:"):
+            target = self.read_tag(snapshot[4:]).target
+            if target.stream != stream:
+                raise SnapshotNotFoundError(
+                    f"tag {snapshot[4:]!r} names stream {target.stream!r}, not {stream!r}"
+                )
+            snapshot = target.seq
+        visible = self.visible_seqs(stream)
+        if snapshot == "latest":
+            if not visible:
+                raise SnapshotNotFoundError(f"stream {stream!r} has no snapshots in {self.url}")
+            return SnapshotId(stream, visible[-1])
+        try:
+            seq = int(snapshot)
+        except (TypeError, ValueError):
+            raise SnapshotNotFoundError(
+                f"cannot resolve snapshot {snapshot!r}: use 'latest', a seq number or 'tag:<name>'"
+            ) from None
+        if seq not in visible:
+            raise SnapshotNotFoundError(
+                f"snapshot {stream}@{seq} does not exist or was forgotten in {self.url}"
+            )
+        return SnapshotId(stream, seq)
+
+    def reader(
+        self, stream: str, snapshot: str | int = "latest", *, kind: str | None = None, threads: int = 16
+    ) -> SnapshotReader:
+        """A reader of a visible snapshot; ``kind`` guards against loading the wrong sort of data."""
+        sid = self.resolve(stream, snapshot)
+        manifest = self.load_manifest(sid.stream, sid.seq)
+        if kind is not None and manifest.kind != kind:
+            raise KindMismatchError(
+                f"snapshot {sid} is a {manifest.kind!r} snapshot, not {kind!r}; load it with the matching API"
+            )
+        return SnapshotReader(self.store, manifest, threads=threads)
+
+    def verify(self, stream: str, snapshot: str | int = "latest") -> VerifyReport:
+        return self.reader(stream, snapshot).verify()
+
+    # --- tags and tombstones -----------------------------------------------------------------
+
+    def tag(self, name: str, stream: str, snapshot: str | int = "latest") -> Tag:
+        """Create an immutable tag; a tag that exists is never moved."""
+        sid = self.resolve(stream, snapshot)
+        tag = Tag(validate_name(name, "tag"), sid, self.store.now())
+        if not self.store.put_if_absent(tag_key(name), tag.encode()):
+            raise FileExistsError(f"tag {name!r} already exists in {self.url}; tags are immutable")
+        return tag
+
+    def read_tag(self, name: str) -> Tag:
+        key = tag_key(name)
+        try:
+            return Tag.decode(self.store.get(key), key)
+        except ObjectNotFoundError:
+            raise SnapshotNotFoundError(f"tag {name!r} does not exist in {self.url}") from None
+
+    def tags(self) -> list[Tag]:
+        out = []
+        for info in self.store.list(TAGS_PREFIX):
+            if info.key.endswith(".json"):
+                out.append(Tag.decode(self.store.get(info.key), info.key))
+        return out
+
+    def write_tombstone(self, stream: str, seq: int, reason: str = "") -> bool:
+        """Mark a snapshot forgotten. Returns False if it already had a tombstone."""
+        stone = Tombstone(stream, seq, self.store.now(), reason)
+        return self.store.put_if_absent(tombstone_key(stream, seq), stone.encode())
+
+    def close(self) -> None:
+        self.store.close()

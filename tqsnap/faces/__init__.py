@@ -1,0 +1,1 @@
+"""Faces: the Python API, the ``tqsnap`` command and the periodic snapshot scheduler."""

@@ -1,0 +1,102 @@
+"""The Python API: one call per user job, each taking a repository URL.
+
+Every function accepts ``storage_options`` (passed to the store: ``endpoint_url``, credentials,
+``conditional_mode``, ...) and an already opened :class:`~tqsnap.engine.Repository` or store in
+place of the URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..adapters.state_dict import load_state, save_state
+from ..engine import PackOptions, Repository, SnapshotInfo, VerifyReport
+from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
+from ..store import ObjectStore
+
+RepoLike = str | ObjectStore | Repository
+
+
+def open_repo(
+    url: RepoLike, *, create: bool = False, storage_options: dict[str, Any] | None = None
+) -> Repository:
+    """Open the repository at ``url`` (creating it with defaults when ``create``)."""
+    if isinstance(url, Repository):
+        return url
+    return Repository.open(url, create=create, storage_options=storage_options)
+
+
+def init_repo(
+    url: str | ObjectStore,
+    *,
+    grace: float | str = DEFAULT_GRACE,
+    max_write_duration: float | str = DEFAULT_MAX_WRITE_DURATION,
+    storage_options: dict[str, Any] | None = None,
+) -> Repository:
+    """Create a repository with its gc timings fixed (grace must exceed 2 * max_write_duration)."""
+    return Repository.init(
+        url, grace=grace, max_write_duration=max_write_duration, storage_options=storage_options
+    )
+
+
+def save(
+    url: RepoLike,
+    state: Any,
+    *,
+    stream: str = "default",
+    metadata: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    options: PackOptions | None = None,
+) -> SnapshotInfo:
+    """Save a nested state (tensors, bytes, JSON values) as the next snapshot of ``stream``.
+
+    A first save creates the repository with default settings.
+    """
+    repo = open_repo(url, create=True, storage_options=storage_options)
+    return save_state(
+        repo, state, stream=stream, metadata=metadata, allow_pickle=allow_pickle, options=options
+    )
+
+
+def load(
+    url: RepoLike,
+    *,
+    stream: str = "default",
+    snapshot: str | int = "latest",
+    allow_pickle: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> Any:
+    """Load a state saved with :func:`save`; ``snapshot`` is ``latest``, a seq or ``tag:<name>``."""
+    repo = open_repo(url, storage_options=storage_options)
+    return load_state(repo, stream=stream, snapshot=snapshot, allow_pickle=allow_pickle)
+
+
+def snapshots(
+    url: RepoLike, stream: str | None = None, *, storage_options: dict[str, Any] | None = None
+) -> list[SnapshotInfo]:
+    """Visible snapshots of one stream (or all streams), oldest first."""
+    return open_repo(url, storage_options=storage_options).snapshots(stream)
+
+
+def verify(
+    url: RepoLike,
+    *,
+    stream: str = "default",
+    snapshot: str | int = "latest",
+    storage_options: dict[str, Any] | None = None,
+) -> VerifyReport:
+    """Re-hash every shard of a snapshot; the report names each missing or corrupt one."""
+    return open_repo(url, storage_options=storage_options).verify(stream, snapshot)
+
+
+def tag(
+    url: RepoLike,
+    name: str,
+    *,
+    stream: str = "default",
+    snapshot: str | int = "latest",
+    storage_options: dict[str, Any] | None = None,
+) -> Any:
+    """Give a snapshot an immutable name; ``forget --keep-tag`` keeps tagged snapshots."""
+    return open_repo(url, storage_options=storage_options).tag(name, stream, snapshot)

@@ -202,10 +202,12 @@ class ShardPacker:
             self._stats.reused_bytes += size
             return self._register(digest, known)
         # Fresh key per upload: gc can then never delete a re-upload it did not list (protocol §4).
-        key = shard_key(digest, secrets.token_hex(8), codec)
         body: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
         stored = encode(body, codec, self.options.zstd_level)
         stored_size = memoryview(stored).nbytes
+        if codec != "raw" and stored_size >= size:  # incompressible: keep it raw
+            codec, stored, stored_size = "raw", body, size
+        key = shard_key(digest, secrets.token_hex(8), codec)
         index = self._register(digest, ShardRef(key, digest, size, stored_size, codec))
         self._stats.new_shards += 1
         self._stats.new_bytes += size

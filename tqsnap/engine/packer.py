@@ -11,8 +11,9 @@ Cutting rules (docs/format.md, "Shards"), chosen so unchanged data yields identi
 - an item of at least ``small_item`` bytes gets shards of its own, cut every ``chunk_size``
   bytes from its start;
 - smaller items are packed together in the order they are added; a pack closes when it
-  reaches ``pack_size`` or after an item whose path hash hits the cut mask, so inserting an
-  item disturbs only the pack it lands in.
+  reaches ``pack_size``, or once past a quarter of that after an item whose path hash hits the
+  cut mask, so inserting an item disturbs only the pack it lands in (boundaries resynchronise
+  at the next cut).
 """
 
 from __future__ import annotations
@@ -161,7 +162,10 @@ class ShardPacker:
             return
         self._pending.append((item, parts))
         self._pending_size += size
-        cut = (xxhash.xxh64_intdigest(path.encode()) & self.options.pack_cut_mask) == 0
+        cut = (
+            self._pending_size >= self.options.pack_size // 4
+            and (xxhash.xxh64_intdigest(path.encode()) & self.options.pack_cut_mask) == 0
+        )
         if self._pending_size >= self.options.pack_size or cut:
             self._flush_pack()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptShardError, FormatError, MissingShardError, ObjectNotFoundError
-from ..format.manifest import Item, Manifest, ShardRef, decode_items
+from ..format.manifest import Item, Manifest, ShardRef, decode_body
 from ..format.shard import content_hash, decode
 from ..store.base import ObjectStore
 
@@ -87,6 +87,17 @@ def fetch_shard(
     return memoryview(data) if not isinstance(data, memoryview) else data
 
 
+def load_body(store: ObjectStore, manifest: Manifest) -> Manifest:
+    """Fill in ``items`` and ``extra`` from the body shard, if the manifest has one (verified)."""
+    if manifest.body_shard is not None and not manifest.items and not manifest.extra:
+        ref = manifest.shards[manifest.body_shard]
+        manifest.items, manifest.extra = decode_body(
+            bytes(fetch_shard(store, ref, snapshot=str(manifest.id))), ref.key
+        )
+        manifest.validate(str(manifest.id))
+    return manifest
+
+
 class SnapshotReader:
     """Reads items of one committed manifest."""
 
@@ -98,10 +109,7 @@ class SnapshotReader:
         self.threads = threads
         self.range_size = range_size
         self.name = str(manifest.id)
-        if manifest.items_shard is not None and not manifest.items:
-            ref = manifest.shards[manifest.items_shard]
-            manifest.items = decode_items(bytes(fetch_shard(store, ref, snapshot=self.name)), ref.key)
-            manifest.validate(self.name)
+        load_body(store, manifest)
         self.items: dict[str, Item] = {item.path: item for item in manifest.items}
 
     def read_items(self, paths: Iterable[str] | None = None, *, verify: bool = True) -> dict[str, memoryview]:

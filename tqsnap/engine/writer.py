@@ -28,14 +28,14 @@ from ..errors import (
     WriteDeadlineExceededError,
 )
 from ..format.keys import snapshot_key, validate_name
-from ..format.manifest import Manifest, ShardRef, SnapshotId, encode_items
+from ..format.manifest import Manifest, ShardRef, SnapshotId, encode_body
 from .packer import PackOptions, PackResult, PackStats, ShardPacker, merge_results
 from .repository import Repository, SnapshotInfo
 
 log = logging.getLogger(__name__)
 
-#: Item tables larger than this move into an items shard, keeping the manifest one small PUT.
-INLINE_ITEMS_LIMIT = 512 * 1024
+#: Bodies (items + extra) larger than this move into a body shard, keeping the manifest one small PUT.
+INLINE_BODY_LIMIT = 256 * 1024
 _FATAL_STORE_ERRORS = (AccessDeniedError, BucketNotFoundError, ConditionalWriteUnsupportedError)
 
 
@@ -123,11 +123,12 @@ class SnapshotWriter:
     ) -> SnapshotInfo:
         """Write the manifest with put-if-absent; rebase and retry when another writer wins."""
         merged = merge_results(self._results)
-        shards, items, items_shard = merged.shards, merged.items, None
+        shards, items, body_shard = merged.shards, merged.items, None
         item_stats = merged.stats
-        encoded_items = encode_items(items)
-        if len(encoded_items) > INLINE_ITEMS_LIMIT:
-            items_shard, item_stats = self._store_items_shard(encoded_items, shards, item_stats)
+        extra = dict(extra or {})
+        encoded_body = encode_body(items, extra)
+        if len(encoded_body) > INLINE_BODY_LIMIT:
+            body_shard = self._store_body_shard(encoded_body, shards, item_stats)
         store = self.repo.store
         all_stats = item_stats.to_json() | dict(stats or {})
         manifest = Manifest(
@@ -139,15 +140,14 @@ class SnapshotWriter:
             started_at=self.started_at,
             committed_at=0.0,
             shards=shards,
-            items=[] if items_shard is not None else items,
+            items=[] if body_shard is not None else items,
             metadata=dict(metadata or {}),
-            extra=dict(extra or {}),
+            extra={} if body_shard is not None else extra,
             stats=all_stats,
-            items_shard=items_shard,
+            body_shard=body_shard,
         )
         fork = self.parent is not None and self.parent.stream != self.stream
-        seqs = self.repo.manifest_seqs(self.stream)
-        seq = (seqs[-1] + 1) if seqs else 1
+        seq = self._rebase(manifest, fork, min_seq=1)
         for attempt in range(max_attempts):
             now = store.now()
             if now > self.deadline:
@@ -180,16 +180,25 @@ class SnapshotWriter:
                 )
                 return info
             # Another writer took this seq: rebase onto the stream's new head and retry after it.
-            seqs = self.repo.manifest_seqs(self.stream)
-            seq = max(seqs[-1] + 1 if seqs else 1, seq + 1)
-            if not fork:
-                visible = self.repo.visible_seqs(self.stream)
-                manifest.parent = SnapshotId(self.stream, visible[-1]) if visible else None
+            seq = self._rebase(manifest, fork, min_seq=seq + 1)
             log.info("lost commit race on %s (attempt %d); retrying at seq %d", key, attempt + 1, seq)
         raise CommitConflictError(
             f"gave up committing to stream {self.stream!r} after {max_attempts} lost races; "
             "too many concurrent writers on one stream"
         )
+
+    def _rebase(self, manifest: Manifest, fork: bool, min_seq: int) -> int:
+        """Point ``manifest.parent`` at the stream's latest visible snapshot; return the next seq.
+
+        The reuse index keeps the parent read at :meth:`begin`: those shards stay protected
+        because that parent was visible when this save started (docs/protocol.md).
+        """
+        seqs = self.repo.manifest_seqs(self.stream)
+        if not fork:
+            dead = self.repo.tombstoned_seqs(self.stream)
+            visible = [s for s in seqs if s not in dead]
+            manifest.parent = SnapshotId(self.stream, visible[-1]) if visible else None
+        return max(seqs[-1] + 1 if seqs else 1, min_seq)
 
     def _is_own_commit(self, seq: int) -> bool:
         """After a lost reply or a 412, is the manifest at ``seq`` the one this writer sent?"""
@@ -199,29 +208,17 @@ class SnapshotWriter:
             return False
         return existing.write_id == self.write_id
 
-    def _store_items_shard(
-        self, encoded: bytes, shards: list[ShardRef], stats: PackStats
-    ) -> tuple[int, PackStats]:
-        """Move a large item table into a content-addressed shard (zstd JSON)."""
-        packer = ShardPacker(
-            self.repo.store,
-            self.reuse_index,
-            PackOptions(codec="zstd", small_item=0, chunk_size=max(len(encoded), 1)),
-        )
-        packer.add("__items__", encoded)
+    def _store_body_shard(self, encoded: bytes, shards: list[ShardRef], stats: PackStats) -> int:
+        """Move a large body (items + extra) into a content-addressed zstd shard; return its index."""
+        options = PackOptions(codec="zstd", small_item=0, chunk_size=max(len(encoded), 1))
+        packer = ShardPacker(self.repo.store, self.reuse_index, options)
+        packer.add("__body__", encoded)
         result = packer.finish()
         ref = result.shards[0]
         for i, existing in enumerate(shards):
             if existing.hash == ref.hash:
-                return i, stats
+                return i
         shards.append(ref)
-        stats.add(
-            PackStats(
-                result.stats.new_shards,
-                result.stats.new_bytes,
-                result.stats.stored_bytes,
-                result.stats.reused_shards,
-                result.stats.reused_bytes,
-            )
-        )
-        return len(shards) - 1, stats
+        result.stats.items = result.stats.item_bytes = 0
+        stats.add(result.stats)
+        return len(shards) - 1

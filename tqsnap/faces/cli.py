@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import errors
 from ..engine import Repository
+from ..engine.reader import load_body
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from . import cli_retention, cli_tq
 
@@ -152,10 +153,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     sid = repo.resolve(args.stream, args.snapshot)
-    m = repo.load_manifest(sid.stream, sid.seq)
-    doc = m.to_json(include_items=False) | {
-        "items": len(m.items) if m.items_shard is None else "in items shard"
-    }
+    m = load_body(repo.store, repo.load_manifest(sid.stream, sid.seq))
+    doc = m.to_json(include_items=False) | {"items": len(m.items)}
     emit(
         args,
         doc,

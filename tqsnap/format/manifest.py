@@ -3,8 +3,8 @@
 A manifest is the commit of one snapshot. It lists every shard the snapshot references and
 every item (a named run of bytes: a tensor, a blob, a block of samples) as extents in those
 shards. Encoding is JSON, never pickle, so reading a manifest from a shared bucket cannot run
-code. Large item tables move into a content-addressed "items shard" so the manifest itself
-stays a single small PutObject.
+code. A large body (the item table and the adapter's ``extra``) moves into a content-addressed
+"body shard" so the manifest itself stays a single small PutObject.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Manifest:
     metadata: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
-    items_shard: int | None = None
+    body_shard: int | None = None
     format_version: str = FORMAT_VERSION
 
     @property
@@ -152,12 +152,13 @@ class Manifest:
             "metadata": self.metadata,
             "stats": self.stats,
             "shards": [s.to_json() for s in self.shards],
-            "extra": self.extra,
         }
-        if self.items_shard is not None:
-            d["items_shard"] = self.items_shard
-        elif include_items:
-            d["items"] = [i.to_json() for i in self.items]
+        if self.body_shard is not None:
+            d["body_shard"] = self.body_shard
+        else:
+            d["extra"] = self.extra
+            if include_items:
+                d["items"] = [i.to_json() for i in self.items]
         return d
 
     def encode(self) -> bytes:
@@ -187,7 +188,7 @@ class Manifest:
                 metadata=dict(doc.get("metadata") or {}),
                 extra=dict(doc.get("extra") or {}),
                 stats=dict(doc.get("stats") or {}),
-                items_shard=int(doc["items_shard"]) if doc.get("items_shard") is not None else None,
+                body_shard=int(doc["body_shard"]) if doc.get("body_shard") is not None else None,
                 format_version=str(doc["format_version"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -198,8 +199,8 @@ class Manifest:
     def validate(self, key: str) -> None:
         """Check internal references so a reader never indexes out of range."""
         n = len(self.shards)
-        if self.items_shard is not None and not 0 <= self.items_shard < n:
-            raise ManifestError(f"manifest {key!r}: items_shard {self.items_shard} out of range")
+        if self.body_shard is not None and not 0 <= self.body_shard < n:
+            raise ManifestError(f"manifest {key!r}: body_shard {self.body_shard} out of range")
         for item in self.items:
             if sum(e.length for e in item.extents) != item.size:
                 raise ManifestError(f"manifest {key!r}: item {item.path!r} extents do not add up to its size")
@@ -215,16 +216,18 @@ class Manifest:
                     )
 
 
-def encode_items(items: list[Item]) -> bytes:
-    """The payload of an items shard: a JSON array of items."""
-    return json.dumps([i.to_json() for i in items], separators=(",", ":"), allow_nan=False).encode()
+def encode_body(items: list[Item], extra: dict[str, Any]) -> bytes:
+    """The payload of a body shard: ``{"items": [...], "extra": {...}}`` as JSON."""
+    body = {"items": [i.to_json() for i in items], "extra": extra}
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
-def decode_items(data: bytes, key: str) -> list[Item]:
+def decode_body(data: bytes, key: str) -> tuple[list[Item], dict[str, Any]]:
     try:
-        return [Item.from_json(i) for i in json.loads(data)]
+        doc = json.loads(data)
+        return [Item.from_json(i) for i in doc["items"]], dict(doc["extra"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise ManifestError(f"items shard {key!r} is malformed: {exc}") from exc
+        raise ManifestError(f"body shard {key!r} is malformed: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,146 @@
-"""Subcommands registered into the `tqsnap` command (see cli.py)."""
+"""``tqsnap forget`` and ``tqsnap gc``: the retention subcommands (registered by cli.py).
+
+Exit codes are cli.py's: 0 done (including a dry run); 2 bad policy, bad timezone or an unsafe
+repository config (nothing was deleted); 3 unknown repository or stream; 4 a store or access
+failure (a re-run is safe: every step is idempotent); 1 a manifest gc cannot parse (it stops
+before deleting anything).
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from ..engine.gc import GcReport, collect_garbage
+from ..engine.retention import ForgetReport, RetentionPolicy, forget
+
+
+def _forget_text(report: ForgetReport) -> str:
+    from .cli import fmt_time, table
+
+    rows = [
+        [d.stream, d.seq, fmt_time(d.time), "keep" if d.keep else "remove", ", ".join(d.reasons) or "-"]
+        for d in report.decisions
+    ]
+    verb = "would remove" if report.dry_run else "removed"
+    summary = (
+        f"{len(report.kept)} kept, {len(report.removed)} {verb} "
+        f"({report.policy.describe()}; streams: {', '.join(report.streams) or 'none'})"
+    )
+    if not report.dry_run:
+        summary += f"; {report.tombstones_written} tombstones written, run `tqsnap gc` to reclaim space"
+    return (table(["stream", "seq", "time (UTC)", "action", "reasons"], rows) + "\n" + summary).lstrip()
+
+
+def _gc_text(r: GcReport) -> str:
+    from .cli import fmt_bytes
+
+    would = "would delete" if r.dry_run else "deleted"
+    lines = [
+        f"gc of {r.url}{' (dry run)' if r.dry_run else ''}: grace {r.grace:g}s",
+        f"  scanned    {r.objects_scanned} objects: {r.shards_scanned} shards "
+        f"({fmt_bytes(r.shard_bytes_scanned)}), {r.manifests_scanned} manifests, "
+        f"{r.tombstones_scanned} tombstones",
+        f"  live       {r.live_manifests} manifests referencing {r.referenced_shards} shards",
+        f"  {would:<10} {r.shards_deleted} shards, {fmt_bytes(r.bytes_freed)} freed",
+        f"  kept young {r.young_garbage} unreferenced shards ({fmt_bytes(r.young_garbage_bytes)}) "
+        "younger than grace",
+        f"  finalised  {len(r.manifests_finalised)} forgotten snapshots, {r.tombstones_deleted} tombstones",
+        f"  requests   {r.total_requests} ({', '.join(f'{k} {v}' for k, v in sorted(r.requests.items()))}) "
+        f"in {r.duration_s:.2f}s",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from .cli import EXIT_OK, emit, open_repository
+
+    policy = RetentionPolicy(
+        keep_last=args.keep_last,
+        keep_hourly=args.keep_hourly,
+        keep_daily=args.keep_daily,
+        keep_weekly=args.keep_weekly,
+        keep_monthly=args.keep_monthly,
+        keep_yearly=args.keep_yearly,
+        keep_within=args.keep_within,
+        keep_tags=tuple(args.keep_tag or ()),
+        timezone=args.timezone,
+    )
+    repo = open_repository(args)
+    report = forget(
+        repo, policy, streams=args.stream or None, allow_empty_policy=args.all, dry_run=args.dry_run
+    )
+    emit(args, report.to_json(), lambda: _forget_text(report))
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .cli import EXIT_OK, emit, open_repository
+
+    report = collect_garbage(open_repository(args), dry_run=args.dry_run)
+    emit(args, report.to_json(), lambda: _gc_text(report))
+    return EXIT_OK
+
+
+def _count(text: str) -> int:
+    """argparse type for --keep-*: a whole number (negative ones are refused by the policy)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's subcommands to the `tqsnap` parser."""
+    """Add ``forget`` and ``gc`` to the ``tqsnap`` parser."""
+    from .cli import add_repo_args
+
+    p = sub.add_parser(
+        "forget",
+        help="apply a retention policy: tombstone snapshots no rule keeps (gc reclaims them later)",
+        description="Rules are ORed and applied to each stream separately; the newest snapshot of "
+        "every stream is always kept. Nothing is deleted: run `tqsnap gc` afterwards.",
+    )
+    add_repo_args(p)
+    p.add_argument(
+        "--stream", action="append", metavar="S", help="only this stream (repeatable; default: all streams)"
+    )
+    for name, what in (
+        ("last", "the N newest snapshots"),
+        ("hourly", "the newest snapshot of each of the last N hours that have one"),
+        ("daily", "the newest snapshot of each of the last N days that have one"),
+        ("weekly", "the newest snapshot of each of the last N ISO weeks that have one"),
+        ("monthly", "the newest snapshot of each of the last N months that have one"),
+        ("yearly", "the newest snapshot of each of the last N years that have one"),
+    ):
+        p.add_argument(f"--keep-{name}", type=_count, default=0, metavar="N", help=f"keep {what}")
+    p.add_argument(
+        "--keep-within",
+        metavar="DUR",
+        help="keep every snapshot within DUR (e.g. 36h, 7d) of the stream's newest one",
+    )
+    p.add_argument(
+        "--keep-tag",
+        action="append",
+        metavar="T",
+        help="keep snapshots a tag named T points at (glob patterns allowed; repeatable)",
+    )
+    p.add_argument(
+        "--timezone",
+        default="UTC",
+        metavar="TZ",
+        help="cut calendar buckets in this IANA timezone (default UTC)",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="allow a policy with no keep rule: forget everything but the newest snapshot of each stream",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list every snapshot with keep/remove and why")
+    p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser(
+        "gc",
+        help="delete shards no live snapshot uses once older than grace; safe beside writers, needs no lock",
+    )
+    add_repo_args(p)
+    p.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")
+    p.set_defaults(func=cmd_gc)

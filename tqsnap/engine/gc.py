@@ -1,0 +1,334 @@
+"""Garbage collection: the sweep of docs/protocol.md, safe beside live writers without a lock.
+
+One run at server time ``T`` (``store.now()`` when the run starts):
+
+1. list every Shard with its LastModified, in parallel across the 256 ``shards/xx/`` prefixes;
+2. list Manifests and Tombstones; the *live* manifests are those without a Tombstone plus those
+   whose Tombstone is younger than ``grace`` (by its LastModified), and their shard keys are the
+   references;
+3. delete every listed shard that no live manifest references and whose LastModified is before
+   ``T - grace``, with batched deletes (at most 1000 keys per request);
+4. delete the manifests whose Tombstones are older than ``grace``, and only then those
+   Tombstones (a crash in between must never make a forgotten manifest visible again).
+
+Why this is safe beside writers that commit during the sweep is proved in docs/protocol.md; the
+two rules the sweep itself contributes (the age check of step 3 and the young tombstones of
+step 2) are class attributes here so the protocol simulation can switch each off and show that
+the suite then fails. Nothing outside the tests may change them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ObjectNotFoundError
+from ..format.keys import (
+    SNAPSHOTS_PREFIX,
+    TOMBSTONES_PREFIX,
+    parse_shard_key,
+    parse_stream_key,
+    shard_prefixes,
+    snapshot_key,
+    tombstone_key,
+)
+from ..format.manifest import Manifest, SnapshotId
+from ..store.base import ObjectInfo
+from .repository import Repository
+
+log = logging.getLogger(__name__)
+
+#: S3 ListObjectsV2 returns at most this many keys per page; used to count list requests.
+LIST_PAGE = 1000
+
+
+@dataclass
+class GcReport:
+    """What one gc run saw and did (or, on a dry run, would have done)."""
+
+    url: str
+    server_time: float
+    grace: float
+    max_write_duration: float
+    dry_run: bool
+    shards_scanned: int = 0
+    shard_bytes_scanned: int = 0
+    manifests_scanned: int = 0
+    tombstones_scanned: int = 0
+    live_manifests: int = 0
+    referenced_shards: int = 0
+    shards_deleted: int = 0
+    bytes_freed: int = 0
+    young_garbage: int = 0
+    young_garbage_bytes: int = 0
+    manifests_finalised: list[str] = field(default_factory=list)
+    tombstones_deleted: int = 0
+    foreign_keys: int = 0
+    requests: Counter[str] = field(default_factory=Counter)
+    duration_s: float = 0.0
+    deleted_shard_keys: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def objects_scanned(self) -> int:
+        return self.shards_scanned + self.manifests_scanned + self.tombstones_scanned
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "dry_run": self.dry_run,
+            "server_time": self.server_time,
+            "grace_seconds": self.grace,
+            "max_write_duration_seconds": self.max_write_duration,
+            "objects_scanned": self.objects_scanned,
+            "shards_scanned": self.shards_scanned,
+            "shard_bytes_scanned": self.shard_bytes_scanned,
+            "manifests_scanned": self.manifests_scanned,
+            "tombstones_scanned": self.tombstones_scanned,
+            "live_manifests": self.live_manifests,
+            "referenced_shards": self.referenced_shards,
+            "shards_deleted": self.shards_deleted,
+            "bytes_freed": self.bytes_freed,
+            "young_garbage": self.young_garbage,
+            "young_garbage_bytes": self.young_garbage_bytes,
+            "manifests_finalised": self.manifests_finalised,
+            "tombstones_deleted": self.tombstones_deleted,
+            "foreign_keys": self.foreign_keys,
+            "requests": dict(self.requests) | {"total": self.total_requests},
+            "duration_s": round(self.duration_s, 6),
+        }
+
+
+@dataclass
+class References:
+    """Step 2's result: what the live manifests reference and what can be finalised."""
+
+    live: list[SnapshotId] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    finalise_manifests: list[str] = field(default_factory=list)
+    finalise_tombstones: list[str] = field(default_factory=list)
+    finalised: list[SnapshotId] = field(default_factory=list)
+
+
+class GarbageCollector:
+    """One gc run over a repository. :meth:`run` does it all; the steps are public for tests.
+
+    Parameters:
+        repo: the repository; its config supplies ``grace`` (and is checked to be safe).
+        dry_run: compute and report everything, delete nothing.
+        threads: concurrent list and manifest-read requests.
+        prefixes: the shard prefixes to list; the default is the 256 ``shards/xx/`` fan-out,
+            which lets S3 serve the listing in parallel.
+    """
+
+    #: Step 3: only shards older than ``T - grace`` may be deleted. Protects uploads of writers
+    #: that have not committed yet.
+    _require_age: bool = True
+    #: Step 2: a manifest tombstoned less than ``grace`` ago still protects its shards. Protects
+    #: writers that picked it as their parent before it was forgotten.
+    _young_tombstones_protect: bool = True
+
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        dry_run: bool = False,
+        threads: int = 16,
+        prefixes: Sequence[str] | None = None,
+    ) -> None:
+        repo.config.check_safe()
+        self.repo = repo
+        self.store = repo.store
+        self.dry_run = dry_run
+        self.threads = max(1, threads)
+        self.prefixes = list(prefixes) if prefixes is not None else shard_prefixes()
+        self.grace = repo.config.grace
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self.server_time = self.store.now()
+        self.cutoff = self.server_time - self.grace
+        self.report = GcReport(
+            repo.url, self.server_time, self.grace, repo.config.max_write_duration, dry_run
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _count(self, verb: str, n: int = 1) -> None:
+        with self._lock:
+            self.report.requests[verb] += n
+
+    def _list(self, prefix: str) -> list[ObjectInfo]:
+        infos = list(self.store.list(prefix))
+        self._count("list", max(1, math.ceil(len(infos) / LIST_PAGE)))
+        return infos
+
+    def _pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.threads, thread_name_prefix="tqsnap-gc")
+
+    # --- step 1 ------------------------------------------------------------------------------
+
+    def list_shards(self) -> list[ObjectInfo]:
+        """Every shard object with its size and LastModified, listed prefix by prefix in parallel."""
+        if self.threads == 1 or len(self.prefixes) == 1:
+            pages = [self._list(p) for p in self.prefixes]
+        else:
+            with self._pool() as pool:
+                pages = list(pool.map(self._list, self.prefixes))
+        shards: list[ObjectInfo] = []
+        for page in pages:
+            for info in page:
+                if parse_shard_key(info.key) is None:
+                    self.report.foreign_keys += 1  # not ours to judge: never deleted
+                    continue
+                shards.append(info)
+        self.report.shards_scanned = len(shards)
+        self.report.shard_bytes_scanned = sum(i.size for i in shards)
+        if self.report.foreign_keys:
+            log.warning(
+                "gc: %d keys under shards/ are not shard names and were left alone", self.report.foreign_keys
+            )
+        return shards
+
+    # --- step 2 ------------------------------------------------------------------------------
+
+    def list_references(self) -> References:
+        """List manifests and tombstones; read the live manifests and collect their shard keys.
+
+        A manifest that cannot be parsed stops the run before anything is deleted: gc cannot
+        know which shards it references.
+        """
+        manifests: dict[tuple[str, int], ObjectInfo] = {}
+        for info in self._list(SNAPSHOTS_PREFIX):
+            parsed = parse_stream_key(info.key, SNAPSHOTS_PREFIX)
+            if parsed is not None:
+                manifests[parsed] = info
+        tombstones: dict[tuple[str, int], ObjectInfo] = {}
+        for info in self._list(TOMBSTONES_PREFIX):
+            parsed = parse_stream_key(info.key, TOMBSTONES_PREFIX)
+            if parsed is not None:
+                tombstones[parsed] = info
+        self.report.manifests_scanned = len(manifests)
+        self.report.tombstones_scanned = len(tombstones)
+
+        highest: dict[str, int] = {}
+        for stream, seq in manifests:
+            highest[stream] = max(seq, highest.get(stream, 0))
+        refs = References()
+        live: list[tuple[str, int]] = []
+        for sid in sorted(manifests):
+            stone = tombstones.get(sid)
+            old = stone is not None and stone.last_modified < self.cutoff
+            if stone is None or (self._young_tombstones_protect and not old):
+                live.append(sid)
+            elif old and sid[1] != highest[sid[0]]:
+                # The highest seq of a stream stays, tombstoned, so no writer ever reuses its seq.
+                refs.finalise_manifests.append(snapshot_key(*sid))
+                refs.finalised.append(SnapshotId(*sid))
+        finalised = set(refs.finalised)
+        for sid, stone in sorted(tombstones.items()):
+            if stone.last_modified >= self.cutoff:
+                continue
+            if sid not in manifests or SnapshotId(*sid) in finalised:
+                refs.finalise_tombstones.append(tombstone_key(*sid))
+
+        def load(sid: tuple[str, int]) -> Manifest | None:
+            key = snapshot_key(*sid)
+            try:
+                raw = self.store.get(key)
+            except ObjectNotFoundError:
+                return None  # finalised by a concurrent gc since the listing: no longer visible
+            finally:
+                self._count("get")
+            return Manifest.decode(raw, key)
+
+        if self.threads == 1:
+            loaded = [load(sid) for sid in live]
+        else:
+            with self._pool() as pool:
+                loaded = list(pool.map(load, live))
+        for sid, manifest in zip(live, loaded, strict=True):
+            if manifest is None:
+                continue
+            refs.live.append(SnapshotId(*sid))
+            refs.keys.update(ref.key for ref in manifest.shards)
+        self.report.live_manifests = len(refs.live)
+        self.report.referenced_shards = len(refs.keys)
+        return refs
+
+    # --- step 3 ------------------------------------------------------------------------------
+
+    def garbage(self, shards: Sequence[ObjectInfo], refs: References) -> list[ObjectInfo]:
+        """The shards step 3 deletes: unreferenced and older than ``T - grace``."""
+        out: list[ObjectInfo] = []
+        for info in shards:
+            if info.key in refs.keys:
+                continue
+            if self._require_age and not info.last_modified < self.cutoff:
+                self.report.young_garbage += 1
+                self.report.young_garbage_bytes += info.size
+                continue
+            out.append(info)
+        return out
+
+    def delete_shards(self, garbage: Sequence[ObjectInfo]) -> None:
+        self.report.shards_deleted = len(garbage)
+        self.report.bytes_freed = sum(i.size for i in garbage)
+        self.report.deleted_shard_keys = [i.key for i in garbage]
+        if garbage and not self.dry_run:
+            self._count("delete", self.store.delete_many(i.key for i in garbage))
+
+    # --- step 4 ------------------------------------------------------------------------------
+
+    def finalise(self, refs: References) -> None:
+        """Delete old-tombstoned manifests, then their tombstones (never the other way round)."""
+        self.report.manifests_finalised = [str(s) for s in refs.finalised]
+        self.report.tombstones_deleted = len(refs.finalise_tombstones)
+        if self.dry_run:
+            return
+        if refs.finalise_manifests:
+            self._count("delete", self.store.delete_many(refs.finalise_manifests))
+        if refs.finalise_tombstones:
+            self._count("delete", self.store.delete_many(refs.finalise_tombstones))
+
+    # --- all of it ---------------------------------------------------------------------------
+
+    def run(self) -> GcReport:
+        shards = self.list_shards()
+        refs = self.list_references()
+        self.delete_shards(self.garbage(shards, refs))
+        self.finalise(refs)
+        return self.finish()
+
+    def finish(self) -> GcReport:
+        self.report.duration_s = time.monotonic() - self._t0
+        r = self.report
+        log.info(
+            "gc%s of %s: scanned %d objects, %s %d shards (%d bytes) and %d manifests in %d requests",
+            " (dry run)" if r.dry_run else "",
+            r.url,
+            r.objects_scanned,
+            "would delete" if r.dry_run else "deleted",
+            r.shards_deleted,
+            r.bytes_freed,
+            len(r.manifests_finalised),
+            r.total_requests,
+        )
+        return r
+
+
+def collect_garbage(repo: Repository, *, dry_run: bool = False, threads: int = 16) -> GcReport:
+    """Run one gc sweep over ``repo`` (see the module doc); returns what it did."""
+    return GarbageCollector(repo, dry_run=dry_run, threads=threads).run()
+
+
+__all__ = ["GarbageCollector", "GcReport", "References", "collect_garbage"]

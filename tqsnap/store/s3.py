@@ -1,0 +1,847 @@
+"""A store on Amazon S3 or any S3-compatible server (SeaweedFS, MinIO, Ceph, Huawei OBS).
+
+The store talks to S3 through one thread-safe boto3 client and keeps the request count low,
+because on S3 the per-request latency, not the bandwidth, dominates small objects.
+
+Choices that matter:
+
+- **Conditional create.** ``put_if_absent`` is ``PutObject`` with ``If-None-Match: *``; the
+  server answers 412 to every racer but one. A 412 is recognised from the error *code* of the
+  ``ClientError``, never from an exception type, because servers and client libraries disagree
+  on how to surface it. Objects above ``multipart_threshold`` use a multipart upload whose
+  ``CompleteMultipartUpload`` carries the condition; a losing upload is aborted so no pending
+  parts are left behind (they are billed). Callers that need a race-proof commit keep the
+  object below the threshold: no tested server makes the conditional complete atomic.
+- **Conditional modes.** ``"if-none-match"`` (AWS and most S3 servers), ``"obs"`` (Huawei OBS,
+  which documents no ``If-None-Match`` on PUT: the header ``x-obs-forbid-overwrite: true`` is
+  sent instead and 409 ``ObjectAlreadyExists`` means "exists"), and ``"none"`` (no conditional
+  create at all: refused unless the caller promises a single writer).
+- **No checksums, no payload signing.** CRC32 request checksums and SHA-256 payload signing
+  each cost a full pass over every byte; over TLS they add nothing the transport does not
+  already give, and on loopback test servers they only slow the suite down.
+- **One retry budget.** botocore's own retries are switched off and this module retries
+  throttling, 5xx, timeouts, dropped connections (including ones that break while a response
+  body streams, which botocore cannot retry), and 409 ``ConditionalRequestConflict`` on
+  conditional writes, with exponential backoff and full jitter. A single budget keeps the worst
+  case bounded instead of multiplying two retry layers.
+- **No copies of upload buffers.** ``bytes`` go to botocore as they are; ``bytearray`` and
+  ``memoryview`` are wrapped in a seekable read-only reader that hands out slices of the
+  caller's buffer, so a 1 GiB tensor is never duplicated to be uploaded.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ResponseStreamingError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+from ..errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ConditionalWriteUnsupportedError,
+    ObjectNotFoundError,
+    StoreError,
+)
+from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, batched
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONDITIONAL_MODES = ("if-none-match", "obs", "none")
+
+#: S3 refuses more parts than this in one multipart upload.
+MAX_PARTS = 10_000
+#: ...and parts smaller than this, except the last.
+MIN_PART = 5 * 2**20
+
+_RETRY_CODES = frozenset(
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "OperationAborted",
+    }
+)
+_RETRY_STATUS = frozenset({500, 502, 503, 504})
+_DENIED_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken"}
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
+#: Errors raised while a response body streams in; the request must be sent again.
+_TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    BotoConnectionError,
+    IncompleteReadError,
+    ResponseStreamingError,
+    Urllib3HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+_BACKOFF_BASE = 0.05
+_BACKOFF_CAP = 5.0
+_CLOCK_REFRESH = 60.0
+_READ_CHUNK = 1 << 20
+
+
+class _Retry(Exception):
+    """Internal: the attempt failed in a way worth repeating; ``cause`` says why."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class BufferReader:
+    """A read-only, seekable file over a buffer, so botocore can send and re-send it uncopied.
+
+    ``read`` returns ``memoryview`` slices of the caller's buffer; http.client and urllib3
+    hand those straight to ``socket.sendall``. botocore needs ``seek``/``tell`` to rewind the
+    body when it re-signs or re-sends a request, and ``len`` for the Content-Length header.
+    """
+
+    def __init__(self, data: Buffer) -> None:
+        view = memoryview(data)
+        if not view.c_contiguous:
+            raise ValueError("upload buffers must be C-contiguous")
+        self._view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view) - self._pos
+
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        chunk = self._view[self._pos : end]
+        self._pos = max(self._pos, end)
+        return chunk
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        chunk = self.read(len(buf))
+        memoryview(buf)[: len(chunk)] = chunk
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == os.SEEK_END:
+            pos = len(self._view) + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to release: the buffer belongs to the caller."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+def _body(data: Buffer) -> bytes | BufferReader:
+    return data if isinstance(data, bytes) else BufferReader(data)
+
+
+def _nbytes(data: Buffer) -> int:
+    return len(data) if isinstance(data, bytes | bytearray) else memoryview(data).nbytes
+
+
+def _error_code(exc: ClientError) -> tuple[str, int]:
+    """The S3 error code and HTTP status of a ClientError (HEAD errors carry only the status)."""
+    code = str(exc.response.get("Error", {}).get("Code", "") or "")
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if not code and status:
+        code = str(status)
+    return code, status
+
+
+class S3Store(ObjectStore):
+    """Objects under ``s3://bucket/prefix``; keys passed in are relative to the prefix.
+
+    Parameters:
+        bucket: the bucket name.
+        prefix: key prefix inside the bucket (the repository root); slashes at either end are
+            ignored.
+        endpoint_url: S3 endpoint of a non-AWS server; defaults to ``AWS_ENDPOINT_URL_S3`` or
+            ``AWS_ENDPOINT_URL`` from the environment, else AWS itself.
+        region: signing region; defaults to the boto3 chain, else ``us-east-1``.
+        aws_access_key_id, aws_secret_access_key: explicit credentials; otherwise the normal
+            boto3 chain (environment, config files, instance roles).
+        conditional_mode: ``"if-none-match"``, ``"obs"`` or ``"none"`` (see the module doc).
+        single_writer: with ``conditional_mode="none"``, the caller guarantees that only one
+            writer touches the repository; ``put_if_absent`` then checks with HEAD and PUTs.
+        multipart_threshold: objects of at least this many bytes are uploaded in parts.
+        multipart_chunk: part size (raised if the object would need more than 10,000 parts).
+        max_pool_connections: HTTP connections kept open; bounds concurrent requests.
+        retries: how many times a failed request is repeated before the error is raised.
+        create_bucket: create the bucket if it does not exist (tests, demos, first setup).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        conditional_mode: str = "if-none-match",
+        single_writer: bool = False,
+        multipart_threshold: int = 64 * 2**20,
+        multipart_chunk: int = 16 * 2**20,
+        max_pool_connections: int = 32,
+        retries: int = 6,
+        create_bucket: bool = False,
+    ) -> None:
+        if not bucket:
+            raise ValueError("an S3 store needs a bucket: use s3://BUCKET/prefix")
+        if conditional_mode not in CONDITIONAL_MODES:
+            raise ValueError(f"conditional_mode must be one of {CONDITIONAL_MODES}, not {conditional_mode!r}")
+        if multipart_chunk < MIN_PART:
+            raise ValueError(f"multipart_chunk must be at least {MIN_PART} bytes (S3's minimum part size)")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._root = self.prefix + "/" if self.prefix else ""
+        scheme = "obs" if conditional_mode == "obs" else "s3"
+        self.url = f"{scheme}://{bucket}/{self.prefix}" if self.prefix else f"{scheme}://{bucket}"
+        self.conditional_mode = conditional_mode
+        self.single_writer = single_writer
+        self.atomic_create = conditional_mode != "none"
+        self.multipart_threshold = max(1, int(multipart_threshold))
+        self.multipart_chunk = int(multipart_chunk)
+        self.retries = max(0, int(retries))
+        self.endpoint_url = (
+            endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+
+        session = boto3.session.Session(
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+        )
+        self.region = region or session.region_name or "us-east-1"
+        config = Config(
+            region_name=self.region,
+            signature_version="s3v4",
+            s3={"addressing_style": "path", "payload_signing_enabled": False},
+            retries={"mode": "standard", "total_max_attempts": 1},
+            max_pool_connections=max_pool_connections,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            connect_timeout=10,
+            read_timeout=120,
+            tcp_keepalive=True,
+        )
+        #: The boto3 client; public so tools and tests can hook its events.
+        self.client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        self._workers = max(1, min(8, max_pool_connections))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._tls = threading.local()
+        self._clock_lock = threading.Lock()
+        self._clock_offset: float | None = None
+        self._clock_checked = 0.0
+        self._bucket_checked = False
+        if conditional_mode == "obs":
+            self.client.meta.events.register("before-sign.s3", self._add_obs_header)
+        if create_bucket:
+            self._ensure_bucket()
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        if key.startswith("/"):
+            raise StoreError(f"refusing key {key!r}: keys are relative to {self.url}")
+        return self._root + key
+
+    def _where(self, key: str | None) -> str:
+        where = f"s3://{self.bucket}/{self._key(key)}" if key is not None else self.url
+        if self.endpoint_url:
+            where += f" (endpoint {self.endpoint_url})"
+        return where
+
+    def _add_obs_header(self, request: Any, **_: Any) -> None:
+        """Mark conditional writes for OBS; only requests issued by ``put_if_absent`` carry it."""
+        if getattr(self._tls, "forbid_overwrite", False):
+            request.headers["x-obs-forbid-overwrite"] = "true"
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tqsnap-s3")
+            return self._pool
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
+
+    def _is_retryable(self, exc: BaseException, conditional: bool) -> bool:
+        if isinstance(exc, _Retry):
+            return True
+        if isinstance(exc, ClientError):
+            code, status = _error_code(exc)
+            if code in _RETRY_CODES or status in _RETRY_STATUS:
+                return True
+            return conditional and status == 409 and code == "ConditionalRequestConflict"
+        return isinstance(exc, _TRANSIENT_EXCEPTIONS)
+
+    def _with_retries(
+        self, op: str, key: str | None, attempt_fn: Callable[[], T], conditional: bool = False
+    ) -> T:
+        """Run ``attempt_fn`` until it succeeds, the error is final, or the budget is spent."""
+        attempt = 0
+        while True:
+            try:
+                return attempt_fn()
+            except Exception as exc:
+                if attempt < self.retries and self._is_retryable(exc, conditional):
+                    delay = self._backoff(attempt)
+                    attempt += 1
+                    logger.info(
+                        "S3 %s of %s failed (%s); retry %d/%d in %.2fs",
+                        op,
+                        self._where(key),
+                        _describe(exc),
+                        attempt,
+                        self.retries,
+                        delay,
+                    )
+                    time.sleep(delay)
+                    continue
+                error = self._translate(exc, op, key, attempts=attempt + 1)
+                if isinstance(error, AccessDeniedError) and isinstance(exc, ClientError) and key is not None:
+                    error = self._denied_or_missing_bucket(error, op)
+                raise error from exc
+
+    def _translate(self, exc: BaseException, op: str, key: str | None, attempts: int = 1) -> Exception:
+        """Map a botocore failure onto the tqsnap error hierarchy with an actionable message."""
+        if isinstance(exc, _Retry):
+            exc = exc.cause
+        if isinstance(exc, StoreError):
+            return exc
+        where = self._where(key)
+        if isinstance(exc, ClientError):
+            code, status = _error_code(exc)
+            message = exc.response.get("Error", {}).get("Message", "") or code
+            if code == "NoSuchBucket":
+                return BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist{_at(self.endpoint_url)} ({op} of {where}); "
+                    "create it, fix the bucket name in the URL, or pass create_bucket=True"
+                )
+            if status in (401, 403) or code in _DENIED_CODES:
+                return AccessDeniedError(
+                    f"S3 refused {op} of {where}: {code} ({message}). Check the access key and secret "
+                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the boto3 profile), the region, and "
+                    f"that the identity may read, write, list and delete in bucket {self.bucket!r}"
+                )
+            if code in _NOT_FOUND_CODES or status == 404:
+                if key is None:
+                    return BucketNotFoundError(
+                        f"bucket {self.bucket!r} does not exist{_at(self.endpoint_url)}; "
+                        "create it or pass create_bucket=True"
+                    )
+                return ObjectNotFoundError(
+                    key,
+                    f"object {key!r} does not exist in {self.url} ({where}); it was never written or was deleted",
+                )
+            tried = f" after {attempts} attempts" if attempts > 1 else ""
+            return StoreError(
+                f"S3 {op} of {where} failed{tried}: HTTP {status} {code}: {message}. "
+                "If this persists, check the server's health and the bucket's configuration"
+            )
+        if isinstance(exc, NoCredentialsError):
+            return AccessDeniedError(
+                f"no S3 credentials found for {op} of {where}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, configure a boto3 profile, or pass the keys as store options"
+            )
+        if isinstance(exc, _TRANSIENT_EXCEPTIONS):
+            return StoreError(
+                f"S3 {op} of {where} failed after {attempts} attempts: {_describe(exc)}. "
+                "Check that the endpoint is reachable and the network is healthy"
+            )
+        if isinstance(exc, BotoCoreError):
+            return StoreError(f"S3 {op} of {where} failed: {exc}")
+        return StoreError(f"S3 {op} of {where} failed: {_describe(exc)}")
+
+    def _denied_or_missing_bucket(self, error: Exception, op: str) -> Exception:
+        """Some servers (SeaweedFS) answer a write to a missing bucket with 403; say which it is."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if status == 404 or code in ("NoSuchBucket", "NotFound"):
+                return BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist{_at(self.endpoint_url)} ({op} was refused); "
+                    "create it, fix the bucket name in the URL, or pass create_bucket=True"
+                )
+        except Exception:  # the original error is the better report
+            pass
+        return error
+
+    def _ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            self._bucket_checked = True
+            return
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if status != 404 and code not in ("NoSuchBucket", "NotFound"):
+                raise self._translate(exc, "HeadBucket", None) from exc
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self.client.create_bucket(**kwargs)
+            logger.info("created bucket %s%s", self.bucket, _at(self.endpoint_url))
+        except ClientError as exc:
+            code, _ = _error_code(exc)
+            if code != "BucketAlreadyOwnedByYou":
+                raise self._translate(exc, "CreateBucket", None) from exc
+        self._bucket_checked = True
+
+    def _check_bucket(self) -> None:
+        """Raise BucketNotFoundError if the bucket is missing (a HEAD 404 cannot tell by itself)."""
+        if self._bucket_checked:
+            return
+
+        def attempt() -> None:
+            self.client.head_bucket(Bucket=self.bucket)
+
+        self._with_retries("HeadBucket", None, attempt)
+        self._bucket_checked = True
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        full = self._key(key)
+
+        def attempt() -> bytes:
+            resp = self.client.get_object(Bucket=self.bucket, Key=full)
+            return _read_all(resp)
+
+        return self._with_retries("GetObject", key, attempt)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError(f"invalid range start={start} length={length}")
+        if length == 0:
+            if self.head(key) is None:
+                raise ObjectNotFoundError(key, f"object {key!r} does not exist in {self.url}")
+            return b""
+        full = self._key(key)
+
+        def attempt() -> bytes:
+            try:
+                resp = self.client.get_object(
+                    Bucket=self.bucket, Key=full, Range=f"bytes={start}-{start + length - 1}"
+                )
+            except ClientError as exc:
+                if _error_code(exc)[0] == "InvalidRange":
+                    return b""
+                raise
+            return _read_all(resp)
+
+        return self._with_retries("GetObject", key, attempt)
+
+    def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
+        """Stream a range straight into ``buf``; a broken stream resumes where it stopped."""
+        view = memoryview(buf).cast("B") if memoryview(buf).format != "B" else memoryview(buf)
+        if start < 0:
+            raise ValueError(f"invalid start {start}")
+        if len(view) == 0:
+            self.get_range(key, start, 0)
+            return 0
+        full = self._key(key)
+        done = 0
+        eof = False
+
+        def attempt() -> int:
+            nonlocal done, eof
+            first = start + done
+            try:
+                resp = self.client.get_object(
+                    Bucket=self.bucket, Key=full, Range=f"bytes={first}-{start + len(view) - 1}"
+                )
+            except ClientError as exc:
+                if _error_code(exc)[0] == "InvalidRange":
+                    eof = True
+                    return done
+                raise
+            expected = int(resp.get("ContentLength", 0))
+            want = min(expected, len(view) - done)
+            got = _read_into(resp, view[done : done + want])
+            done += got
+            if got < want:
+                raise _Retry(IncompleteReadError(actual_bytes=got, expected_bytes=want))
+            eof = True
+            return done
+
+        while not eof:
+            self._with_retries("GetObject", key, attempt)
+        return done
+
+    def head(self, key: str) -> ObjectInfo | None:
+        full = self._key(key)
+
+        def attempt() -> ObjectInfo | None:
+            try:
+                resp = self.client.head_object(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                code, status = _error_code(exc)
+                if status == 404 or code in _NOT_FOUND_CODES:
+                    return None
+                raise
+            return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp())
+
+        info = self._with_retries("HeadObject", key, attempt)
+        if info is None:
+            self._check_bucket()
+        return info
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._root + prefix
+        cut = len(self._root)
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+            if token:
+                kwargs["ContinuationToken"] = token
+
+            def attempt(kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
+                return self.client.list_objects_v2(**kwargs)
+
+            page = self._with_retries("ListObjectsV2", prefix, attempt)
+            for obj in page.get("Contents", ()):
+                yield ObjectInfo(obj["Key"][cut:], int(obj["Size"]), obj["LastModified"].timestamp())
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def now(self) -> float:
+        """Server time: the local clock plus the offset to the server's ``Date`` header.
+
+        The offset is measured with a HeadBucket at most once a minute; ``Date`` has one-second
+        resolution, so the estimate is the middle of that second, placed at the middle of the
+        round trip.
+        """
+        mono = time.monotonic()
+        with self._clock_lock:
+            offset = self._clock_offset
+            fresh = offset is not None and mono - self._clock_checked < _CLOCK_REFRESH
+        if fresh:
+            assert offset is not None
+            return time.time() + offset
+
+        def attempt() -> float:
+            before = time.time()
+            resp = self.client.head_bucket(Bucket=self.bucket)
+            after = time.time()
+            date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+            if not date:
+                raise StoreError(f"{self.url}: the server sent no Date header, so its clock cannot be read")
+            server = email.utils.parsedate_to_datetime(date).timestamp() + 0.5
+            return server - (before + after) / 2
+
+        offset = self._with_retries("HeadBucket", None, attempt)
+        with self._clock_lock:
+            self._clock_offset = offset
+            self._clock_checked = mono
+        self._bucket_checked = True
+        return time.time() + offset
+
+    # --- writes --------------------------------------------------------------------------
+
+    def put(self, key: str, data: Buffer) -> None:
+        size = _nbytes(data)
+        if size >= self.multipart_threshold:
+            self._multipart(key, data, size, conditional=False)
+            return
+        full = self._key(key)
+
+        def attempt() -> None:
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=_body(data))
+
+        self._with_retries("PutObject", key, attempt)
+
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        """Create ``key`` unless it exists; exactly one of many racers gets True.
+
+        A retried request whose first attempt did succeed (and whose reply was lost) answers
+        False; callers that must tell the two apart store a unique id in the object and read
+        it back.
+        """
+        if self.conditional_mode == "none":
+            if not self.single_writer:
+                raise ConditionalWriteUnsupportedError(
+                    f"{self.url} is configured with conditional_mode='none': the store cannot create "
+                    f"{key!r} atomically, so concurrent writers could overwrite each other's commits. "
+                    "Use a server that honours If-None-Match, or pass single_writer=True if you can "
+                    "guarantee that only one writer uses this repository at a time"
+                )
+            if self.head(key) is not None:
+                return False
+            self.put(key, data)
+            return True
+        size = _nbytes(data)
+        self._tls.forbid_overwrite = self.conditional_mode == "obs"
+        try:
+            if size >= self.multipart_threshold:
+                # Losing is cheap to detect before uploading hundreds of MiB; the conditional
+                # complete still decides any race that starts after this check.
+                if self.head(key) is not None:
+                    return False
+                return self._multipart(key, data, size, conditional=True)
+            full = self._key(key)
+
+            def attempt() -> bool:
+                kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full, "Body": _body(data)}
+                if self.conditional_mode == "if-none-match":
+                    kwargs["IfNoneMatch"] = "*"
+                try:
+                    self.client.put_object(**kwargs)
+                except ClientError as exc:
+                    if self._lost_race(exc):
+                        return False
+                    raise
+                return True
+
+            return self._with_retries("PutObject", key, attempt, conditional=True)
+        finally:
+            self._tls.forbid_overwrite = False
+
+    def _lost_race(self, exc: ClientError) -> bool:
+        code, status = _error_code(exc)
+        if status == 412 or code in _PRECONDITION_CODES:
+            return True
+        return self.conditional_mode == "obs" and status == 409 and code == "ObjectAlreadyExists"
+
+    def _multipart(self, key: str, data: Buffer, size: int, *, conditional: bool) -> bool:
+        """Upload in parallel parts; abort on any failure so no billed parts are left behind."""
+        full = self._key(key)
+        chunk = max(self.multipart_chunk, math.ceil(size / MAX_PARTS))
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+
+        def create() -> str:
+            return self.client.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"]
+
+        upload_id = self._with_retries("CreateMultipartUpload", key, create)
+        futures: list[Future[dict[str, Any]]] = []
+        try:
+            pool = self._executor()
+            for number, offset in enumerate(range(0, size, chunk), start=1):
+                futures.append(
+                    pool.submit(
+                        self._upload_part, key, full, upload_id, number, view[offset : offset + chunk]
+                    )
+                )
+            parts = [f.result() for f in futures]
+
+            def complete() -> bool:
+                kwargs: dict[str, Any] = {
+                    "Bucket": self.bucket,
+                    "Key": full,
+                    "UploadId": upload_id,
+                    "MultipartUpload": {"Parts": parts},
+                }
+                if conditional and self.conditional_mode == "if-none-match":
+                    kwargs["IfNoneMatch"] = "*"
+                try:
+                    self.client.complete_multipart_upload(**kwargs)
+                except ClientError as exc:
+                    if conditional and self._lost_race(exc):
+                        return False
+                    raise
+                return True
+
+            created = self._with_retries("CompleteMultipartUpload", key, complete, conditional=conditional)
+        except BaseException:
+            # Stop the remaining parts first, or they would land after the abort and keep
+            # an upload (and its storage) alive.
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            self._abort(key, full, upload_id)
+            raise
+        if not created:
+            self._abort(key, full, upload_id)
+        return created
+
+    def _upload_part(
+        self, key: str, full: str, upload_id: str, number: int, part: memoryview
+    ) -> dict[str, Any]:
+        def attempt() -> dict[str, Any]:
+            resp = self.client.upload_part(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=BufferReader(part)
+            )
+            return {"PartNumber": number, "ETag": resp["ETag"]}
+
+        return self._with_retries("UploadPart", key, attempt)
+
+    def _abort(self, key: str, full: str, upload_id: str) -> None:
+        def attempt() -> None:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except ClientError as exc:
+                if _error_code(exc)[0] != "NoSuchUpload":
+                    raise
+
+        try:
+            self._with_retries("AbortMultipartUpload", key, attempt)
+        except StoreError as exc:
+            logger.warning(
+                "could not abort multipart upload %s of %s; it keeps costing storage until a "
+                "lifecycle rule or `aws s3api abort-multipart-upload` removes it: %s",
+                upload_id,
+                self._where(key),
+                exc,
+            )
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        requests = 0
+        for batch in batched(keys, DELETE_BATCH):
+            requests += 1
+            objects = [{"Key": self._key(k)} for k in batch]
+
+            def attempt(objects: list[dict[str, str]] = objects) -> dict[str, Any]:
+                return self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+
+            resp = self._with_retries("DeleteObjects", batch[0], attempt)
+            errors = resp.get("Errors") or []
+            if errors:
+                shown = ", ".join(f"{e.get('Key')} ({e.get('Code')}: {e.get('Message')})" for e in errors[:5])
+                more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
+                codes = {str(e.get("Code")) for e in errors}
+                cls = AccessDeniedError if codes & _DENIED_CODES else StoreError
+                raise cls(
+                    f"S3 DeleteObjects in {self.url} failed for {len(errors)} keys: {shown}{more}. "
+                    "The other keys of the batch were deleted; re-run the deletion once the cause is fixed"
+                )
+        return requests
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
+
+
+def _at(endpoint: str | None) -> str:
+    return f" at {endpoint}" if endpoint else ""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _Retry):
+        exc = exc.cause
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        return f"HTTP {status} {code}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read_all(resp: dict[str, Any]) -> bytes:
+    body = resp["Body"]
+    try:
+        data = body.read()
+    except BaseException:
+        body.close()
+        raise
+    expected = resp.get("ContentLength")
+    if expected is not None and len(data) != int(expected):
+        raise _Retry(IncompleteReadError(actual_bytes=len(data), expected_bytes=int(expected)))
+    return data
+
+
+def _read_into(resp: dict[str, Any], dest: memoryview) -> int:
+    """Fill ``dest`` from a GetObject body; return how many bytes arrived.
+
+    When the body is a plain (not chunked, not encoded) HTTP response, the bytes go from the
+    socket straight into ``dest`` through http.client's ``readinto``; urllib3's own
+    ``readinto`` would read into a temporary object and copy. Otherwise read in chunks.
+    """
+    body = resp["Body"]
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    direct = (
+        fp is not None
+        and hasattr(fp, "readinto")
+        and not getattr(fp, "chunked", True)
+        and getattr(raw, "_decoder", None) is None
+        and (raw.headers.get("content-encoding") or "identity").strip().lower() == "identity"
+    )
+    done = 0
+    try:
+        if direct:
+            while done < len(dest):
+                n = fp.readinto(dest[done:])
+                if not n:
+                    break
+                done += n
+        else:
+            while done < len(dest):
+                chunk = body.read(min(_READ_CHUNK, len(dest) - done))
+                if not chunk:
+                    break
+                dest[done : done + len(chunk)] = chunk
+                done += len(chunk)
+            if done == len(dest) and not body.read(1):
+                return done  # drained: urllib3 has returned the connection to its pool
+    except BaseException:
+        body.close()
+        raise
+    if direct and fp.isclosed():
+        # Fully consumed: hand the connection back to urllib3's pool for reuse.
+        raw.release_conn()
+    elif done < len(dest) or (direct and not fp.isclosed()):
+        body.close()
+    return done

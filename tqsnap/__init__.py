@@ -6,10 +6,21 @@ on first use, so ``import tqsnap`` pulls in neither Ray nor torch.
 
 from . import errors
 from .engine import PackOptions, Repository, SnapshotInfo, VerifyReport
-from .faces.api import init_repo, load, open_repo, save, snapshots, tag, verify
+from .faces.api import copy, init_repo, load, open_repo, save, snapshots, tag, verify
+from .faces.api_retention import forget, gc
 from .format import SnapshotId
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Import the heavy adapters (``tq`` needs Ray, ``dcp`` needs torch) on first use."""
+    if name in ("tq", "dcp"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'tqsnap' has no attribute {name!r}")
+
 
 __all__ = [
     "PackOptions",
@@ -17,7 +28,10 @@ __all__ = [
     "SnapshotId",
     "SnapshotInfo",
     "VerifyReport",
+    "copy",
     "errors",
+    "forget",
+    "gc",
     "init_repo",
     "load",
     "open_repo",

@@ -160,6 +160,7 @@ class ShardPacker:
         if size >= self.options.small_item:
             self._add_large(item, parts, resolve_codec(codec or self.options.codec, dtype))
             return
+        item.hash = content_hash_parts(parts)  # packed: the shard hash does not identify the item
         self._pending.append((item, parts))
         self._pending_size += size
         cut = (

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..adapters.state_dict import load_state, save_state
 from ..engine import PackOptions, Repository, SnapshotInfo, VerifyReport
+from ..engine.copy import copy_snapshot
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from ..store import ObjectStore
 
@@ -100,3 +101,19 @@ def tag(
 ) -> Any:
     """Give a snapshot an immutable name; ``forget --keep-tag`` keeps tagged snapshots."""
     return open_repo(url, storage_options=storage_options).tag(name, stream, snapshot)
+
+
+def copy(
+    src: RepoLike,
+    dst: RepoLike,
+    *,
+    stream: str = "default",
+    snapshot: str | int = "latest",
+    dst_stream: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    dst_storage_options: dict[str, Any] | None = None,
+) -> SnapshotInfo:
+    """Copy a snapshot into another repository; only shards the destination lacks are transferred."""
+    source = open_repo(src, storage_options=storage_options)
+    target = open_repo(dst, create=True, storage_options=dst_storage_options or storage_options)
+    return copy_snapshot(source, target, stream, snapshot, dst_stream=dst_stream)

@@ -18,8 +18,11 @@ from typing import Any
 
 from .. import errors
 from ..engine import Repository
+from ..engine.copy import copy_snapshot
+from ..engine.diff import diff_manifests
 from ..engine.reader import load_body
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
+from ..format.manifest import Manifest
 from . import cli_retention, cli_tq
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5
@@ -191,6 +194,76 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_copy(args: argparse.Namespace) -> int:
+    src = open_repository(args)
+    dst_opts = {"endpoint_url": args.dst_endpoint_url} if args.dst_endpoint_url else storage_options(args)
+    dst = Repository.open(args.dst, create=True, storage_options=dst_opts)
+    info = copy_snapshot(src, dst, args.stream, args.snapshot, dst_stream=args.dst_stream)
+    st = info.stats
+    emit(
+        args,
+        info.to_json(),
+        lambda: (
+            f"copied to {dst.url} as {info.stream}@{info.seq}: {st['new_shards']} shards "
+            f"({fmt_bytes(st['stored_bytes'])}) transferred, {st['reused_shards']} already there"
+        ),
+    )
+    return EXIT_OK
+
+
+def _manifest(repo: Repository, stream: str, snapshot: str) -> Manifest:
+    sid = repo.resolve(stream, snapshot)
+    return load_body(repo.store, repo.load_manifest(sid.stream, sid.seq))
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    a, b = _manifest(repo, args.stream, args.a), _manifest(repo, args.stream, args.b)
+    d = diff_manifests(a, b)
+
+    def text() -> str:
+        lines = [
+            f"{a.id} -> {b.id}: {len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
+            f"{d.unchanged} unchanged; {fmt_bytes(d.new_shard_bytes)} in new shards, "
+            f"{fmt_bytes(d.shared_shard_bytes)} shared"
+        ]
+        lines += (
+            [f"  + {p}" for p in d.added] + [f"  - {p}" for p in d.removed] + [f"  ~ {p}" for p in d.changed]
+        )
+        return "\n".join(lines)
+
+    emit(args, d.to_json(), text)
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    infos = repo.snapshots(args.stream, include_tombstoned=True)
+    shard_objects = shard_bytes = 0
+    for info in repo.store.list("shards/"):
+        shard_objects += 1
+        shard_bytes += info.size
+    logical = sum(i.stats.get("item_bytes", 0) for i in infos if not i.tombstoned)
+    doc = {
+        "url": repo.url,
+        "streams": repo.streams(),
+        "snapshots": sum(not i.tombstoned for i in infos),
+        "tombstoned": sum(i.tombstoned for i in infos),
+        "shard_objects": shard_objects,
+        "stored_bytes": shard_bytes,
+        "logical_bytes": logical,
+        "dedup_ratio": round(logical / shard_bytes, 3) if shard_bytes else None,
+        "grace_seconds": repo.config.grace,
+        "max_write_duration_seconds": repo.config.max_write_duration,
+    }
+    emit(
+        args,
+        doc,
+        lambda: "\n".join(f"{k}: {fmt_bytes(v) if k.endswith('bytes') else v}" for k, v in doc.items()),
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tqsnap", description="Incremental, atomic snapshots of ML state.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -227,6 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_repo_args(p, stream=True, snapshot=True)
     p.add_argument("name")
     p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("copy", help="copy a snapshot to another repository; only missing shards move")
+    add_repo_args(p, stream=True, snapshot=True)
+    p.add_argument("dst", help="destination repository URL (created if missing)")
+    p.add_argument("--dst-stream", default=None, help="stream name in the destination (default: same)")
+    p.add_argument("--dst-endpoint-url", default=None, help="S3 endpoint of the destination, if different")
+    p.set_defaults(func=cmd_copy)
+
+    p = sub.add_parser("diff", help="compare two snapshots of a stream item by item")
+    add_repo_args(p, stream=True)
+    p.add_argument("a", help="older snapshot: seq, latest or tag:<name>")
+    p.add_argument("b", help="newer snapshot: seq, latest or tag:<name>")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("stats", help="repository totals: snapshots, stored bytes, dedup ratio")
+    add_repo_args(p)
+    p.add_argument("--stream", default=None, help="only this stream's snapshots")
+    p.set_defaults(func=cmd_stats)
 
     cli_retention.register(sub)
     cli_tq.register(sub)

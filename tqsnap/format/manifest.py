@@ -69,6 +69,7 @@ class Item:
     dtype: str | None = None
     shape: list[int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    hash: str | None = None  # xxh3-128 of the item's bytes; written for packed items
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -83,6 +84,8 @@ class Item:
             d["shape"] = list(self.shape)
         if self.meta:
             d["meta"] = self.meta
+        if self.hash is not None:
+            d["hash"] = self.hash
         return d
 
     @classmethod
@@ -95,6 +98,7 @@ class Item:
             dtype=d.get("dtype"),
             shape=[int(x) for x in d["shape"]] if d.get("shape") is not None else None,
             meta=dict(d.get("meta") or {}),
+            hash=d.get("hash"),
         )
 
 

@@ -10,6 +10,7 @@ answers one request in place of the server, while every other request reaches th
 from __future__ import annotations
 
 import array
+import io
 import math
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.response import StreamingBody
 from s3servers import S3Server
 
 from tqsnap.errors import (
@@ -333,6 +335,32 @@ def test_transient_errors_are_retried(seaweedfs_endpoint: S3Server) -> None:
     with pytest.raises(StoreError):  # a plain PUT never gets a conditional conflict: not retried
         store.put("y", b"")
     assert put.calls == 1
+
+
+def test_get_into_resumes_a_broken_stream(seaweedfs_endpoint: S3Server) -> None:
+    """A body that breaks halfway is re-requested from the first byte not yet received."""
+    store = _s3_store(seaweedfs_endpoint)
+    data = _pattern(3 * MiB, seed=9)
+    store.put("stream", data)
+    ranges: list[str] = []
+    broken = [True]
+
+    def record(params: dict[str, Any], **kwargs: Any) -> None:
+        ranges.append(params["Range"])
+
+    def break_once(parsed: dict[str, Any], **kwargs: Any) -> None:
+        if broken.pop() if broken else False:
+            real = parsed["Body"]
+            head = real.read(MiB + 7)
+            real.close()
+            parsed["Body"] = StreamingBody(io.BytesIO(head), int(parsed["ContentLength"]))
+
+    store.client.meta.events.register("provide-client-params.s3.GetObject", record)
+    store.client.meta.events.register("after-call.s3.GetObject", break_once)
+    buf = bytearray(len(data) - 100)
+    assert store.get_into("stream", memoryview(buf), start=100) == len(buf)
+    assert buf == data[100:]
+    assert ranges == [f"bytes=100-{len(data) - 1}", f"bytes={100 + MiB + 7}-{len(data) - 1}"]
 
 
 def test_nonexistent_bucket(s3_server: S3Server) -> None:

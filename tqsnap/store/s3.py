@@ -129,10 +129,7 @@ class BufferReader:
     """
 
     def __init__(self, data: Buffer) -> None:
-        view = memoryview(data)
-        if not view.c_contiguous:
-            raise ValueError("upload buffers must be C-contiguous")
-        self._view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        self._view = _byte_view(data)
         self._pos = 0
 
     def __len__(self) -> int:
@@ -178,6 +175,16 @@ class BufferReader:
     @property
     def closed(self) -> bool:
         return False
+
+
+def _byte_view(data: Buffer) -> memoryview:
+    """A flat unsigned-byte view of any C-contiguous buffer, without copying it."""
+    view = memoryview(data)
+    if view.format == "B" and view.ndim == 1:
+        return view
+    if not view.c_contiguous:
+        raise ValueError("buffers passed to the S3 store must be C-contiguous")
+    return view.cast("B")
 
 
 def _body(data: Buffer) -> bytes | BufferReader:
@@ -288,7 +295,8 @@ class S3Store(ObjectStore):
         self._clock_checked = 0.0
         self._bucket_checked = False
         if conditional_mode == "obs":
-            self.client.meta.events.register("before-sign.s3", self._add_obs_header)
+            for op in ("PutObject", "CreateMultipartUpload", "CompleteMultipartUpload"):
+                self.client.meta.events.register(f"before-sign.s3.{op}", self._add_obs_header)
         if create_bucket:
             self._ensure_bucket()
 
@@ -489,7 +497,7 @@ class S3Store(ObjectStore):
 
     def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
         """Stream a range straight into ``buf``; a broken stream resumes where it stopped."""
-        view = memoryview(buf).cast("B") if memoryview(buf).format != "B" else memoryview(buf)
+        view = _byte_view(buf)
         if start < 0:
             raise ValueError(f"invalid start {start}")
         if len(view) == 0:
@@ -663,9 +671,7 @@ class S3Store(ObjectStore):
         """Upload in parallel parts; abort on any failure so no billed parts are left behind."""
         full = self._key(key)
         chunk = max(self.multipart_chunk, math.ceil(size / MAX_PARTS))
-        view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+        view = _byte_view(data)
 
         def create() -> str:
             return self.client.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"]
@@ -803,7 +809,7 @@ def _read_all(resp: dict[str, Any]) -> bytes:
 
 
 def _read_into(resp: dict[str, Any], dest: memoryview) -> int:
-    """Fill ``dest`` from a GetObject body; return how many bytes arrived.
+    """Fill ``dest`` from a GetObject body; return how many bytes arrived before it ended or broke.
 
     When the body is a plain (not chunked, not encoded) HTTP response, the bytes go from the
     socket straight into ``dest`` through http.client's ``readinto``; urllib3's own
@@ -836,6 +842,11 @@ def _read_into(resp: dict[str, Any], dest: memoryview) -> int:
                 done += len(chunk)
             if done == len(dest) and not body.read(1):
                 return done  # drained: urllib3 has returned the connection to its pool
+    except _TRANSIENT_EXCEPTIONS as exc:
+        # Keep what arrived: the caller asks for the rest with a new ranged GET.
+        logger.debug("response body broke after %d of %d bytes: %s", done, len(dest), _describe(exc))
+        body.close()
+        return done
     except BaseException:
         body.close()
         raise

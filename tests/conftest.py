@@ -51,14 +51,20 @@ def _kinds_used(item: pytest.Item) -> set[str]:
     return kinds
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    needed: set[str] = set()
+    # First, so that ``-m "not s3"`` sees the marks.
     for item in items:
-        kinds = _kinds_used(item)
-        if kinds or _S3_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if _kinds_used(item) or _S3_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.s3)
-        needed |= kinds
-    config.stash[_NEEDED] = needed
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # After -k/-m deselection: start only the servers the selected tests use.
+    needed: set[str] = set()
+    for item in session.items:
+        needed |= _kinds_used(item)
+    session.config.stash[_NEEDED] = needed
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -59,7 +60,7 @@ class S3Server:
     data_dir: Path | None = None
     ports: list[int] = field(default_factory=list)
 
-    def client(self, **config: object) -> object:
+    def client(self, **config: Any) -> Any:
         """A plain boto3 client for test setup and inspection."""
         return boto3.client(
             "s3",
@@ -71,7 +72,7 @@ class S3Server:
                 s3={"addressing_style": "path"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                **config,  # type: ignore[arg-type]
+                **config,
             ),
         )
 
@@ -93,7 +94,7 @@ class S3Server:
     def stop(self) -> None:
         _kill(self.process)
         for port in self.ports:
-            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port + 10000}.sock"):
                 with contextlib.suppress(OSError):
                     sock.unlink()
 

@@ -1,0 +1,160 @@
+"""Code that runs inside the TransferQueue controller actor: capture, describe, install.
+
+The controller serves every put, get and clear on one ZMQ request thread. Capture and
+install hold the guard lock around that thread's request handler (:mod:`.guard`), so they see
+and leave the controller between two requests, never in the middle of one. Inside the lock
+they only copy: tensors are cloned, sets and dicts are copied two levels deep (values in
+them are replaced, never mutated, by the controller). Encoding to JSON happens elsewhere,
+after the lock is released.
+
+The state is a plain dict (see :func:`capture_controller`), the common language of the
+codec (:mod:`.controller_codec`) and of :func:`install_controller`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from ...errors import TargetNotEmptyError
+from .guard import guard
+from .system import in_actor
+
+_HANDLER = ("_handle_request",)
+
+
+def _two_level(d: dict[Any, Any]) -> dict[Any, Any]:
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def _copy_partition(p: Any) -> dict[str, Any]:
+    return {
+        "partition_id": p.partition_id,
+        "created_at": p.created_at,
+        "production": p.production_status.clone(),
+        "consumption": {task: t.clone() for task, t in p.consumption_status.items()},
+        "global_indexes": set(p.global_indexes),
+        "pre_allocated": set(p.pre_allocated_global_indexes),
+        "field_name_mapping": dict(p.field_name_mapping),
+        "field_metadata": {
+            name: {
+                "global_indexes": set(m.global_indexes),
+                "dtype": m.dtype,
+                "shape": m.shape,
+                "is_nested": m.is_nested,
+                "is_non_tensor": m.is_non_tensor,
+                "per_sample_shapes": dict(m.per_sample_shapes),
+            }
+            for name, m in p.field_metadata.items()
+        },
+        "field_custom_backend_meta": _two_level(p.field_custom_backend_meta),
+        "custom_meta": _two_level(p.custom_meta),
+        "keys_mapping": dict(p.keys_mapping),
+        "revert_keys_mapping": dict(p.revert_keys_mapping),
+    }
+
+
+def _sampler_class(sampler: Any) -> str:
+    cls = type(sampler)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@in_actor
+def capture_controller(self: Any) -> dict[str, Any]:
+    """Copy every partition, the index manager and the sampler state between two requests."""
+    import copy
+
+    lock = guard(self, _HANDLER)
+    with lock:
+        t0 = time.monotonic()
+        partitions = {pid: _copy_partition(p) for pid, p in self.partitions.items()}
+        im = self.index_manager
+        index_manager = {
+            "partition_to_indexes": {pid: set(s) for pid, s in im.partition_to_indexes.items()},
+            "reusable_indexes": list(im.reusable_indexes),
+            "global_index_counter": int(im.global_index_counter),
+            "allocated_indexes": set(im.allocated_indexes),
+        }
+        sampler_state = copy.deepcopy(self.sampler.save_checkpoint())
+        stall = time.monotonic() - t0
+    return {
+        "partitions": partitions,
+        "index_manager": index_manager,
+        "sampler": {"class": _sampler_class(self.sampler), "state": sampler_state},
+        "stall_s": stall,
+    }
+
+
+def _is_empty(self: Any) -> bool:
+    return not self.partitions
+
+
+@in_actor
+def describe_controller(self: Any) -> dict[str, Any]:
+    """What a restore needs to know about its target before it touches anything."""
+    return {
+        "partitions": len(self.partitions),
+        "global_index_counter": int(self.index_manager.global_index_counter),
+        "sampler_class": _sampler_class(self.sampler),
+    }
+
+
+def _build_partition(state: dict[str, Any]) -> Any:
+    from transfer_queue.controller import DataPartitionStatus, FieldMeta
+
+    p = DataPartitionStatus(partition_id=state["partition_id"])
+    p.created_at = state["created_at"]
+    p.production_status = state["production"]
+    p.consumption_status = dict(state["consumption"])
+    p.global_indexes = set(state["global_indexes"])
+    p.pre_allocated_global_indexes = set(state["pre_allocated"])
+    p.field_name_mapping = dict(state["field_name_mapping"])
+    p.field_metadata = {
+        name: FieldMeta(
+            global_indexes=set(m["global_indexes"]),
+            dtype=m["dtype"],
+            shape=m["shape"],
+            is_nested=m["is_nested"],
+            is_non_tensor=m["is_non_tensor"],
+            per_sample_shapes=dict(m["per_sample_shapes"]),
+        )
+        for name, m in state["field_metadata"].items()
+    }
+    p.field_custom_backend_meta = dict(state["field_custom_backend_meta"])
+    p.custom_meta = dict(state["custom_meta"])
+    p.keys_mapping = dict(state["keys_mapping"])
+    p.revert_keys_mapping = dict(state["revert_keys_mapping"])
+    return p
+
+
+@in_actor
+def install_controller(self: Any, state: dict[str, Any], force: bool, load_sampler: bool) -> float:
+    """Replace the controller's whole state with ``state``; return how long requests waited.
+
+    Objects are built before the lock is taken, so requests wait only for the swap.
+    """
+    partitions = {pid: _build_partition(p) for pid, p in state["partitions"].items()}
+    im_state = state["index_manager"]
+    lock = guard(self, _HANDLER)
+    with lock:
+        t0 = time.monotonic()
+        if not force and not _is_empty(self):
+            raise TargetNotEmptyError(
+                f"the target TransferQueue controller gained {len(self.partitions)} partitions while the "
+                "snapshot was being staged; nothing was changed. Restore into an idle TransferQueue"
+            )
+        self.partitions = partitions
+        im = self.index_manager
+        im.partition_to_indexes = defaultdict(
+            set, {k: set(v) for k, v in im_state["partition_to_indexes"].items()}
+        )
+        im.reusable_indexes = list(im_state["reusable_indexes"])
+        im.global_index_counter = int(im_state["global_index_counter"])
+        im.allocated_indexes = set(im_state["allocated_indexes"])
+        if load_sampler:
+            self.sampler.load_checkpoint(state["sampler"]["state"])
+        else:  # a different sampler class: its cached batches would name samples that changed
+            for pid in list(getattr(self.sampler, "_states", {}) or {}):
+                self.sampler.clear_cache(pid)
+        return time.monotonic() - t0

@@ -1,0 +1,189 @@
+"""Typed JSON for the Python values TransferQueue holds: tags, non-tensor samples, sampler state.
+
+Plain JSON loses types that matter for an exact restore (tuple vs list, int dict keys, bytes,
+NaN, small tensors inside tags). Values that JSON cannot say directly become a one-key object
+whose key starts with ``$``; a dict whose keys are all strings without a leading ``$`` stays a
+plain JSON object, so ordinary tags and strings cost nothing extra.
+
+Anything else is pickled only when the caller allows it, and a pickled value is refused on
+load unless the loader allows it too: a snapshot in a shared bucket must not run code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import pickle
+from typing import Any
+
+from ...errors import FormatError, PickleNotAllowedError
+
+
+def _b64(data: bytes | memoryview) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+class Encoder:
+    """Turns values into JSON-able trees; remembers whether it had to pickle anything."""
+
+    def __init__(self, allow_pickle: bool = False, where: str = "") -> None:
+        self.allow_pickle = allow_pickle
+        self.where = where
+        self.pickled = False
+
+    def encode(self, v: Any) -> Any:
+        if v is None or isinstance(v, bool | str):
+            return v
+        if isinstance(v, int) and type(v) is int:
+            return v
+        if isinstance(v, float) and type(v) is float:
+            return v if math.isfinite(v) else {"$f": repr(v)}
+        t = type(v)
+        if t is list:
+            return [self.encode(x) for x in v]
+        if t is dict:
+            if all(isinstance(k, str) and not k.startswith("$") for k in v):
+                return {k: self.encode(x) for k, x in v.items()}
+            return {"$d": [[self.encode(k), self.encode(x)] for k, x in v.items()]}
+        if t is tuple:
+            return {"$t": [self.encode(x) for x in v]}
+        if t is bytes:
+            return {"$b": _b64(v)}
+        if t is bytearray:
+            return {"$ba": _b64(v)}
+        if t is set or t is frozenset:
+            items = [self.encode(x) for x in v]
+            try:
+                items.sort(key=lambda x: json.dumps(x, sort_keys=True))
+            except TypeError:  # pragma: no cover - encoded items are always JSON
+                pass
+            return {"$set" if t is set else "$fset": items}
+        special = self._special(v)
+        if special is not None:
+            return special
+        if not self.allow_pickle:
+            raise PickleNotAllowedError(
+                f"{self.where or 'a value'} holds a {t.__module__}.{t.__qualname__}, which only pickle can "
+                "store; pass allow_pickle=True to snapshot it (and to restore it later)"
+            )
+        self.pickled = True
+        return {"$pickle": _b64(pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL))}
+
+    def _special(self, v: Any) -> Any:
+        """Tensors, numpy arrays and dtypes, imported lazily so JSON users need neither."""
+        mod = type(v).__module__
+        if mod.startswith("torch"):
+            import torch
+
+            from ..tensors import dtype_name, tensor_bytes
+
+            if isinstance(v, torch.Size):
+                return {"$size": [int(x) for x in v]}
+            if isinstance(v, torch.dtype):
+                return {"$dtype": dtype_name(v)}
+            if type(v) is torch.Tensor and v.layout == torch.strided and not v.is_quantized:
+                view, _owner = tensor_bytes(v)
+                return {"$tensor": [dtype_name(v.dtype), list(v.shape), _b64(view)]}
+        if mod == "numpy" or mod.startswith("numpy."):
+            import numpy as np
+
+            if isinstance(v, np.ndarray) and not v.dtype.hasobject:
+                arr = np.ascontiguousarray(v)
+                return {"$nd": [arr.dtype.str, list(arr.shape), _b64(arr.tobytes())]}
+            if isinstance(v, np.generic) and not isinstance(v, np.object_):
+                arr = np.asarray(v)
+                return {"$np": [arr.dtype.str, _b64(arr.tobytes())]}
+            if isinstance(v, np.dtype) and not v.hasobject:
+                return {"$npdtype": v.str}
+        return None
+
+
+class Decoder:
+    """The inverse of :class:`Encoder`; refuses ``$pickle`` unless allowed."""
+
+    def __init__(self, allow_pickle: bool = False, where: str = "") -> None:
+        self.allow_pickle = allow_pickle
+        self.where = where
+
+    def decode(self, node: Any) -> Any:
+        if node is None or isinstance(node, bool | int | float | str):
+            return node
+        if isinstance(node, list):
+            return [self.decode(x) for x in node]
+        if not isinstance(node, dict):
+            raise FormatError(f"{self.where}: unexpected JSON value {node!r:.80}")
+        if len(node) == 1:
+            ((tag, body),) = node.items()
+            if tag.startswith("$"):
+                return self._tagged(tag, body)
+        return {k: self.decode(x) for k, x in node.items()}
+
+    def _tagged(self, tag: str, body: Any) -> Any:
+        if tag == "$f":
+            return float(body)
+        if tag == "$d":
+            return {_hashable(self.decode(k)): self.decode(x) for k, x in body}
+        if tag == "$t":
+            return tuple(self.decode(x) for x in body)
+        if tag == "$b":
+            return _unb64(body)
+        if tag == "$ba":
+            return bytearray(_unb64(body))
+        if tag == "$set":
+            return {_hashable(self.decode(x)) for x in body}
+        if tag == "$fset":
+            return frozenset(_hashable(self.decode(x)) for x in body)
+        if tag == "$size":
+            import torch
+
+            return torch.Size(body)
+        if tag == "$dtype":
+            from ..tensors import dtype_from_name
+
+            return dtype_from_name(body)
+        if tag == "$tensor":
+            from ..tensors import tensor_from_bytes
+
+            dtype, shape, data = body
+            return tensor_from_bytes(bytearray(_unb64(data)), dtype, list(shape))
+        if tag in ("$nd", "$np", "$npdtype"):
+            import numpy as np
+
+            if tag == "$npdtype":
+                return np.dtype(body)
+            if tag == "$np":
+                return np.frombuffer(_unb64(body[1]), dtype=np.dtype(body[0]))[0]
+            dtype, shape, data = body
+            return np.frombuffer(bytearray(_unb64(data)), dtype=np.dtype(dtype)).reshape(shape)
+        if tag == "$pickle":
+            if not self.allow_pickle:
+                raise PickleNotAllowedError(
+                    f"{self.where or 'the snapshot'} holds a pickled Python object; loading it could run "
+                    "code. Pass allow_pickle=True only if you trust everyone who can write this repository"
+                )
+            return pickle.loads(_unb64(body))  # noqa: S301 - explicit opt-in above
+        raise FormatError(f"{self.where}: unknown value tag {tag!r}")
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
+
+
+def dumps(value: Any, *, allow_pickle: bool = False, where: str = "") -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON bytes."""
+    tree = Encoder(allow_pickle, where).encode(value)
+    return json.dumps(tree, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+def loads(data: bytes | bytearray | memoryview, *, allow_pickle: bool = False, where: str = "") -> Any:
+    """Decode bytes written by :func:`dumps`."""
+    try:
+        tree = json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{where}: not valid JSON: {exc}") from exc
+    return Decoder(allow_pickle, where).decode(tree)

@@ -1,0 +1,96 @@
+"""Item names and small encodings shared by save and restore (docs/transferqueue.md, "Layout").
+
+Item paths are deterministic so that an unchanged block of samples yields the same bytes,
+the same shard hash, and no upload in the next snapshot:
+
+- ``c/index_manager``, ``c/sampler``: JSON blobs of the controller's global state;
+- ``c/p/<partition>/state``: one partition's metadata as a JSON blob;
+- ``c/p/<partition>/production``: its int8 production status ``[rows, fields]``;
+- ``c/p/<partition>/consumption/<task>``: one task's int8 consumption status ``[rows]``;
+- ``d/<partition>/<field>/b<block>/u<k>of<n>``: the values of one field for the samples of one
+  partition whose global index ``gi`` lies in block ``gi // block_size`` and which live on
+  storage unit ``k`` of ``n`` (``gi % n == k``).
+
+Each storage unit writes only the ``d/`` items of the samples it holds, so two units never
+write the same path, and a unit whose data did not change yields the same items again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+#: The version of the layout below, stored in ``manifest.extra["tq_layout"]``.
+LAYOUT_VERSION = 1
+#: Snapshot kind written to the manifest; restore refuses any other kind.
+KIND = "transferqueue"
+#: Global indexes per block. Small enough that a few changed samples re-upload little, large
+#: enough that a block of small samples is not dominated by per-item overhead.
+DEFAULT_BLOCK_SIZE = 1024
+
+
+def escape(part: str) -> str:
+    """Make an arbitrary partition, field or task name safe as one path segment."""
+    return part.replace("~", "~0").replace("/", "~1")
+
+
+def index_manager_path() -> str:
+    return "c/index_manager"
+
+
+def sampler_path() -> str:
+    return "c/sampler"
+
+
+def partition_state_path(pid: str) -> str:
+    return f"c/p/{escape(pid)}/state"
+
+
+def production_path(pid: str) -> str:
+    return f"c/p/{escape(pid)}/production"
+
+
+def consumption_path(pid: str, task: str) -> str:
+    return f"c/p/{escape(pid)}/consumption/{escape(task)}"
+
+
+def data_path(pid: str, field: str, block: int, unit: int, units: int) -> str:
+    return f"d/{escape(pid)}/{escape(field)}/b{block:08d}/u{unit}of{units}"
+
+
+def encode_runs(values: Iterable[int]) -> list[list[int]]:
+    """``[3, 4, 5, 9]`` -> ``[[3, 3], [9, 1]]``: runs of consecutive integers, order kept.
+
+    Global index sets are mostly long consecutive ranges, so this keeps the JSON small. Order
+    matters for ``reusable_indexes`` (a FIFO), so callers sort sets themselves.
+    """
+    runs: list[list[int]] = []
+    for v in values:
+        v = int(v)
+        if runs and runs[-1][0] + runs[-1][1] == v:
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    return runs
+
+
+def decode_runs(runs: Sequence[Sequence[int]]) -> list[int]:
+    """The inverse of :func:`encode_runs`."""
+    out: list[int] = []
+    for start, count in runs:
+        out.extend(range(int(start), int(start) + int(count)))
+    return out
+
+
+def unescape(part: str) -> str:
+    return part.replace("~1", "/").replace("~0", "~")
+
+
+def parse_data_path(path: str) -> tuple[str, str, int, int, int] | None:
+    """``(partition, field, block, unit, units)`` of a ``d/`` item path, or None."""
+    parts = path.split("/")
+    if len(parts) != 5 or parts[0] != "d" or not parts[3].startswith("b") or not parts[4].startswith("u"):
+        return None
+    unit, sep, units = parts[4][1:].partition("of")
+    if not sep or not unit.isdigit() or not units.isdigit() or not parts[3][1:].isdigit():
+        return None
+    return unescape(parts[1]), unescape(parts[2]), int(parts[3][1:]), int(unit), int(units)

@@ -1,0 +1,177 @@
+"""Restore a snapshot into a running TransferQueue (the coordinator's side).
+
+1. Validate (:mod:`.validate`): the snapshot exists and is a TransferQueue snapshot of a
+   layout this version reads; no pickled values unless allowed; the target is empty unless
+   ``force``.
+2. Read and decode the controller items here (verified against their hashes).
+3. Stage: every target unit fetches, verifies and decodes its own samples, routed by
+   ``gi % n`` over the target's unit order, and keeps them aside (:mod:`.unit_restore`).
+4. Only then install: first the units, then the controller, so no sample is ever marked
+   produced before its value is in place.
+
+Any failure in steps 1-3 discards what was staged and leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...engine import Repository
+from ...errors import FormatError
+from ...format.manifest import Extent, Item, ShardRef
+from .blocks import block_gis
+from .capture import install_controller
+from .controller_codec import controller_paths, decode_controller, decode_partition_doc
+from .layout import KIND, parse_data_path, partition_state_path
+from .system import TransferQueueSystem
+from .unit_restore import StageJob, discard_unit, install_unit, stage_unit
+from .validate import check_manifest, check_pickle, check_sampler, check_target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TQRestoreResult:
+    """What one restore did."""
+
+    snapshot: str
+    samples: int
+    bytes: int
+    units: int
+    source_units: int
+    validate_s: float = 0.0
+    stage_s: float = 0.0
+    install_s: float = 0.0
+    total_s: float = 0.0
+    unit_stall_s: list[float] = field(default_factory=list)
+    controller_stall_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _stage_jobs(
+    reader: Any, units: int, token: str, repo: Repository, allow_pickle: bool, threads: int
+) -> list[StageJob]:
+    """Per target unit: the data items holding samples with ``gi % units == unit``."""
+    per_unit: list[list[tuple[str, Item]]] = [[] for _ in range(units)]
+    for path, item in reader.items.items():
+        parsed = parse_data_path(path)
+        if parsed is None:
+            continue
+        _, name, _, k, n = parsed
+        targets = {k} if n == units else {g % units for g in block_gis(item.meta)}
+        for j in targets:
+            per_unit[j].append((name, item))
+    jobs = []
+    for j, entries in enumerate(per_unit):
+        local: dict[int, int] = {}
+        shards: list[ShardRef] = []
+        remapped: list[tuple[str, Item]] = []
+        for name, item in entries:
+            extents = []
+            for e in item.extents:
+                if e.shard not in local:
+                    local[e.shard] = len(shards)
+                    shards.append(reader.manifest.shards[e.shard])
+                extents.append(Extent(local[e.shard], e.offset, e.length))
+            remapped.append((name, dataclasses.replace(item, extents=extents)))
+        jobs.append(
+            StageJob(
+                unit=j,
+                units=units,
+                token=token,
+                store_url=repo.store.url,
+                storage_options=repo.storage_options,
+                shards=shards,
+                items=remapped,
+                snapshot=reader.name,
+                allow_pickle=allow_pickle,
+                threads=threads,
+            )
+        )
+    return jobs
+
+
+def restore_system(
+    system: TransferQueueSystem,
+    repo: Repository,
+    stream: str,
+    snapshot: str | int = "latest",
+    *,
+    force: bool = False,
+    allow_pickle: bool = False,
+    threads: int = 8,
+) -> TQRestoreResult:
+    """Restore ``stream@snapshot`` into ``system``; exact, and all-or-nothing up to the install."""
+    t0 = time.monotonic()
+    if repo.store.url.startswith("memory:"):
+        raise ValueError("a memory:// store lives in one process; restore from a local path or an s3:// URL")
+    reader = repo.reader(stream, snapshot, kind=KIND)
+    extra = check_manifest(reader)
+    check_pickle(reader, allow_pickle)
+    target = check_target(system, force)
+
+    partitions: list[str] = list(extra["partitions"])
+    paths = controller_paths(partitions, extra["consumption_tasks"])
+    absent = [p for p in paths if p not in reader.items]
+    if absent:
+        raise FormatError(f"snapshot {reader.name} lacks controller items {absent[:3]}")
+    values = reader.read_items(paths)
+    docs = {
+        pid: decode_partition_doc(values[partition_state_path(pid)], pid, allow_pickle=allow_pickle)
+        for pid in partitions
+    }
+    state = decode_controller(partitions, docs, values, reader.items, allow_pickle=allow_pickle)
+    load_sampler = check_sampler(
+        state["sampler"]["class"], state["sampler"]["state"], target["sampler_class"], reader.name
+    )
+    t_validate = time.monotonic()
+
+    token = secrets.token_hex(8)
+    jobs = _stage_jobs(reader, system.n_units, token, repo, allow_pickle, threads)
+    try:
+        staged = system.call_units(stage_unit, [(job,) for job in jobs])
+        check_target(system, force)  # again: nothing may have arrived while we staged
+    except BaseException:
+        _discard(system, token)
+        raise
+    t_stage = time.monotonic()
+
+    unit_stalls = system.call_units(install_unit, [(token, force) for _ in system.units])
+    controller_stall = system.call_controller(install_controller, state, force, load_sampler)
+    t_end = time.monotonic()
+    result = TQRestoreResult(
+        snapshot=reader.name,
+        samples=sum(s["samples"] for s in staged),
+        bytes=sum(s["bytes"] for s in staged),
+        units=system.n_units,
+        source_units=int(extra["units"]),
+        validate_s=t_validate - t0,
+        stage_s=t_stage - t_validate,
+        install_s=t_end - t_stage,
+        total_s=t_end - t0,
+        unit_stall_s=list(unit_stalls),
+        controller_stall_s=controller_stall,
+    )
+    log.info(
+        "restored %s (%d units) into %d units: %d samples in %.2fs",
+        reader.name,
+        result.source_units,
+        result.units,
+        result.samples,
+        result.total_s,
+    )
+    return result
+
+
+def _discard(system: TransferQueueSystem, token: str) -> None:
+    try:
+        system.call_units(discard_unit, [(token,) for _ in system.units])
+    except Exception:  # noqa: BLE001 - best effort; staged data also dies with the actor
+        log.warning("could not discard staged restore %s on every unit", token, exc_info=True)

@@ -1,0 +1,226 @@
+"""Take one snapshot of a running TransferQueue (the coordinator's side).
+
+Order, and why (docs/transferqueue.md, "Consistency"):
+
+1. begin the save (parent, reuse index);
+2. capture the controller, between two of its requests;
+3. tell every unit which samples the controller saw as produced on it; each unit copies its
+   data, keeps the samples it really holds, and hashes and uploads its own shards, all units
+   at once;
+4. reconcile: a (sample, field) that the controller saw produced but its unit no longer held
+   (a clear raced the snapshot) is saved as not produced;
+5. save the controller items from here, and commit the manifest LAST.
+
+A put that lands after step 2 is not in the snapshot; one that landed before it is, whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
+from ...format.manifest import SnapshotId
+from .capture import capture_controller
+from .controller_codec import encode_controller
+from .layout import DEFAULT_BLOCK_SIZE, KIND, LAYOUT_VERSION, decode_runs
+from .system import TransferQueueSystem, _ray
+from .unit_upload import UnitJob, UnitResult, snapshot_unit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TQSnapshotResult:
+    """What one snapshot did: the committed snapshot, bytes new vs reused, and timings."""
+
+    info: SnapshotInfo
+    samples: int
+    dropped: int
+    units: int
+    new_bytes: int
+    reused_bytes: int
+    stored_bytes: int
+    item_bytes: int
+    controller_stall_s: float
+    unit_stall_s: list[float] = field(default_factory=list)
+    unit_memcpy_s: list[float | None] = field(default_factory=list)
+    unit_data_bytes: list[int] = field(default_factory=list)
+    capture_s: float = 0.0
+    upload_s: float = 0.0
+    commit_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Fraction of this snapshot's bytes that were already in the repository."""
+        total = self.new_bytes + self.reused_bytes
+        return self.reused_bytes / total if total else 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot": str(self.info.id),
+            "samples": self.samples,
+            "dropped": self.dropped,
+            "units": self.units,
+            "new_bytes": self.new_bytes,
+            "reused_bytes": self.reused_bytes,
+            "stored_bytes": self.stored_bytes,
+            "item_bytes": self.item_bytes,
+            "dedup_ratio": round(self.dedup_ratio, 4),
+            "controller_stall_s": self.controller_stall_s,
+            "unit_stall_s": self.unit_stall_s,
+            "unit_memcpy_s": self.unit_memcpy_s,
+            "capture_s": self.capture_s,
+            "upload_s": self.upload_s,
+            "commit_s": self.commit_s,
+            "total_s": self.total_s,
+        }
+
+
+def _plan(state: dict[str, Any], units: int) -> list[dict[str, dict[str, Any]]]:
+    """Per unit: partition -> field -> sorted global indexes the controller saw produced."""
+    import numpy as np
+
+    plans: list[dict[str, dict[str, Any]]] = [{} for _ in range(units)]
+    for pid, p in state["partitions"].items():
+        prod = p["production"].numpy()
+        for name, col in p["field_name_mapping"].items():
+            if col >= prod.shape[1]:
+                continue
+            gis = np.flatnonzero(prod[:, col] == 1).astype(np.int64)
+            if gis.size == 0:
+                continue
+            owner = gis % units
+            for k in range(units):
+                sel = gis[owner == k]
+                if sel.size:
+                    plans[k].setdefault(pid, {})[name] = sel
+    return plans
+
+
+def _reconcile(state: dict[str, Any], results: list[UnitResult]) -> int:
+    """Mark (sample, field) pairs no unit held as not produced; return how many there were."""
+    dropped = 0
+    for r in results:
+        for pid, fields in r.missing.items():
+            p = state["partitions"][pid]
+            for name, runs in fields.items():
+                gis = decode_runs(runs)
+                p["production"][gis, p["field_name_mapping"][name]] = 0
+                dropped += len(gis)
+    if dropped:
+        log.info("reconcile: %d produced values were cleared during the snapshot and are left out", dropped)
+    return dropped
+
+
+def snapshot_system(
+    system: TransferQueueSystem,
+    repo: Repository,
+    stream: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    options: PackOptions | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    parent: SnapshotId | str | None = "latest",
+    measure_memcpy: bool = False,
+) -> TQSnapshotResult:
+    """Snapshot ``system`` into ``repo`` as the next snapshot of ``stream``."""
+    ray = _ray()
+    if repo.store.url.startswith("memory:"):
+        raise ValueError(
+            "a memory:// store lives in one process; TransferQueue storage units upload their own shards, "
+            "so use a local path or an s3:// URL"
+        )
+    t0 = time.monotonic()
+    options = options or PackOptions()
+    writer = SnapshotWriter.begin(repo, stream, KIND, parent=parent, options=options)
+    state = system.call_controller(capture_controller)
+    # Encode before any upload so a value that needs pickle fails the save early. The status
+    # items are views of the captured tensors, so the reconcile below still reaches them.
+    specs = encode_controller(state, allow_pickle=allow_pickle)
+    t_capture = time.monotonic()
+    n = system.n_units
+    reuse = ray.put(writer.reuse_index)
+    jobs = [
+        (
+            UnitJob(
+                unit=k,
+                units=n,
+                plan=plan,
+                store_url=repo.store.url,
+                storage_options=repo.storage_options,
+                options=options,
+                block_size=block_size,
+                allow_pickle=allow_pickle,
+                measure_memcpy=measure_memcpy,
+            ),
+            reuse,
+        )
+        for k, plan in enumerate(_plan(state, n))
+    ]
+    results: list[UnitResult] = system.call_units(snapshot_unit, jobs)
+    t_upload = time.monotonic()
+    for r in results:
+        writer.add_result(r.pack)
+    dropped = _reconcile(state, results)
+    packer = writer.packer()
+    try:
+        for spec in specs:
+            packer.add(
+                spec.path, spec.data, kind=spec.kind, dtype=spec.dtype, shape=spec.shape, meta=spec.meta
+            )
+        writer.add_result(packer.finish())
+    except BaseException:
+        packer.abort()
+        raise
+    samples = sum(r.samples for r in results)
+    stats = {
+        "tq_samples": samples,
+        "tq_dropped": dropped,
+        "tq_controller_stall_s": round(state["stall_s"], 6),
+        "tq_unit_stall_s": [round(r.stall_s, 6) for r in results],
+    }
+    extra = {
+        "tq_layout": LAYOUT_VERSION,
+        "units": n,
+        "unit_names": system.unit_names,
+        "block_size": block_size,
+        "partitions": sorted(state["partitions"]),
+        "consumption_tasks": {pid: list(p["consumption"]) for pid, p in state["partitions"].items()},
+        "sampler_class": state["sampler"]["class"],
+    }
+    info = writer.commit(extra=extra, metadata=metadata, stats=stats)
+    t_end = time.monotonic()
+    s = info.stats
+    result = TQSnapshotResult(
+        info=info,
+        samples=samples,
+        dropped=dropped,
+        units=n,
+        new_bytes=int(s.get("new_bytes", 0)),
+        reused_bytes=int(s.get("reused_bytes", 0)),
+        stored_bytes=int(s.get("stored_bytes", 0)),
+        item_bytes=int(s.get("item_bytes", 0)),
+        controller_stall_s=state["stall_s"],
+        unit_stall_s=[r.stall_s for r in results],
+        unit_memcpy_s=[r.memcpy_s for r in results],
+        unit_data_bytes=[r.data_bytes for r in results],
+        capture_s=t_capture - t0,
+        upload_s=t_upload - t_capture,
+        commit_s=t_end - t_upload,
+        total_s=t_end - t0,
+    )
+    log.info(
+        "snapshot %s: %d samples, %d bytes new, %d reused, %.2fs (unit stall max %.6fs)",
+        info.id,
+        samples,
+        result.new_bytes,
+        result.reused_bytes,
+        result.total_s,
+        max(result.unit_stall_s, default=0.0),
+    )
+    return result

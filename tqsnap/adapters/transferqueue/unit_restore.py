@@ -1,0 +1,165 @@
+"""Code that runs inside one target storage unit during a restore: stage, then install.
+
+A restore is two-phase so that a failure changes nothing:
+
+1. :func:`stage_unit` fetches the shards holding this unit's samples straight from the store,
+   verifies every one against its hash, decodes the values and keeps them aside on the actor
+   under a token. The unit's live data is not touched.
+2. Only when every unit has staged (and the controller state decoded) does the coordinator
+   call :func:`install_unit`, which swaps the staged values in under the guard lock, and
+   then installs the controller. :func:`discard_unit` drops a staged restore that will not
+   be installed.
+
+Samples are routed by ``gi % units`` over the target's own unit order, so the source may have
+had any number of units.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ...engine.reader import fetch_shard
+from ...errors import RestoreError, TargetNotEmptyError
+from ...format.manifest import Item, ShardRef
+from .blocks import decode_block
+from .guard import guard, original
+from .system import in_actor
+from .unit_upload import MUTATORS
+
+_STAGED = "_tqsnap_staged"
+
+
+@dataclass
+class StageJob:
+    """The items one target unit needs; extents index into ``shards``."""
+
+    unit: int
+    units: int
+    token: str
+    store_url: str
+    storage_options: dict[str, Any]
+    shards: list[ShardRef]
+    items: list[tuple[str, Item]]  # (field name, item)
+    snapshot: str
+    allow_pickle: bool = False
+    threads: int = 8
+
+
+@in_actor
+def describe_unit(self: Any) -> dict[str, Any]:
+    data = self.storage_data
+    return {
+        "id": str(self.storage_unit_id),
+        "keys": len(data._active_keys),
+        "values": sum(len(v) for v in data.field_data.values()),
+        "capacity": data.storage_size,
+    }
+
+
+@in_actor
+def stage_unit(self: Any, job: StageJob) -> dict[str, Any]:
+    """Fetch, verify and decode this unit's samples; keep them aside under ``job.token``."""
+    from ...store import open_store
+
+    t0 = time.monotonic()
+    store = open_store(job.store_url, **job.storage_options)
+    with (
+        ThreadPoolExecutor(job.threads, thread_name_prefix="tqsnap-stage") as pool,
+        ThreadPoolExecutor(job.threads, thread_name_prefix="tqsnap-range") as ranges,
+    ):
+        futures = [
+            pool.submit(fetch_shard, store, ref, pool=ranges, verify=True, snapshot=job.snapshot)
+            for ref in job.shards
+        ]
+        shards = [f.result() for f in futures]
+    staged: dict[str, dict[int, Any]] = {}
+    nbytes = 0
+    for name, item in job.items:
+        data = _item_bytes(shards, item)
+        nbytes += data.nbytes
+        gis, values = decode_block(
+            item.meta,
+            item.dtype,
+            item.shape,
+            data,
+            wanted=None if job.units == _source_units(item) else _wanted(item, job.unit, job.units),
+            allow_pickle=job.allow_pickle,
+            where=f"item {item.path!r} of {job.snapshot}",
+        )
+        if job.units != _source_units(item):
+            keep = [(g, v) for g, v in zip(gis, values, strict=True) if g % job.units == job.unit]
+        else:
+            keep = list(zip(gis, values, strict=True))
+        staged.setdefault(name, {}).update(keep)
+    keys = set().union(*(v.keys() for v in staged.values())) if staged else set()
+    capacity = self.storage_data.storage_size
+    if capacity is not None and len(keys) > capacity:
+        raise RestoreError(
+            f"storage unit {job.unit} of the target holds at most {capacity} samples, but the snapshot routes "
+            f"{len(keys)} to it; start the target TransferQueue with a larger total_storage_size"
+        )
+    self.__dict__.setdefault(_STAGED, {})[job.token] = staged
+    return {
+        "samples": len(keys),
+        "values": sum(len(v) for v in staged.values()),
+        "bytes": nbytes,
+        "seconds": time.monotonic() - t0,
+    }
+
+
+def _source_units(item: Item) -> int:
+    return int(item.path.rsplit("of", 1)[1])
+
+
+def _wanted(item: Item, unit: int, units: int) -> set[int]:
+    from .blocks import block_gis
+
+    return {g for g in block_gis(item.meta) if g % units == unit}
+
+
+def _item_bytes(shards: list[memoryview], item: Item) -> memoryview:
+    if len(item.extents) == 1:
+        e = item.extents[0]
+        return shards[e.shard][e.offset : e.offset + e.length]
+    buf = bytearray(item.size)
+    pos = 0
+    for e in item.extents:
+        buf[pos : pos + e.length] = shards[e.shard][e.offset : e.offset + e.length]
+        pos += e.length
+    return memoryview(buf)
+
+
+@in_actor
+def discard_unit(self: Any, token: str) -> None:
+    self.__dict__.get(_STAGED, {}).pop(token, None)
+
+
+@in_actor
+def install_unit(self: Any, token: str, force: bool) -> float:
+    """Swap the staged values in; return how long puts and clears were held off."""
+    staged = self.__dict__.get(_STAGED, {}).pop(token, None)
+    if staged is None:
+        raise RestoreError(
+            f"no staged restore {token} on storage unit {self.storage_unit_id}; stage it again"
+        )
+    data = self.storage_data
+    lock = guard(data, MUTATORS)
+    with lock:
+        t0 = time.monotonic()
+        existing = list(data._active_keys)
+        if existing and not force:
+            raise TargetNotEmptyError(
+                f"storage unit {self.storage_unit_id} gained {len(existing)} samples while the snapshot was "
+                "being staged; nothing was changed. Restore into an idle TransferQueue"
+            )
+        if existing:
+            original(data, "clear")(existing)
+        data.field_data = {}
+        put = original(data, "put_data")
+        for name, values in staged.items():
+            gis = list(values)
+            put({name: [values[g] for g in gis]}, gis)
+        return time.monotonic() - t0

@@ -1,0 +1,171 @@
+"""Code that runs inside one storage unit during a snapshot: copy, reconcile, hash, upload.
+
+The unit's worker thread serves puts, gets and clears. :func:`snapshot_unit` blocks its puts
+and clears (never its gets) only while it copies the two-level dict ``field -> {gi: value}``:
+a pointer copy, shorter than copying the bytes. That is enough because a unit never changes a
+stored value in place; a put replaces the dict entry and a clear removes it, so the values the
+copy points to stay as they were while they are hashed and uploaded outside the lock.
+(SSD-offloaded values are files that a clear deletes, so those are read inside the lock.)
+
+Then, outside the lock, for every (partition, field, block) the controller reported as
+produced on this unit, it keeps the samples the unit really holds (reconcile), encodes them
+as one item (:mod:`.blocks`), and hands them to a :class:`~tqsnap.engine.ShardPacker` that
+hashes, skips the shards the parent snapshot already has, and uploads the rest from here.
+Only the small :class:`~tqsnap.engine.PackResult` goes back to the coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...engine.packer import PackOptions, PackResult, ShardPacker
+from ...format.manifest import ShardRef
+from .blocks import EncodedBlock, encode_block
+from .guard import guard
+from .layout import data_path, encode_runs
+from .system import in_actor
+
+log = logging.getLogger(__name__)
+
+#: Storage-data methods that mutate it; the guard lock wraps exactly these.
+MUTATORS = ("put_data", "clear")
+
+
+@dataclass
+class UnitJob:
+    """What one unit must save: which samples the controller says are produced there."""
+
+    unit: int
+    units: int
+    plan: dict[str, dict[str, Any]]  # partition -> field -> sorted int64 array of global indexes
+    store_url: str
+    storage_options: dict[str, Any]
+    options: PackOptions
+    block_size: int
+    allow_pickle: bool = False
+    measure_memcpy: bool = False
+
+
+@dataclass
+class UnitResult:
+    """A unit's share of a snapshot: shard references, reconcile losses and timings."""
+
+    pack: PackResult
+    missing: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)  # pid -> field -> gi runs
+    samples: int = 0
+    stall_s: float = 0.0
+    entries: int = 0
+    data_bytes: int = 0
+    memcpy_s: float | None = None
+    pack_s: float = 0.0
+
+
+def copy_field_data(storage_data: Any) -> tuple[dict[str, dict[int, Any]], float]:
+    """The pointer copy of a unit's data, taken with its puts and clears held off.
+
+    Returns the copy and how long the lock was held (the longest a put could have waited).
+    """
+    lock = guard(storage_data, MUTATORS)
+    with lock:
+        t0 = time.monotonic()
+        snap = {name: dict(values) for name, values in storage_data.field_data.items()}
+        if getattr(storage_data, "ssd_offload_enabled", False):
+            _read_offloaded(storage_data, snap)
+        return snap, time.monotonic() - t0
+
+
+def _read_offloaded(storage_data: Any, snap: dict[str, dict[int, Any]]) -> None:
+    for name, values in snap.items():
+        gis = [gi for gi, v in values.items() if type(v).__name__ == "_SSDValueRef"]
+        if gis:
+            got = storage_data.get_data([name], gis)[name]
+            values.update(zip(gis, got, strict=True))
+
+
+def measure_memcpy(snap: dict[str, dict[int, Any]]) -> tuple[float, int]:
+    """Seconds to memcpy every tensor byte of ``snap`` into one pre-faulted buffer."""
+    import torch
+
+    tensors = [v for values in snap.values() for v in values.values() if isinstance(v, torch.Tensor)]
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    buf = torch.zeros(max(total, 1), dtype=torch.uint8)  # zeros: pages faulted in before timing
+    t0 = time.perf_counter()
+    pos = 0
+    for t in tensors:
+        n = t.numel() * t.element_size()
+        if n:
+            buf[pos : pos + n].copy_(t.reshape(-1).view(torch.uint8))
+            pos += n
+    return time.perf_counter() - t0, total
+
+
+@in_actor
+def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitResult:
+    """Save this unit's produced samples; runs inside the storage unit actor."""
+    from ...store import open_store
+
+    snap, stall = copy_field_data(self.storage_data)
+    result = UnitResult(PackResult(), stall_s=stall, entries=sum(len(v) for v in snap.values()))
+    if job.measure_memcpy:
+        result.memcpy_s, result.data_bytes = measure_memcpy(snap)
+    t0 = time.monotonic()
+    store = open_store(job.store_url, **job.storage_options)
+    packer = ShardPacker(store, reuse, job.options)
+    keepalive: list[EncodedBlock] = []
+    try:
+        for pid in sorted(job.plan):
+            for name in sorted(job.plan[pid]):
+                values = snap.get(name, {})
+                missing: list[int] = []
+                gis = [int(g) for g in job.plan[pid][name]]
+                for block, block_gis in _blocks(gis, job.block_size):
+                    present = [g for g in block_gis if g in values]
+                    if len(present) != len(block_gis):
+                        missing.extend(g for g in block_gis if g not in values)
+                    if not present:
+                        continue
+                    path = data_path(pid, name, block, job.unit, job.units)
+                    enc = encode_block(
+                        present,
+                        [values[g] for g in present],
+                        allow_pickle=job.allow_pickle,
+                        where=f"field {name!r} of partition {pid!r}",
+                    )
+                    packer.add(
+                        path, enc.parts, kind=enc.kind, dtype=enc.dtype, shape=enc.shape, meta=enc.meta
+                    )
+                    keepalive.append(enc)
+                    result.samples += len(present)
+                if missing:
+                    result.missing.setdefault(pid, {})[name] = encode_runs(missing)
+        result.pack = packer.finish()
+    except BaseException:
+        packer.abort()
+        raise
+    finally:
+        keepalive.clear()
+    result.pack_s = time.monotonic() - t0
+    log.debug(
+        "unit %d/%d: %d samples, stall %.6fs, %d new shards",
+        job.unit,
+        job.units,
+        result.samples,
+        stall,
+        result.pack.stats.new_shards,
+    )
+    return result
+
+
+def _blocks(gis: list[int], size: int) -> list[tuple[int, list[int]]]:
+    """Split sorted global indexes into ``(block, gis)`` groups of ``gi // size``."""
+    out: list[tuple[int, list[int]]] = []
+    for g in gis:
+        b = g // size
+        if out and out[-1][0] == b:
+            out[-1][1].append(g)
+        else:
+            out.append((b, [g]))
+    return out

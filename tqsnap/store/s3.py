@@ -340,12 +340,16 @@ class S3Store(ObjectStore):
     def _with_retries(
         self, op: str, key: str | None, attempt_fn: Callable[[], T], conditional: bool = False
     ) -> T:
-        """Run ``attempt_fn`` until it succeeds, the error is final, or the budget is spent."""
+        """Run ``attempt_fn`` until it succeeds, the error is final, or the budget is spent.
+
+        Only request failures are caught and translated; anything else is a bug and surfaces
+        unchanged.
+        """
         attempt = 0
         while True:
             try:
                 return attempt_fn()
-            except Exception as exc:
+            except (ClientError, BotoCoreError, _Retry, *_TRANSIENT_EXCEPTIONS) as exc:
                 if attempt < self.retries and self._is_retryable(exc, conditional):
                     delay = self._backoff(attempt)
                     attempt += 1
@@ -431,24 +435,32 @@ class S3Store(ObjectStore):
         return error
 
     def _ensure_bucket(self) -> None:
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-            self._bucket_checked = True
-            return
-        except ClientError as exc:
-            code, status = _error_code(exc)
-            if status != 404 and code not in ("NoSuchBucket", "NotFound"):
-                raise self._translate(exc, "HeadBucket", None) from exc
-        kwargs: dict[str, Any] = {"Bucket": self.bucket}
-        if self.region != "us-east-1":
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
-        try:
-            self.client.create_bucket(**kwargs)
+        """Create the bucket unless it exists (``create_bucket=True``)."""
+
+        def exists() -> bool:
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                code, status = _error_code(exc)
+                if status == 404 or code in ("NoSuchBucket", "NotFound"):
+                    return False
+                raise
+            return True
+
+        if not self._with_retries("HeadBucket", None, exists):
+            kwargs: dict[str, Any] = {"Bucket": self.bucket}
+            if self.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+
+            def create() -> None:
+                try:
+                    self.client.create_bucket(**kwargs)
+                except ClientError as exc:
+                    if _error_code(exc)[0] != "BucketAlreadyOwnedByYou":  # a concurrent creator won
+                        raise
+
+            self._with_retries("CreateBucket", None, create)
             logger.info("created bucket %s%s", self.bucket, _at(self.endpoint_url))
-        except ClientError as exc:
-            code, _ = _error_code(exc)
-            if code != "BucketAlreadyOwnedByYou":
-                raise self._translate(exc, "CreateBucket", None) from exc
         self._bucket_checked = True
 
     def _check_bucket(self) -> None:
@@ -505,32 +517,37 @@ class S3Store(ObjectStore):
             return 0
         full = self._key(key)
         done = 0
-        eof = False
+        etag: str | None = None
 
         def attempt() -> int:
-            nonlocal done, eof
-            first = start + done
+            nonlocal done, etag
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": full,
+                "Range": f"bytes={start + done}-{start + len(view) - 1}",
+            }
+            if etag is not None:
+                kwargs["IfMatch"] = etag  # a resumed read must not splice two versions
             try:
-                resp = self.client.get_object(
-                    Bucket=self.bucket, Key=full, Range=f"bytes={first}-{start + len(view) - 1}"
-                )
+                resp = self.client.get_object(**kwargs)
             except ClientError as exc:
-                if _error_code(exc)[0] == "InvalidRange":
-                    eof = True
+                code, status = _error_code(exc)
+                if code == "InvalidRange":
                     return done
+                if etag is not None and (status == 412 or code in _PRECONDITION_CODES):
+                    raise StoreError(
+                        f"{self._where(key)} was replaced while it was being read; read it again"
+                    ) from exc
                 raise
-            expected = int(resp.get("ContentLength", 0))
-            want = min(expected, len(view) - done)
+            etag = resp.get("ETag") or etag
+            want = min(int(resp.get("ContentLength", 0)), len(view) - done)
             got = _read_into(resp, view[done : done + want])
             done += got
             if got < want:
                 raise _Retry(IncompleteReadError(actual_bytes=got, expected_bytes=want))
-            eof = True
             return done
 
-        while not eof:
-            self._with_retries("GetObject", key, attempt)
-        return done
+        return self._with_retries("GetObject", key, attempt)
 
     def head(self, key: str) -> ObjectInfo | None:
         full = self._key(key)

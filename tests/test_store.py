@@ -283,6 +283,18 @@ def test_prefix_is_the_root(s3_server: S3Server) -> None:
     assert [o.key for o in store.list()] == ["a/b"]
 
 
+def test_delete_many_reports_per_key_errors(moto_endpoint: S3Server) -> None:
+    store = _s3_store(moto_endpoint)
+    store.put("a", b"1")
+
+    def fail_key(parsed: dict[str, Any], **kwargs: Any) -> None:
+        parsed["Errors"] = [{"Key": "repo/a", "Code": "AccessDenied", "Message": "injected"}]
+
+    store.client.meta.events.register("after-call.s3.DeleteObjects", fail_key)
+    with pytest.raises(AccessDeniedError, match="repo/a"):
+        store.delete_many(["a", "b"])
+
+
 def test_conditional_complete_losing_race_aborts_upload(s3_server: S3Server) -> None:
     """A rival creates the key between our parts and our CompleteMultipartUpload."""
     store = _s3_store(s3_server)

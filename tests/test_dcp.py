@@ -172,14 +172,18 @@ def test_a_stream_keeps_every_save_and_any_one_can_be_loaded(repo_dir: str) -> N
 def test_checkpoint_id_selects_stream_repository_and_snapshot(tmp_path: Path) -> None:
     other = str(tmp_path / "other")
     state = make_state(4)
-    dcp.save(state, checkpoint_id=f"{other}#named", storage_writer=tqsnap.dcp.Writer(str(tmp_path / "unused")))
+    dcp.save(
+        state, checkpoint_id=f"{other}#named", storage_writer=tqsnap.dcp.Writer(str(tmp_path / "unused"))
+    )
     dcp.save(make_state(5), checkpoint_id=f"{other}#named", storage_writer=tqsnap.dcp.Writer(other))
     out = zeros_like_state(state)
     dcp.load(out, checkpoint_id="named@1", storage_reader=tqsnap.dcp.Reader(other))
     assert_same(out, state)
     Repository.open(other).tag("good", "named", 1)
     out = zeros_like_state(state)
-    dcp.load(out, checkpoint_id=f"{other}#named@tag:good", storage_reader=tqsnap.dcp.Reader(str(tmp_path / "x")))
+    dcp.load(
+        out, checkpoint_id=f"{other}#named@tag:good", storage_reader=tqsnap.dcp.Reader(str(tmp_path / "x"))
+    )
     assert_same(out, state)
 
 
@@ -357,7 +361,9 @@ def test_a_destination_of_the_wrong_shape_raises_shape_mismatch(repo_dir: str) -
             return torch.zeros(2, 2)
 
     with pytest.raises(CheckpointException) as info:
-        dcp.load({"w": torch.zeros(8, 4)}, storage_reader=tqsnap.dcp.Reader(repo_dir, "run"), planner=WrongBuffer())
+        dcp.load(
+            {"w": torch.zeros(8, 4)}, storage_reader=tqsnap.dcp.Reader(repo_dir, "run"), planner=WrongBuffer()
+        )
     assert isinstance(the_error(info.value), tqsnap.dcp.ShapeMismatchError)
 
 

@@ -63,16 +63,21 @@ def default_conf(units: int) -> Any:
     return conf
 
 
-def launch(units: int, name: str | None = None) -> tuple[Any, dict[str, Any], Any]:
-    """Create (but do not wait for) a controller and ``units`` storage units."""
+def launch(units: int, name: str | None = None, polling_mode: bool = True) -> tuple[Any, dict[str, Any], Any]:
+    """Create (but do not wait for) a controller and ``units`` storage units.
+
+    ``polling_mode`` makes ``get_meta`` answer "nothing yet" at once instead of sleeping in the
+    controller's request thread, which a workload that polls needs.
+    """
     from transfer_queue.controller import TransferQueueController
     from transfer_queue.sampler import SequentialSampler
     from transfer_queue.storage.simple_storage import SimpleStorageUnit
 
     name = name or f"t{uuid.uuid4().hex[:6]}"
     conf = default_conf(units)
+    conf.controller.polling_mode = polling_mode
     controller = TransferQueueController.options(name=f"tqsnap-{name}", namespace="transfer_queue").remote(
-        sampler=SequentialSampler
+        sampler=SequentialSampler, polling_mode=polling_mode
     )
     unit_conf = dict(conf.backend.SimpleStorage)
     handles = {
@@ -99,9 +104,9 @@ def finish(name: str, controller: Any, handles: dict[str, Any], conf: Any) -> TQ
     return TQ(name, system, client, handles, controller)
 
 
-def start_tq(units: int, name: str | None = None) -> TQ:
+def start_tq(units: int, name: str | None = None, polling_mode: bool = True) -> TQ:
     name = name or f"t{uuid.uuid4().hex[:6]}"
-    controller, handles, conf = launch(units, name)
+    controller, handles, conf = launch(units, name, polling_mode)
     return finish(name, controller, handles, conf)
 
 

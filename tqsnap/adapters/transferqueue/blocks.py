@@ -17,6 +17,7 @@ metadata, which can lag behind an overwrite in flight):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,8 +110,6 @@ def encode_block(gis: list[int], values: list[Any], *, allow_pickle: bool, where
             return EncodedBlock("tensor", parts, name, [total], meta, keepalive)
     encoder = jsonval.Encoder(allow_pickle, where)
     tree = [encoder.encode(v) for v in values]
-    import json
-
     body = json.dumps(tree, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
     meta = {"enc": "json", "gi": runs}
     if encoder.pickled:

@@ -38,6 +38,7 @@ class TQSnapshotResult:
 
     info: SnapshotInfo
     samples: int
+    values: int
     dropped: int
     units: int
     new_bytes: int
@@ -63,6 +64,7 @@ class TQSnapshotResult:
         return {
             "snapshot": str(self.info.id),
             "samples": self.samples,
+            "values": self.values,
             "dropped": self.dropped,
             "units": self.units,
             "new_bytes": self.new_bytes,
@@ -178,8 +180,10 @@ def snapshot_system(
         packer.abort()
         raise
     samples = sum(r.samples for r in results)
+    values = sum(r.values for r in results)
     stats = {
         "tq_samples": samples,
+        "tq_values": values,
         "tq_dropped": dropped,
         "tq_controller_stall_s": round(state["stall_s"], 6),
         "tq_unit_stall_s": [round(r.stall_s, 6) for r in results],
@@ -199,6 +203,7 @@ def snapshot_system(
     result = TQSnapshotResult(
         info=info,
         samples=samples,
+        values=values,
         dropped=dropped,
         units=n,
         new_bytes=int(s.get("new_bytes", 0)),

@@ -55,7 +55,8 @@ class UnitResult:
 
     pack: PackResult
     missing: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)  # pid -> field -> gi runs
-    samples: int = 0
+    samples: int = 0  # distinct global indexes saved
+    values: int = 0  # (sample, field) pairs saved
     stall_s: float = 0.0
     entries: int = 0
     data_bytes: int = 0
@@ -115,6 +116,7 @@ def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitRe
     store = open_store(job.store_url, **job.storage_options)
     packer = ShardPacker(store, reuse, job.options)
     keepalive: list[EncodedBlock] = []
+    saved: set[int] = set()
     try:
         for pid in sorted(job.plan):
             for name in sorted(job.plan[pid]):
@@ -138,10 +140,12 @@ def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitRe
                         path, enc.parts, kind=enc.kind, dtype=enc.dtype, shape=enc.shape, meta=enc.meta
                     )
                     keepalive.append(enc)
-                    result.samples += len(present)
+                    result.values += len(present)
+                    saved.update(present)
                 if missing:
                     result.missing.setdefault(pid, {})[name] = encode_runs(missing)
         result.pack = packer.finish()
+        result.samples = len(saved)
     except BaseException:
         packer.abort()
         raise

@@ -10,8 +10,10 @@ How the module is exercised:
   actions and resources; the condition operators the module uses). Asking "may the writer
   delete a shard?" of the rendered policy catches mistakes that a text search would not.
 - One ``terraform apply`` per module run (the plan above, applied as saved), against a moto
-  server in this process. boto3 then checks that the bucket, its lifecycle rules, encryption,
-  public access block, bucket policy and the IAM roles exist as declared.
+  server in this process. It starts in the background as soon as the plan exists, so that
+  validate and the plan-only variant run while it waits on the provider. boto3 then checks that
+  the bucket, its lifecycle rules, encryption, public access block, bucket policy and the IAM
+  roles exist as declared.
 - tqsnap then saves through the writer role and loads through the reader role. moto accepts any
   credentials and does not evaluate IAM, so a WSGI layer in front of it plays IAM: it maps each
   request to its S3 action, resource and condition keys, and refuses it (403 AccessDenied) unless
@@ -24,7 +26,8 @@ How the module is exercised:
 Time: the AWS provider (5.x) waits for an ``aws_s3_bucket_lifecycle_configuration`` to read back
 identically ten times in a row, 5 s apart, after a 10 s delay: about 55 s that no provider
 setting shortens (its ``timeouts`` only bound it, and a shorter bound fails the apply). The other
-resources are created while it waits, so the apply takes about a minute. ``max_retries = 1``
+resources are created while it waits, so the apply takes about a minute (70 s on an idle
+2-core machine; the whole file about two minutes, the destroy included). ``max_retries = 1``
 keeps calls that moto does not implement from being retried with back-off.
 """
 
@@ -358,8 +361,15 @@ def moto() -> Iterator[MotoServer]:
 
 
 class Terraform:
-    def __init__(self, workdir: Path, scratch: Path) -> None:
-        self.workdir = workdir
+    """One working copy of ``terraform/``, initialised, with the example as working directory."""
+
+    def __init__(self, scratch: Path) -> None:
+        shutil.copytree(
+            TERRAFORM_DIR,
+            scratch / "terraform",
+            ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", ".terraform.lock.hcl", "*.tfplan"),
+        )
+        self.workdir = scratch / "terraform" / "examples" / "basic"
         self.timings: list[tuple[str, float]] = []
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_VAR_", "TF_CLI_ARGS"))}
         env.update(
@@ -377,47 +387,41 @@ class Terraform:
             empty.write_text("")
             env["TF_CLI_CONFIG_FILE"] = str(empty)
         self.env = env
+        init = ["init", "-input=false", "-backend=false"]
+        if PLUGIN_DIR.is_dir():
+            init.append(f"-plugin-dir={PLUGIN_DIR}")
+        self.run(*init)
+
+    def _argv(self, args: tuple[str, ...]) -> list[str]:
+        assert TERRAFORM is not None
+        return [TERRAFORM, *args, "-no-color"]
 
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-        assert TERRAFORM is not None
         started = time.monotonic()
         proc = subprocess.run(
-            [TERRAFORM, *args, *([] if args[0] == "fmt" else ["-no-color"])],
-            cwd=self.workdir,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            self._argv(args), cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout
         )
         self.timings.append((args[0], time.monotonic() - started))
         if check and proc.returncode != 0:
             pytest.fail(f"terraform {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{args[0]}.log", "wb")
+        try:
+            return subprocess.Popen(
+                self._argv(args), cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        finally:
+            log.close()
+
     def show_plan(self, plan: str) -> dict[str, Any]:
         return json.loads(self.run("show", "-json", plan).stdout)
 
-
-@pytest.fixture(scope="module")
-def tf(tmp_path_factory: pytest.TempPathFactory) -> Terraform:
-    scratch = tmp_path_factory.mktemp("terraform")
-    shutil.copytree(
-        TERRAFORM_DIR,
-        scratch / "terraform",
-        ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", ".terraform.lock.hcl", "*.tfplan"),
-    )
-    tf = Terraform(scratch / "terraform" / "examples" / "basic", scratch)
-    init = ["init", "-input=false", "-backend=false"]
-    if PLUGIN_DIR.is_dir():
-        init.append(f"-plugin-dir={PLUGIN_DIR}")
-    tf.run(*init)
-    return tf
-
-
-def _write_vars(tf: Terraform, name: str, **values: Any) -> str:
-    path = tf.workdir / f"{name}.tfvars.json"
-    path.write_text(json.dumps(values, indent=2))
-    return path.name
+    def write_vars(self, name: str, **values: Any) -> str:
+        path = self.workdir / f"{name}.tfvars.json"
+        path.write_text(json.dumps(values, indent=2))
+        return path.name
 
 
 def _module_resources(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -426,10 +430,8 @@ def _module_resources(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     def walk(module: dict[str, Any]) -> None:
         for res in module.get("resources", []):
-            local = (
-                res["address"].split(".", 2)[-1] if res["address"].startswith("module.") else res["address"]
-            )
-            out[local] = res["values"]
+            address = res["address"]
+            out[address.split(".", 2)[-1] if address.startswith("module.") else address] = res["values"]
         for child in module.get("child_modules", []):
             walk(child)
 
@@ -438,34 +440,125 @@ def _module_resources(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
+def tf_static(tmp_path_factory: pytest.TempPathFactory) -> Terraform:
+    """A working copy for validate and plan-only variants; they may run while the apply does."""
+    return Terraform(tmp_path_factory.mktemp("terraform-static"))
+
+
+@pytest.fixture(scope="module")
 def bucket_name() -> str:
     return f"tqsnap-tf-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="module")
-def plan(tf: Terraform, moto: MotoServer, bucket_name: str) -> dict[str, Any]:
-    """The plan that the apply below carries out (SSE-S3, versioning on, prefix ``repo``)."""
-    varfile = _write_vars(
-        tf,
-        "moto",
-        bucket_name=bucket_name,
-        prefix=PREFIX,
-        endpoint_url=moto.endpoint_url,
-        max_retries=1,
-        force_destroy=True,
-        versioning_enabled=True,
-        trusted_principal_arns=["arn:aws:iam::123456789012:root"],
-        trusted_services=["ec2.amazonaws.com"],
-    )
-    tf.run("plan", "-input=false", f"-var-file={varfile}", "-out=moto.tfplan")
-    return tf.show_plan("moto.tfplan")
+@dataclass
+class Applied:
+    outputs: dict[str, Any]
+    apply_s: float
+
+
+class Deployment:
+    """The one apply of this module run, in its own working copy, and its destroy.
+
+    The apply is started in the background as soon as its plan exists: the provider spends most
+    of it waiting on the lifecycle configuration, and the plan-only tests run meanwhile.
+    """
+
+    def __init__(self, tf: Terraform, moto: MotoServer, bucket: str) -> None:
+        self.tf, self.moto, self.bucket = tf, moto, bucket
+        self.varfile = tf.write_vars(
+            "moto",
+            bucket_name=bucket,
+            prefix=PREFIX,
+            endpoint_url=moto.endpoint_url,
+            max_retries=1,
+            force_destroy=True,
+            versioning_enabled=True,
+            trusted_principal_arns=["arn:aws:iam::123456789012:root"],
+            trusted_services=["ec2.amazonaws.com"],
+        )
+        self.planned = False
+        self.job: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.result: Applied | None = None
+
+    def plan(self) -> dict[str, Any]:
+        self.tf.run("plan", "-input=false", f"-var-file={self.varfile}", "-out=moto.tfplan")
+        self.planned = True
+        return self.tf.show_plan("moto.tfplan")
+
+    def start_apply(self) -> None:
+        if self.job is None:
+            self.started = time.monotonic()
+            self.job = self.tf.start("apply", "-input=false", "-auto-approve", "moto.tfplan")
+
+    def wait_applied(self, timeout: float = 480) -> Applied:
+        if self.result is None:
+            self.start_apply()
+            assert self.job is not None
+            rc = self.job.wait(timeout=max(1.0, timeout - (time.monotonic() - self.started)))
+            apply_s = time.monotonic() - self.started
+            self.tf.timings.append(("apply", apply_s))
+            log = (self.tf.workdir / "apply.log").read_text()
+            if rc != 0:
+                pytest.fail(f"terraform apply exited {rc}\n{log}")
+            print(f"terraform apply against moto took {apply_s:.1f}s")
+            outputs = {k: v["value"] for k, v in json.loads(self.tf.run("output", "-json").stdout).items()}
+            self.result = Applied(outputs, apply_s)
+        return self.result
+
+    def destroy(self) -> None:
+        if self.job is None:
+            return
+        if self.job.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.job.wait(timeout=480)
+        destroy = self.tf.run(
+            "destroy",
+            "-input=false",
+            "-auto-approve",
+            "-refresh=false",
+            f"-var-file={self.varfile}",
+            timeout=300,
+            check=False,
+        )
+        assert destroy.returncode == 0, f"terraform destroy failed\n{destroy.stdout}\n{destroy.stderr}"
+        with pytest.raises(ClientError):
+            self.moto.client("s3").head_bucket(Bucket=self.bucket)
+        assert self.moto.client("iam").list_roles()["Roles"] == []
+        print("terraform timings: " + ", ".join(f"{cmd} {secs:.1f}s" for cmd, secs in self.tf.timings))
 
 
 @pytest.fixture(scope="module")
-def kms_plan(tf: Terraform) -> dict[str, Any]:
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, moto: MotoServer, bucket_name: str
+) -> Iterator[Deployment]:
+    d = Deployment(Terraform(tmp_path_factory.mktemp("terraform-apply")), moto, bucket_name)
+    try:
+        yield d
+    finally:
+        if d.job is not None and d.job.poll() is None and d.result is None:
+            d.job.wait(timeout=480)
+        d.destroy()
+
+
+@pytest.fixture(scope="module")
+def plan(deployment: Deployment, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The plan that the apply carries out (SSE-S3, versioning on, prefix ``repo``)."""
+    planned = deployment.plan()
+    if any("applied" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        deployment.start_apply()
+    return planned
+
+
+@pytest.fixture(scope="module")
+def applied(deployment: Deployment, plan: dict[str, Any]) -> Applied:
+    return deployment.wait_applied()
+
+
+@pytest.fixture(scope="module")
+def kms_plan(tf_static: Terraform) -> dict[str, Any]:
     """A second variant, planned only: SSE-KMS, no versioning, repository at the bucket root."""
-    varfile = _write_vars(
-        tf,
+    varfile = tf_static.write_vars(
         "kms",
         bucket_name="tqsnap-tf-kms",
         prefix="",
@@ -475,47 +568,12 @@ def kms_plan(tf: Terraform) -> dict[str, Any]:
         kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555",
         trusted_services=["ecs-tasks.amazonaws.com"],
     )
-    tf.run("plan", "-input=false", f"-var-file={varfile}", "-out=kms.tfplan")
-    return tf.show_plan("kms.tfplan")
-
-
-@dataclass
-class Applied:
-    outputs: dict[str, Any]
-    apply_s: float
-    tf: Terraform
-
-
-@pytest.fixture(scope="module")
-def applied(tf: Terraform, plan: dict[str, Any], moto: MotoServer) -> Iterator[Applied]:
-    """The one real apply of this module run; destroyed (and the destroy checked) at the end."""
-    started = time.monotonic()
-    try:
-        tf.run("apply", "-input=false", "-auto-approve", "moto.tfplan", timeout=480)
-        apply_s = time.monotonic() - started
-        print(f"terraform apply against moto took {apply_s:.1f}s")
-        outputs = {k: v["value"] for k, v in json.loads(tf.run("output", "-json").stdout).items()}
-        yield Applied(outputs, apply_s, tf)
-    finally:
-        destroy = tf.run(
-            "destroy",
-            "-input=false",
-            "-auto-approve",
-            "-refresh=false",
-            "-var-file=moto.tfvars.json",
-            timeout=300,
-            check=False,
-        )
-    assert destroy.returncode == 0, f"terraform destroy failed\n{destroy.stdout}\n{destroy.stderr}"
-    s3 = moto.client("s3")
-    with pytest.raises(ClientError):
-        s3.head_bucket(Bucket=outputs["bucket_name"])
-    assert moto.client("iam").list_roles()["Roles"] == []
-    print("terraform timings: " + ", ".join(f"{cmd} {secs:.1f}s" for cmd, secs in tf.timings))
+    tf_static.run("plan", "-input=false", f"-var-file={varfile}", "-out=kms.tfplan")
+    return tf_static.show_plan("kms.tfplan")
 
 
 # ---------------------------------------------------------------------------------------------
-# Static checks
+# Static checks (validate and the README run later, beside the apply)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -529,26 +587,6 @@ def test_fmt() -> None:
         timeout=120,
     )
     assert proc.returncode == 0, f"terraform fmt would change:\n{proc.stdout}{proc.stderr}"
-
-
-def test_validate(tf: Terraform) -> None:
-    proc = tf.run("validate", "-json", check=False)
-    report = json.loads(proc.stdout)
-    assert report["valid"], report
-    assert report["warning_count"] == 0, report["diagnostics"]
-
-
-def test_module_has_readme_for_every_variable_and_output() -> None:
-    module = TERRAFORM_DIR / "modules" / "snapshot-bucket"
-    readme = (module / "README.md").read_text()
-    names = re.findall(
-        r'^(?:variable|output) "([^"]+)"',
-        (module / "variables.tf").read_text() + (module / "outputs.tf").read_text(),
-        re.M,
-    )
-    assert names
-    missing = [n for n in names if f"`{n}`" not in readme]
-    assert not missing, f"README.md does not document {missing}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,6 +725,26 @@ def test_planned_bucket_configuration(plan: dict[str, Any]) -> None:
     )
     assert rules["expire-noncurrent-versions"]["noncurrent_version_expiration"][0]["noncurrent_days"] == 30
     assert all(r["filter"][0]["prefix"] == f"{PREFIX}/" for r in rules.values())
+
+
+def test_validate(tf_static: Terraform) -> None:
+    proc = tf_static.run("validate", "-json", check=False)
+    report = json.loads(proc.stdout)
+    assert report["valid"], report
+    assert report["warning_count"] == 0, report["diagnostics"]
+
+
+def test_module_has_readme_for_every_variable_and_output() -> None:
+    module = TERRAFORM_DIR / "modules" / "snapshot-bucket"
+    readme = (module / "README.md").read_text()
+    names = re.findall(
+        r'^(?:variable|output) "([^"]+)"',
+        (module / "variables.tf").read_text() + (module / "outputs.tf").read_text(),
+        re.M,
+    )
+    assert names
+    missing = [n for n in names if f"`{n}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"
 
 
 def test_kms_variant(kms_plan: dict[str, Any]) -> None:

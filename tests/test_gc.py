@@ -230,6 +230,53 @@ def test_two_gc_runs_at_once_are_harmless(repo: Repository, clock: Clock) -> Non
     assert repo.verify("s").ok and shard_keys(repo) == referenced(repo, "s", 4)
 
 
+class StallOnFirstManifestRead(MemoryStore):
+    """A view of ``inner`` whose first manifest GET runs ``during`` first: a gc that stalls
+    between listing manifests and reading them."""
+
+    def __init__(self, inner: MemoryStore, during) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(clock=inner.clock)
+        self._objects = inner._objects  # the same objects: a second client of one bucket
+        self.during = during
+
+    def get(self, key: str) -> bytes:
+        if key.startswith("snapshots/") and self.during is not None:
+            during, self.during = self.during, None
+            during()
+        return super().get(key)
+
+
+def test_a_live_manifest_finalised_under_a_stalled_gc_makes_it_list_again(
+    repo: Repository, clock: Clock
+) -> None:
+    # s@1 holds K; W starts from s@1 (reusing K); s@1 is forgotten; gc A lists manifests (s@1's
+    # tombstone is young), then stalls; W commits s@3 with K; much later gc B finalises s@1.
+    # When A resumes, s@1 is gone and s@3 was never listed: without a second listing A would
+    # delete K from under the visible s@3.
+    big = os.urandom(2_000_000)  # a shard of its own, so W reuses it at s@1's key
+    save(repo, "s", k=big)
+    clock.t += GRACE - 5
+    w = SnapshotWriter.begin(repo, "s", "raw", options=OPTS)
+    packer = w.packer()
+    packer.add("k", big)
+    packer.add("n", b"N" * 100)
+    w.add_result(packer.finish())
+    save(repo, "s", z=b"Z" * 100)
+    forget(repo, keep_last=1)
+    clock.t += 6
+
+    def meanwhile() -> None:
+        w.commit()
+        clock.t += GRACE - 5
+        assert collect_garbage(repo).manifests_finalised == ["s@1"]
+
+    a = GarbageCollector(Repository(StallOnFirstManifestRead(repo.store, meanwhile), repo.config))  # type: ignore[arg-type]
+    a.run()
+    assert w.committed is not None and w.committed.stats["reused_shards"] == 1  # K, at s@1's key
+    assert repo.manifest_seqs("s") == [2, 3]
+    assert repo.verify("s", 3).ok
+
+
 # --- how it lists and deletes ------------------------------------------------------------------------
 
 
@@ -349,7 +396,8 @@ def test_gc_on_seaweedfs_deletes_in_batches_of_at_most_1000_keys(seaweedfs_endpo
         list(pool.map(lambda k: repo.store.put(k, b"garbage"), names))
     calls: list[int] = []
     repo.store.client.meta.events.register(  # type: ignore[attr-defined]
-        "before-parameter-build.s3.DeleteObjects", lambda params, **_: calls.append(len(params["Delete"]["Objects"]))
+        "before-parameter-build.s3.DeleteObjects",
+        lambda params, **_: calls.append(len(params["Delete"]["Objects"])),
     )
     time.sleep(3.0)
     report = collect_garbage(repo)

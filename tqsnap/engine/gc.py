@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ObjectNotFoundError
+from ..errors import ObjectNotFoundError, StoreError
 from ..format.keys import (
     SNAPSHOTS_PREFIX,
     TOMBSTONES_PREFIX,
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: S3 ListObjectsV2 returns at most this many keys per page; used to count list requests.
 LIST_PAGE = 1000
+#: How often step 2 starts over when live manifests vanish under it before the run gives up.
+_RELIST_ATTEMPTS = 5
 
 
 @dataclass
@@ -205,8 +207,28 @@ class GarbageCollector:
         """List manifests and tombstones; read the live manifests and collect their shard keys.
 
         A manifest that cannot be parsed stops the run before anything is deleted: gc cannot
-        know which shards it references.
+        know which shards it references. A live manifest that vanishes between the listing and
+        the read (a concurrent gc finalised it) makes the listing start over: the manifests
+        committed meanwhile may reuse its shards and must be seen (docs/protocol.md, lemma 3).
         """
+        cache: dict[tuple[str, int], Manifest] = {}
+        for attempt in range(1, _RELIST_ATTEMPTS + 1):
+            refs, vanished = self._references_once(cache)
+            if not vanished:
+                return refs
+            log.info(
+                "gc: %d live manifests vanished while being read (a concurrent gc finalised them); "
+                "listing again (attempt %d)",
+                len(vanished),
+                attempt,
+            )
+        raise StoreError(
+            f"gc of {self.repo.url}: live manifests kept vanishing while being read "
+            f"({_RELIST_ATTEMPTS} listings); another gc is finalising snapshots. Nothing was "
+            "deleted; run gc again later"
+        )
+
+    def _references_once(self, cache: dict[tuple[str, int], Manifest]) -> tuple[References, list[str]]:
         manifests: dict[tuple[str, int], ObjectInfo] = {}
         for info in self._list(SNAPSHOTS_PREFIX):
             parsed = parse_stream_key(info.key, SNAPSHOTS_PREFIX)
@@ -242,28 +264,33 @@ class GarbageCollector:
                 refs.finalise_tombstones.append(tombstone_key(*sid))
 
         def load(sid: tuple[str, int]) -> Manifest | None:
+            if sid in cache:
+                return cache[sid]  # manifests are immutable: one read per run is enough
             key = snapshot_key(*sid)
             try:
                 raw = self.store.get(key)
             except ObjectNotFoundError:
-                return None  # finalised by a concurrent gc since the listing: no longer visible
+                return None
             finally:
                 self._count("get")
-            return Manifest.decode(raw, key)
+            cache[sid] = Manifest.decode(raw, key)
+            return cache[sid]
 
         if self.threads == 1:
             loaded = [load(sid) for sid in live]
         else:
             with self._pool() as pool:
                 loaded = list(pool.map(load, live))
+        vanished: list[str] = []
         for sid, manifest in zip(live, loaded, strict=True):
             if manifest is None:
+                vanished.append(snapshot_key(*sid))
                 continue
             refs.live.append(SnapshotId(*sid))
             refs.keys.update(ref.key for ref in manifest.shards)
         self.report.live_manifests = len(refs.live)
         self.report.referenced_shards = len(refs.keys)
-        return refs
+        return refs, vanished
 
     # --- step 3 ------------------------------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""The encodings under the TransferQueue layout: typed JSON, index runs, sample blocks."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from tqsnap.adapters.transferqueue import jsonval
+from tqsnap.adapters.transferqueue.blocks import decode_block, encode_block
+from tqsnap.adapters.transferqueue.layout import (
+    data_path,
+    decode_runs,
+    encode_runs,
+    escape,
+    parse_data_path,
+    unescape,
+)
+from tqsnap.errors import PickleNotAllowedError
+
+
+def _join(parts) -> memoryview:
+    return memoryview(bytearray(b"".join(bytes(p) for p in parts)))
+
+
+def test_typed_json_keeps_types_plain_json_loses():
+    value = {
+        "t": (1, [2, (3,)]),
+        "ints": {1: "a", (2, 3): "b"},
+        "$dollar": 1,
+        "nan": float("nan"),
+        "inf": -math.inf,
+        "b": b"\x00\xff",
+        "ba": bytearray(b"xy"),
+        "set": {3, 1},
+        "tensor": torch.tensor([[1, 2]], dtype=torch.int16),
+        "bf16": torch.tensor([0.5], dtype=torch.bfloat16),
+        "nd": np.arange(4, dtype=np.float32).reshape(2, 2),
+        "np": np.int64(5),
+        "size": torch.Size([2, 3]),
+        "dtype": torch.float16,
+        "none": None,
+    }
+    out = jsonval.loads(jsonval.dumps(value))
+    assert out["t"] == (1, [2, (3,)]) and type(out["t"][1][1]) is tuple
+    assert out["ints"] == {1: "a", (2, 3): "b"} and out["$dollar"] == 1
+    assert math.isnan(out["nan"]) and out["inf"] == -math.inf
+    assert out["b"] == b"\x00\xff" and type(out["ba"]) is bytearray and out["set"] == {1, 3}
+    assert torch.equal(out["tensor"], value["tensor"]) and out["bf16"].dtype == torch.bfloat16
+    assert np.array_equal(out["nd"], value["nd"]) and out["np"] == 5 and out["np"].dtype == np.int64
+    assert out["size"] == torch.Size([2, 3]) and out["dtype"] is torch.float16 and out["none"] is None
+
+
+def test_typed_json_pickles_only_when_allowed_on_both_sides():
+    with pytest.raises(PickleNotAllowedError):
+        jsonval.dumps({"f": Fraction(1, 3)})
+    data = jsonval.dumps({"f": Fraction(1, 3)}, allow_pickle=True)
+    with pytest.raises(PickleNotAllowedError):
+        jsonval.loads(data)
+    assert jsonval.loads(data, allow_pickle=True) == {"f": Fraction(1, 3)}
+
+
+def test_runs_keep_order_and_round_trip():
+    values = [5, 6, 7, 1, 2, 9, 10, 4]
+    assert encode_runs(values) == [[5, 3], [1, 2], [9, 2], [4, 1]]
+    assert decode_runs(encode_runs(values)) == values
+    assert encode_runs([]) == []
+
+
+def test_data_paths_escape_any_name_and_parse_back():
+    for name in ["plain", "a/b", "~x~1", "ü/ñ"]:
+        assert unescape(escape(name)) == name
+        path = data_path(name, name, 12, 1, 3)
+        assert parse_data_path(path) == (name, name, 12, 1, 3)
+    assert parse_data_path("c/p/x/state") is None
+
+
+def test_dense_block_of_adjacent_rows_is_one_zero_copy_view():
+    batch = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    rows = list(batch.unbind(0))
+    enc = encode_block([0, 3, 6, 9, 12, 15], rows, allow_pickle=False, where="t")
+    assert enc.meta["enc"] == "dense" and enc.shape == [6, 4] and len(enc.parts) == 1
+    gis, values = decode_block(enc.meta, enc.dtype, enc.shape, _join(enc.parts))
+    assert gis == [0, 3, 6, 9, 12, 15] and all(torch.equal(a, b) for a, b in zip(rows, values, strict=True))
+
+
+def test_jagged_block_keeps_each_shape_and_subsets_copy_out():
+    values = [torch.full((n, 2), n, dtype=torch.int64) for n in (1, 3, 0, 2)]
+    enc = encode_block([1, 2, 3, 4], values, allow_pickle=False, where="t")
+    assert enc.meta["enc"] == "jagged"
+    gis, out = decode_block(enc.meta, enc.dtype, enc.shape, _join(enc.parts), wanted={2, 4})
+    assert gis == [2, 4] and torch.equal(out[0], values[1]) and torch.equal(out[1], values[3])
+
+
+def test_mixed_or_non_tensor_values_become_json():
+    values = ["s", {"k": [1, 2]}, 3.5, None, torch.tensor([1.0])]
+    enc = encode_block([0, 1, 2, 3, 4], values, allow_pickle=False, where="t")
+    assert enc.kind == "blob" and enc.meta["enc"] == "json" and "pickle" not in enc.meta
+    _, out = decode_block(enc.meta, enc.dtype, enc.shape, _join(enc.parts))
+    assert out[:4] == values[:4] and torch.equal(out[4], values[4])

@@ -209,9 +209,9 @@ def measure(
 def report(
     args: argparse.Namespace, total: int, raw: tuple[float, float], rows: dict[str, dict[str, float]]
 ) -> str:
-    s3, s3_best = rows["tqsnap.dcp (SeaweedFS)"], None
+    s3 = rows["tqsnap.dcp (SeaweedFS)"]
     fsspec = {k: v for k, v in rows.items() if k.startswith("FsspecWriter")}
-    s3_best = min(fsspec.values(), key=lambda r: r["full"])
+    s3_best = {col: min(r[col] for r in fsspec.values()) for col in ("full", "restore", "incremental")}
     local, fs = rows["tqsnap.dcp (local disk)"], rows["FileSystemWriter (local disk)"]
     mb = total / 1e6
 

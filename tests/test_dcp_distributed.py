@@ -4,10 +4,9 @@ Each spawn costs seconds (every rank imports torch), so the ranks of one spawn d
 and module-scoped fixtures hand their reports to the tests:
 
 - ``two_ranks``: 2 ranks save stream ``two`` and load it back, then ``async_save`` a second
-  snapshot in which only one small tensor changed;
+  snapshot in which only one small tensor changed; then they commit ``crash``@1, and rank 1
+  dies inside ``write_data`` of the next save, after uploading its shards;
 - ``four_ranks``: 4 ranks save ``four`` and load it back, and load ``two`` (2 -> 4 resharding);
-- ``crashed_save``: 2 ranks commit ``crash``@1, then rank 1 dies inside ``write_data`` of the next
-  save after uploading its shards;
 - ``after_crash``: 2 ranks load ``four`` (4 -> 2 resharding) and save ``crash`` again.
 """
 
@@ -115,11 +114,13 @@ def _two_ranks_job(rank: int, mesh: DeviceMesh, url: str) -> dict[str, Any]:
     check_loaded(loaded, mesh, 0)
     response = dcp.async_save(sharded_state(mesh, 1), storage_writer=writer)
     second = getattr(response, "upload_completion", response).result(timeout=120)
-    return {
+    report = {
         "first": first.storage_meta.checkpoint_id,
         "second": second.storage_meta.checkpoint_id,
         "stats": writer.last_snapshot.stats if writer.last_snapshot else None,
     }
+    Path(os.environ["TQSNAP_TEST_OUT"], f"rank{rank}-two.json").write_text(json.dumps(report))
+    return _crash(rank, mesh, url)
 
 
 def _four_ranks_job(rank: int, mesh: DeviceMesh, url: str) -> dict[str, Any]:
@@ -144,7 +145,8 @@ class DyingWriter(tqsnap.dcp.Writer):
         return result
 
 
-def _crash_job(rank: int, mesh: DeviceMesh, url: str) -> dict[str, Any]:
+def _crash(rank: int, mesh: DeviceMesh, url: str) -> dict[str, Any]:
+    """Commit ``crash``@1, then start a save in which rank 1 dies after uploading."""
     dcp.save(sharded_state(mesh, 0), storage_writer=tqsnap.dcp.Writer(url, stream="crash"))
     try:
         dcp.save(sharded_state(mesh, 3), storage_writer=DyingWriter(url, stream="crash"))
@@ -219,21 +221,6 @@ def assert_all_ok(results: list[Any]) -> list[dict[str, Any]]:
     return [report for _, report in results]
 
 
-@pytest.fixture(scope="module")
-def repo_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("dcp-dist") / "repo")
-
-
-@pytest.fixture(scope="module")
-def two_ranks(repo_url: str, tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
-    return run_ranks(_two_ranks_job, 2, repo_url, tmp_path_factory.mktemp("two"))
-
-
-@pytest.fixture(scope="module")
-def four_ranks(two_ranks: list[Any], repo_url: str, tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
-    return run_ranks(_four_ranks_job, 4, repo_url, tmp_path_factory.mktemp("four"))
-
-
 def unreferenced_shards(url: str) -> set[str]:
     """Shard objects no visible snapshot references: what a dead save leaves for gc."""
     repo = Repository.open(url)
@@ -244,11 +231,24 @@ def unreferenced_shards(url: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def crashed_save(repo_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Runs the crash, then records what the store holds right after it."""
-    out = tmp_path_factory.mktemp("crash")
-    results = run_ranks(_crash_job, 2, repo_url, out)
+def after_crash(
+    two_ranks_run: Any, four_ranks: list[Any], repo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> list[Any]:
+    return run_ranks(_after_crash_job, 2, repo_url, tmp_path_factory.mktemp("after"))
+
+
+@pytest.fixture(scope="module")
+def repo_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("dcp-dist") / "repo")
+
+
+@pytest.fixture(scope="module")
+def two_ranks_run(repo_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Runs the 2-rank job, then records what the store holds right after the crash."""
+    out = tmp_path_factory.mktemp("two")
+    results = run_ranks(_two_ranks_job, 2, repo_url, out)
     return {
+        "out": out,
         "results": results,
         "rank1_uploaded": (out / "rank1-uploaded").exists(),
         "seqs": [s.seq for s in Repository.open(repo_url).snapshots("crash")],
@@ -257,24 +257,35 @@ def crashed_save(repo_url: str, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 
 @pytest.fixture(scope="module")
-def after_crash(
-    crashed_save: Any, four_ranks: list[Any], repo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> list[Any]:
-    return run_ranks(_after_crash_job, 2, repo_url, tmp_path_factory.mktemp("after"))
+def two_ranks(two_ranks_run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reports the two ranks wrote before the crash scenario."""
+    reports = []
+    for rank in range(2):
+        path = two_ranks_run["out"] / f"rank{rank}-two.json"
+        if not path.exists():
+            code, report = two_ranks_run["results"][rank]
+            pytest.fail(f"rank {rank} (exit {code}) failed:\n{(report or {}).get('traceback')}")
+        reports.append(json.loads(path.read_text()))
+    return reports
+
+
+@pytest.fixture(scope="module")
+def four_ranks(two_ranks: list[Any], repo_url: str, tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+    return run_ranks(_four_ranks_job, 4, repo_url, tmp_path_factory.mktemp("four"))
 
 
 # --- tests ---------------------------------------------------------------------------------------
 
 
 def test_two_ranks_save_one_snapshot_and_load_it_back_exactly(two_ranks: list[Any], repo_url: str) -> None:
-    reports = assert_all_ok(two_ranks)
+    reports = two_ranks
     assert reports[0]["first"] == reports[1]["first"] and reports[0]["first"].endswith("#two@1")
     (first, _) = Repository.open(repo_url).snapshots("two")
     assert first.kind == "dcp"
 
 
-def test_async_save_across_ranks_uploads_only_what_changed(two_ranks: list[Any], repo_url: str) -> None:
-    reports = assert_all_ok(two_ranks)
+def test_async_save_across_ranks_uploads_only_what_changed(two_ranks: list[Any]) -> None:
+    reports = two_ranks
     assert reports[0]["second"].endswith("#two@2")
     stats = reports[0]["stats"]
     assert stats["reused_shards"] > 0
@@ -293,13 +304,13 @@ def test_a_four_rank_snapshot_loads_into_two_ranks(after_crash: list[Any]) -> No
     assert_all_ok(after_crash)
 
 
-def test_a_rank_killed_mid_save_leaves_no_visible_snapshot(crashed_save: dict[str, Any]) -> None:
-    (code0, report0), (code1, report1) = crashed_save["results"]
+def test_a_rank_killed_mid_save_leaves_no_visible_snapshot(two_ranks_run: dict[str, Any]) -> None:
+    (code0, report0), (code1, report1) = two_ranks_run["results"]
     assert code1 == CRASH_EXIT and report1 is None, "rank 1 should have died inside write_data"
-    assert crashed_save["rank1_uploaded"], "rank 1 should have uploaded its shards first"
+    assert two_ranks_run["rank1_uploaded"], "rank 1 should have uploaded its shards first"
     assert report0 is not None and report0["ok"] and report0["save_raised"], "the coordinator must not commit"
-    assert crashed_save["seqs"] == [1]
-    assert crashed_save["garbage"], "the dead save's uploads stay behind, unreferenced, for gc"
+    assert two_ranks_run["seqs"] == [1]
+    assert two_ranks_run["garbage"], "the dead save's uploads stay behind, unreferenced, for gc"
 
 
 def test_the_save_after_a_crash_commits_and_loads(after_crash: list[Any], repo_url: str) -> None:

@@ -12,8 +12,12 @@ DCP drives a load in five steps:
    in parallel ranged GETs, each verified against its hash before any byte is used), narrow
    each chunk to the requested region and copy it into the tensor the planner hands out.
 
-Shards are fetched in windows of about ``window_bytes``, the next window downloading while the
-current one is copied out, so a rank never holds much more than two windows at once.
+With DCP's default load planner, whose destination tensors are views into the state dict, a
+chunk stored as whole raw shards is read straight into its destination and verified there: no
+intermediate buffer and no second copy. Everything else (packed small chunks, compressed
+shards, partial reads when resharding, custom planners) goes through buffers: shards are
+fetched in windows of about ``window_bytes``, the next window downloading while the current one
+is copied out, so a rank never holds much more than two windows at once.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import logging
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,12 +38,13 @@ from torch.futures import Future
 
 from ...engine import Repository, SnapshotReader
 from ...errors import ManifestError, TqsnapError
-from ...format.manifest import Item
+from ...format.manifest import Item, ShardRef
 from ...store import ObjectStore
-from ..tensors import tensor_from_bytes
+from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
 from .errors import InconsistentSnapshotError, ShapeMismatchError
 from .layout import EXTRA_KEY, KIND, CheckpointRef, is_checkpoint_id, parse_checkpoint_id, snapshot_arg
 from .metadata_json import decode_metadata
+from .transfer import fetch_into, item_bytes, narrow, resolves_views, windows
 
 log = logging.getLogger(__name__)
 
@@ -194,32 +198,104 @@ class Reader(StorageReader):
         """Every rank: fetch, verify, narrow and copy every requested chunk."""
         if self._snapshot is None:
             raise RuntimeError("read_data() called before read_metadata()")
-        snapshot = self._snapshot
         requests: dict[str, list[ReadItem]] = {}
         for req in plan.items:
             requests.setdefault(self._path(req.storage_index), []).append(req)
         items = [self._item(path) for path in requests]
-        items.sort(key=lambda it: (it.extents[0].shard, it.extents[0].offset) if it.extents else (-1, 0))
+        buffered = items
+        if resolves_views(planner):
+            direct = {item.path for item in items if self._whole_raw_chunk(item, requests[item.path])}
+            buffered = [item for item in items if item.path not in direct]
+            buffered += self._read_into_destinations(
+                [item for item in items if item.path in direct], requests, planner
+            )
+        self._read_buffered(buffered, requests, planner)
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+    def _whole_raw_chunk(self, item: Item, reqs: list[ReadItem]) -> bool:
+        """Is this one request for a whole tensor item stored as whole, uncompressed shards?"""
+        assert self._snapshot is not None
+        if len(reqs) != 1 or item.kind != "tensor" or item.shape is None or not item.extents:
+            return False
+        req = reqs[0]
+        expected = self._chunk_sizes.get(req.storage_index)
+        if req.type != LoadItemType.TENSOR or expected is None or list(expected) != item.shape:
+            return False  # the buffered path reports the mismatch
+        if any(req.storage_offsets) or list(req.lengths) != item.shape:
+            return False
+        refs = self._snapshot.manifest.shards
+        return all(
+            e.offset == 0
+            and e.length == refs[e.shard].size == refs[e.shard].stored_size
+            and refs[e.shard].codec == "raw"
+            for e in item.extents
+        )
+
+    def _read_into_destinations(
+        self, items: list[Item], requests: dict[str, list[ReadItem]], planner: LoadPlanner
+    ) -> list[Item]:
+        """Read whole raw shards straight into the planner's tensors; return the items that could not be."""
+        assert self._snapshot is not None
+        snapshot = self._snapshot
+        refs = snapshot.manifest.shards
+        jobs: list[tuple[ShardRef, memoryview]] = []
+        done: list[tuple[ReadItem, torch.Tensor]] = []
+        fallback: list[Item] = []
+        for item in items:
+            req = requests[item.path][0]
+            target = planner.resolve_tensor(req).detach()
+            if (
+                target.device.type != "cpu"
+                or not target.is_contiguous()
+                or dtype_name(target.dtype) != item.dtype
+                or list(target.shape) != item.shape
+            ):
+                fallback.append(item)
+                continue
+            view, _ = tensor_bytes(target)  # contiguous CPU: a view of the destination itself
+            pos = 0
+            for e in item.extents:
+                jobs.append((refs[e.shard], view[pos : pos + e.length]))
+                pos += e.length
+            done.append((req, target))
+        if jobs:
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="tqsnap-dcp-read") as pool:
+                for fut in [
+                    pool.submit(fetch_into, snapshot.store, ref, buf, snapshot.name) for ref, buf in jobs
+                ]:
+                    fut.result()
+        for req, target in done:
+            planner.commit_tensor(req, target)
+        return fallback
+
+    def _read_buffered(
+        self, items: list[Item], requests: dict[str, list[ReadItem]], planner: LoadPlanner
+    ) -> None:
+        """Fetch shards window by window (prefetching the next) and copy each item out of them."""
+        assert self._snapshot is not None
+        snapshot = self._snapshot
+        items = sorted(
+            items, key=lambda it: (it.extents[0].shard, it.extents[0].offset) if it.extents else (-1, 0)
+        )
         sizes = [ref.size for ref in snapshot.manifest.shards]
         uses = Counter(shard for item in items for shard in {e.shard for e in item.extents})
         cache: dict[int, memoryview] = {}
-        windows = list(_windows(items, sizes, self.window_bytes))
+        groups = list(windows(items, sizes, self.window_bytes))
         with ThreadPoolExecutor(1, thread_name_prefix="tqsnap-dcp-prefetch") as prefetch:
-            pending = prefetch.submit(snapshot.fetch_shards, windows[0][1]) if windows else None
-            for k, (window_items, _) in enumerate(windows):
+            pending = prefetch.submit(snapshot.fetch_shards, groups[0][1]) if groups else None
+            for k, (group, _) in enumerate(groups):
                 assert pending is not None
                 cache.update(pending.result())
-                if k + 1 < len(windows):
-                    pending = prefetch.submit(snapshot.fetch_shards, windows[k + 1][1])
-                for item in window_items:
+                if k + 1 < len(groups):
+                    pending = prefetch.submit(snapshot.fetch_shards, groups[k + 1][1])
+                for item in group:
                     self._deliver(item, requests[item.path], cache, planner)
                     for shard in {e.shard for e in item.extents}:
                         uses[shard] -= 1
                         if uses[shard] == 0:
                             del cache[shard]
-        fut: Future[None] = Future()
-        fut.set_result(None)
-        return fut
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -250,7 +326,7 @@ class Reader(StorageReader):
         self, item: Item, reqs: list[ReadItem], cache: dict[int, memoryview], planner: LoadPlanner
     ) -> None:
         """Copy one stored item into every destination that asked for part of it."""
-        data = _item_bytes(item, cache)
+        data = item_bytes(item, cache)
         if item.kind == "bytes":
             for req in reqs:
                 planner.load_bytes(req, io.BytesIO(data))
@@ -267,7 +343,7 @@ class Reader(StorageReader):
                     f"snapshot {self.checkpoint_id}: item {item.path!r} holds a tensor of shape {item.shape}, "
                     f"but its DCP metadata describes a chunk of {list(expected)}; the snapshot is inconsistent"
                 )
-            part = _narrow(source, req.storage_offsets, req.lengths, item.path)
+            part = narrow(source, req.storage_offsets, req.lengths, item.path)
             target = planner.resolve_tensor(req).detach()
             if target.shape != part.shape:
                 raise ShapeMismatchError(
@@ -280,53 +356,3 @@ class Reader(StorageReader):
 
 def _url(repo: RepoLike) -> str:
     return repo if isinstance(repo, str) else repo.url
-
-
-def _windows(items: list[Item], sizes: list[int], budget: int) -> Iterator[tuple[list[Item], list[int]]]:
-    """Group items (in shard order) so each group brings at most about ``budget`` new shard bytes."""
-    seen: set[int] = set()
-    group: list[Item] = []
-    fetch: list[int] = []
-    total = 0
-    for item in items:
-        new = [s for s in dict.fromkeys(e.shard for e in item.extents) if s not in seen]
-        grow = sum(sizes[s] for s in new)
-        if group and total + grow > budget:
-            yield group, fetch
-            group, fetch, total = [], [], 0
-        group.append(item)
-        fetch.extend(new)
-        seen.update(new)
-        total += grow
-    if group:
-        yield group, fetch
-
-
-def _item_bytes(item: Item, cache: dict[int, memoryview]) -> memoryview:
-    """The item's bytes: a view into its shard when it has one extent, else a joined copy."""
-    if len(item.extents) == 1:
-        e = item.extents[0]
-        return cache[e.shard][e.offset : e.offset + e.length]
-    buf = bytearray(item.size)
-    pos = 0
-    for e in item.extents:
-        buf[pos : pos + e.length] = cache[e.shard][e.offset : e.offset + e.length]
-        pos += e.length
-    return memoryview(buf)
-
-
-def _narrow(t: torch.Tensor, offsets: torch.Size, lengths: torch.Size, path: str) -> torch.Tensor:
-    """The hypercube ``[offsets, offsets + lengths)`` of ``t``; refuses regions outside it."""
-    if len(offsets) != t.dim() or len(lengths) != t.dim():
-        raise ShapeMismatchError(
-            f"item {path!r} has {t.dim()} dimensions, but DCP asked for a {len(lengths)}-dimensional region"
-        )
-    for dim, (start, length) in enumerate(zip(offsets, lengths, strict=True)):
-        if start < 0 or start + length > t.size(dim):
-            raise ShapeMismatchError(
-                f"item {path!r} of shape {list(t.shape)} has no region at offsets {list(offsets)} "
-                f"of lengths {list(lengths)}"
-            )
-        if start != 0 or length != t.size(dim):
-            t = t.narrow(dim, start, length)
-    return t

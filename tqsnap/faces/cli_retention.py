@@ -98,6 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="apply a retention policy: tombstone snapshots no rule keeps (gc reclaims them later)",
         description="Rules are ORed and applied to each stream separately; the newest snapshot of "
         "every stream is always kept. Nothing is deleted: run `tqsnap gc` afterwards.",
+        epilog="exit codes: 0 done; 2 bad policy; 3 unknown repository or stream; 4 store failure "
+        "(re-running is safe)",
     )
     add_repo_args(p)
     p.add_argument(
@@ -140,6 +142,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gc",
         help="delete shards no live snapshot uses once older than grace; safe beside writers, needs no lock",
+        description="Deletes shards that no live snapshot references once they are older than the "
+        "repository's grace, then finalises snapshots forgotten more than grace ago. Runs beside "
+        "live writers with no lock (docs/protocol.md).",
+        epilog="exit codes: 0 done; 1 a manifest cannot be parsed (nothing deleted); 2 unsafe grace "
+        "(nothing deleted); 3 no repository; 4 store failure (re-running is safe)",
     )
     add_repo_args(p)
     p.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")

@@ -434,3 +434,25 @@ def test_wrong_credentials_are_a_typed_error(seaweedfs_auth_endpoint) -> None:
     options = dict(options, aws_secret_access_key="wrong-secret")
     with pytest.raises(AccessDeniedError):
         tqsnap.save(url, {"v": 1}, stream="s", storage_options=options)
+
+
+class FailedCommitStore(CountingStore):
+    """The first manifest commit fails before reaching the store."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self.failed = 0
+
+    def put_if_absent(self, key: str, data) -> bool:
+        if key.startswith("snapshots/") and self.failed == 0:
+            self.failed += 1
+            raise StoreError(f"connection refused while committing {key}")
+        return super().put_if_absent(key, data)
+
+
+def test_failed_commit_request_is_retried_at_the_same_seq(store: ObjectStore) -> None:
+    flaky = FailedCommitStore(store)
+    Repository.init(flaky)
+    info = tqsnap.save(flaky, {"x": torch.arange(5)}, stream="s")
+    assert flaky.failed == 1 and info.seq == 1
+    assert [i.seq for i in tqsnap.snapshots(store, "s")] == [1]

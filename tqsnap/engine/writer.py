@@ -15,6 +15,7 @@ The commit protocol (docs/protocol.md):
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import time
 from typing import Any
@@ -160,13 +161,15 @@ class SnapshotWriter:
             manifest.committed_at = now
             all_stats["duration_s"] = round(time.monotonic() - self._t0, 6)
             key = snapshot_key(self.stream, seq)
+            unknown = False  # the request failed: it may or may not have landed
             try:
                 created = store.put_if_absent(key, manifest.encode())
             except _FATAL_STORE_ERRORS:
                 raise
             except StoreError as exc:
                 log.warning("commit of %s failed (%s); checking whether it landed", key, exc)
-                created = False
+                created, unknown = False, True
+                time.sleep(min(2.0, 0.05 * 2**attempt) * random.random())
             if created or self._is_own_commit(seq):
                 info = SnapshotInfo.from_manifest(manifest)
                 self.committed = info
@@ -180,7 +183,9 @@ class SnapshotWriter:
                 )
                 return info
             # Another writer took this seq: rebase onto the stream's new head and retry after it.
-            seq = self._rebase(manifest, fork, min_seq=seq + 1)
+            # After a failed request, retry the same seq: if our request lands late, the retry's
+            # "exists" answer carries our write_id, so the snapshot is never committed twice.
+            seq = self._rebase(manifest, fork, min_seq=seq if unknown else seq + 1)
             log.info("lost commit race on %s (attempt %d); retrying at seq %d", key, attempt + 1, seq)
         raise CommitConflictError(
             f"gave up committing to stream {self.stream!r} after {max_attempts} lost races; "

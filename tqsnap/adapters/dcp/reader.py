@@ -39,17 +39,16 @@ from torch.futures import Future
 from ...engine import Repository, SnapshotReader
 from ...errors import ManifestError, TqsnapError
 from ...format.manifest import Item, ShardRef
-from ...store import ObjectStore
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
 from .errors import InconsistentSnapshotError, ShapeMismatchError
 from .layout import EXTRA_KEY, KIND, CheckpointRef, is_checkpoint_id, parse_checkpoint_id, snapshot_arg
 from .metadata_json import decode_metadata
+from .repos import RepoLike, open_repository, repo_url
 from .transfer import fetch_into, item_bytes, narrow, resolves_views, windows
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-RepoLike = str | ObjectStore | Repository
 
 
 class _FailedRead:
@@ -112,7 +111,7 @@ class Reader(StorageReader):
     def checkpoint_id(self) -> str:
         """``<url>#<stream>@<snapshot>``; after ``read_metadata`` the snapshot is the resolved seq."""
         snapshot = self._snapshot.manifest.seq if self._snapshot is not None else self.snapshot
-        return str(CheckpointRef(_url(self.url), self.stream, str(snapshot)))
+        return str(CheckpointRef(repo_url(self.url), self.stream, str(snapshot)))
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
@@ -123,7 +122,7 @@ class Reader(StorageReader):
         """Start a new load; ``checkpoint_id`` selects the stream, snapshot or repository."""
         if checkpoint_id is not None:
             ref = parse_checkpoint_id(checkpoint_id)
-            if ref.url is not None and ref.url != _url(self.url):
+            if ref.url is not None and ref.url != repo_url(self.url):
                 self.url, self._repo = ref.url, None
             self.stream = ref.stream
             self.snapshot = ref.snapshot or "latest"
@@ -301,8 +300,7 @@ class Reader(StorageReader):
 
     def _repository(self) -> Repository:
         if self._repo is None:
-            assert not isinstance(self.url, Repository)
-            self._repo = Repository.open(self.url, storage_options=self.storage_options)
+            self._repo = open_repository(self.url, self.storage_options, create=False)
         return self._repo
 
     def _path(self, index: MetadataIndex) -> str:
@@ -352,7 +350,3 @@ class Reader(StorageReader):
                 )
             target.copy_(part)
             planner.commit_tensor(req, target)
-
-
-def _url(repo: RepoLike) -> str:
-    return repo if isinstance(repo, str) else repo.url

@@ -43,7 +43,6 @@ from ...engine import PackOptions, PackResult, Repository, ShardPacker, Snapshot
 from ...errors import ManifestError, SnapshotNotFoundError
 from ...format.keys import validate_name
 from ...format.manifest import ShardRef, SnapshotId
-from ...store import ObjectStore
 from ..tensors import dtype_name, tensor_bytes
 from .layout import (
     EXTRA_KEY,
@@ -55,13 +54,12 @@ from .layout import (
     tensor_item_path,
 )
 from .metadata_json import encode_metadata
+from .repos import RepoLike, open_repository, repo_url
 
 log = logging.getLogger(__name__)
 
 #: ``Metadata.version`` written with each checkpoint: the layout DCP's own writers use.
 DCP_METADATA_VERSION = "1.0.0"
-
-RepoLike = str | ObjectStore | Repository
 
 
 @dataclass(frozen=True)
@@ -89,13 +87,6 @@ def item_path(item: WriteItem) -> str:
     if item.type == WriteItemType.BYTE_IO:
         return bytes_item_path(item.index.fqn)
     return tensor_item_path(item.index.fqn, item.index.offset)
-
-
-def repo_url(repo: RepoLike) -> str:
-    """The URL a repository argument stands for, for checkpoint ids and logs."""
-    if isinstance(repo, str):
-        return repo
-    return repo.url
 
 
 class Writer(StorageWriter):
@@ -296,8 +287,7 @@ class Writer(StorageWriter):
 
     def _repository(self) -> Repository:
         if self._repo is None:
-            assert not isinstance(self.url, Repository)
-            self._repo = Repository.open(self.url, create=self.create, storage_options=self.storage_options)
+            self._repo = open_repository(self.url, self.storage_options, create=self.create)
         return self._repo
 
     def _reuse_index(self, data: SavePlanData) -> dict[str, ShardRef]:

@@ -1,6 +1,7 @@
 """Benchmark: one gc sweep over N shard objects on SeaweedFS; time and requests per object.
 
-    python benchmarks/bench_gc.py --objects 25000 100000 --garbage 0.5 --out benchmarks/results/gc.md
+    python benchmarks/bench_gc.py --objects 10000 100000 --garbage 0.5 --out bench-out/gc-table.md
+    python benchmarks/bench_gc.py --objects 20000 --latency-ms 20
 
 For each size it starts from a fresh bucket, writes N shard objects spread over the 256
 ``shards/xx/`` prefixes (a ``--garbage`` fraction of them unreferenced, the rest referenced by
@@ -72,25 +73,37 @@ def populate(repo: Repository, n: int, garbage: float, threads: int) -> tuple[in
     return len(live), n - len(live), upload_s
 
 
-def sweep(repo: Repository, *, dry_run: bool, threads: int) -> tuple[GcReport, Counter[str], float]:
-    """One gc run, with every HTTP request counted by S3 operation name."""
+def sweep(
+    repo: Repository, *, dry_run: bool, threads: int, latency: float
+) -> tuple[GcReport, Counter[str], float, float]:
+    """One gc run, with every HTTP request counted by S3 operation name (and, with ``latency``,
+    delayed by that many seconds to emulate a store farther away than loopback)."""
     calls: Counter[str] = Counter()
 
     def count(model: Any, **_: Any) -> None:
         calls[model.name] += 1
 
+    def delay(**_: Any) -> None:
+        time.sleep(latency)
+
     events = repo.store.client.meta.events  # type: ignore[attr-defined]
     events.register("before-call.s3", count)
+    if latency:
+        events.register("before-send.s3", delay)
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         report = GarbageCollector(repo, dry_run=dry_run, threads=threads).run()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         events.unregister("before-call.s3", count)
-    return report, calls, elapsed
+        if latency:
+            events.unregister("before-send.s3", delay)
+    return report, calls, elapsed, cpu
 
 
-def run_size(server: Any, n: int, garbage: float, grace: float, upload_threads: int) -> list[dict[str, Any]]:
+def run_size(
+    server: Any, n: int, garbage: float, grace: float, upload_threads: int, latency: float
+) -> list[dict[str, Any]]:
     url, options = server.make_bucket()
     repo = Repository.init(url, grace=grace, max_write_duration=grace / 3, storage_options=options)
     live, dead, upload_s = populate(repo, n, garbage, upload_threads)
@@ -102,7 +115,7 @@ def run_size(server: Any, n: int, garbage: float, grace: float, upload_threads: 
         ("dry run, parallel listing", True, 16),
         ("sweep (deletes)", False, 16),
     ):
-        report, calls, elapsed = sweep(repo, dry_run=dry, threads=threads)
+        report, calls, elapsed, cpu = sweep(repo, dry_run=dry, threads=threads, latency=latency)
         assert report.shards_deleted == dead, (report.shards_deleted, dead)
         rows.append(
             {
@@ -110,6 +123,8 @@ def run_size(server: Any, n: int, garbage: float, grace: float, upload_threads: 
                 "garbage": dead,
                 "run": label,
                 "seconds": elapsed,
+                "cpu": cpu,
+                "latency_ms": latency * 1000,
                 "list": calls["ListObjectsV2"],
                 "get": calls["GetObject"],
                 "delete": calls["DeleteObjects"],
@@ -125,16 +140,16 @@ def run_size(server: Any, n: int, garbage: float, grace: float, upload_threads: 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| objects | garbage | run | time (s) | objects/s | ListObjectsV2 | GetObject | DeleteObjects "
-        "| requests | requests/object | deletes per 1000 garbage |\n"
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| objects | garbage | added latency | run | time (s) | client CPU (s) | objects/s | ListObjectsV2 "
+        "| GetObject | DeleteObjects | requests | requests/object | deletes per 1000 garbage |\n"
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         per_k = r["delete"] / (r["garbage"] / 1000) if r["delete"] else 0
         lines.append(
-            f"| {r['objects']:,} | {r['garbage']:,} | {r['run']} | {r['seconds']:.2f} "
-            f"| {r['objects'] / r['seconds']:,.0f} | {r['list']} | {r['get']} | {r['delete']} "
+            f"| {r['objects']:,} | {r['garbage']:,} | {r['latency_ms']:.0f} ms | {r['run']} | {r['seconds']:.2f} "
+            f"| {r['cpu']:.2f} | {r['objects'] / r['seconds']:,.0f} | {r['list']} | {r['get']} | {r['delete']} "
             f"| {r['total']} | {r['total'] / r['objects']:.4f} | {per_k:.2f} |"
         )
     return "\n".join(lines)
@@ -146,6 +161,12 @@ def main() -> None:
     ap.add_argument("--garbage", type=float, default=0.5, help="fraction of shards left unreferenced")
     ap.add_argument("--grace", type=float, default=3.0, help="repository grace in seconds")
     ap.add_argument("--upload-threads", type=int, default=32)
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="add this much delay to every gc request, to emulate a store farther away than loopback",
+    )
     ap.add_argument("--out", type=Path, help="also write the markdown table here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -156,7 +177,9 @@ def main() -> None:
             rows = [
                 row
                 for n in args.objects
-                for row in run_size(server, n, args.garbage, args.grace, args.upload_threads)
+                for row in run_size(
+                    server, n, args.garbage, args.grace, args.upload_threads, args.latency_ms / 1000
+                )
             ]
         finally:
             server.stop()

@@ -402,6 +402,6 @@ def test_gc_on_seaweedfs_deletes_in_batches_of_at_most_1000_keys(seaweedfs_endpo
     time.sleep(3.0)
     report = collect_garbage(repo)
     assert report.shards_deleted == 1500
-    assert calls == [1000, 500]
+    assert sorted(calls) == [500, 1000]
     assert shard_keys(repo) == referenced(repo, "s", 1)
     assert repo.verify("s").ok

@@ -144,6 +144,7 @@ def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitRe
                     saved.update(present)
                 if missing:
                     result.missing.setdefault(pid, {})[name] = encode_runs(missing)
+                _cut_pack(packer)
         result.pack = packer.finish()
         result.samples = len(saved)
     except BaseException:
@@ -161,6 +162,16 @@ def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitRe
         result.pack.stats.new_shards,
     )
     return result
+
+
+def _cut_pack(packer: ShardPacker) -> None:
+    """Close the open pack so small items of different fields never share a shard.
+
+    Without this cut a static field (a prompt set) shares packs with a churning one (rollouts)
+    and is uploaded again with every snapshot.
+    """
+    flush = getattr(packer, "flush", None) or packer._flush_pack  # public flush() requested upstream
+    flush()
 
 
 def _blocks(gis: list[int], size: int) -> list[tuple[int, list[int]]]:

@@ -5,7 +5,7 @@
 
 Starts SeaweedFS on loopback and measures, on a fresh bucket or directory each time:
 
-- raw boto3: parallel PutObject / GetObject of the same tensor bytes (the ceiling on this host);
+- raw boto3: parallel PutObject / GetObject of the same tensor bytes (the same-run reference);
 - ``FsspecWriter`` / ``FsspecReader`` (s3fs) on SeaweedFS, with DCP's default ``thread_count=1``
   and with ``thread_count=--threads``;
 - ``tqsnap.dcp.Writer`` / ``Reader`` on SeaweedFS;
@@ -50,6 +50,21 @@ from tqsnap.adapters.tensors import tensor_bytes  # noqa: E402
 from tqsnap.engine import PackOptions, Repository  # noqa: E402
 
 MiB = 1 << 20
+
+NOTES = """How to read it:
+
+- Every system saves the same tensors. The systems run interleaved within each run, so load
+  that drifts over time hits all of them alike.
+- "incremental" is the second save, after `--changed` of the tensors changed. DCP's writers have no
+  incremental mode and rewrite the whole state; tqsnap hashes everything and uploads only the
+  changed shards, plus the manifest.
+- Restores are verified: tqsnap checks every shard's xxh3-128 before the tensor is used. The
+  benchmark also compares every tensor after each restore.
+- FsspecWriter runs with `sync_files=False`: on S3 a sync is meaningless, and DCP would fall back
+  to a machine-wide `os.sync()`. FileSystemWriter and tqsnap's local store both fsync.
+- The raw boto3 row PUTs copies of the tensor bytes (`tobytes()`) from 8 threads. It is the
+  same-run reference point for what the loopback server sustains, not a hard limit.
+"""
 
 
 def make_state(tensors: int, mib: int) -> dict[str, torch.Tensor]:
@@ -207,7 +222,11 @@ def measure(
 
 
 def report(
-    args: argparse.Namespace, total: int, raw: tuple[float, float], rows: dict[str, dict[str, float]]
+    args: argparse.Namespace,
+    total: int,
+    raw: tuple[float, float],
+    rows: dict[str, dict[str, float]],
+    spread: dict[str, dict[str, tuple[float, float]]],
 ) -> str:
     s3 = rows["tqsnap.dcp (SeaweedFS)"]
     fsspec = {k: v for k, v in rows.items() if k.startswith("FsspecWriter")}
@@ -215,23 +234,31 @@ def report(
     local, fs = rows["tqsnap.dcp (local disk)"], rows["FileSystemWriter (local disk)"]
     mb = total / 1e6
 
-    def line(name: str, r: dict[str, float]) -> str:
-        uploaded = r.get("inc_uploaded")
+    def cell(name: str, col: str, rate: bool) -> str:
+        value = rows[name][col]
+        lo, hi = spread[name][col]
+        speed = f", {mb / value:.0f} MB/s" if rate else ""
+        return f"{value:.2f} ({lo:.2f}-{hi:.2f}{speed})"
+
+    def line(name: str) -> str:
+        uploaded = rows[name].get("inc_uploaded")
         inc_mb = f"{uploaded / 1e6:.1f}" if uploaded is not None else f"{mb:.1f}"
         return (
-            f"| {name} | {r['full']:.2f} ({mb / r['full']:.0f} MB/s) | {r['restore']:.2f} ({mb / r['restore']:.0f} MB/s)"
-            f" | {r['incremental']:.2f} | {inc_mb} |"
+            f"| {name} | {cell(name, 'full', True)} | {cell(name, 'restore', True)}"
+            f" | {cell(name, 'incremental', False)} | {inc_mb} |"
         )
 
     lines = [
         f"State: {args.tensors} fp32 tensors x {args.mib} MiB = {total / MiB:.0f} MiB; incremental save after "
         f"{args.changed:.0%} of the tensors changed; median of {args.repeat} runs; {args.threads} upload threads.",
         "",
+        "Cells: median seconds (min-max over the runs, and throughput).",
+        "",
         "| system | full save s | restore s | incremental save s | incremental MB sent |",
         "|---|---|---|---|---|",
-        f"| raw boto3 PUT / GET, {args.threads} threads (ceiling) | {raw[0]:.2f} ({mb / raw[0]:.0f} MB/s)"
+        f"| raw boto3 PUT / GET, {args.threads} threads (reference) | {raw[0]:.2f} ({mb / raw[0]:.0f} MB/s)"
         f" | {raw[1]:.2f} ({mb / raw[1]:.0f} MB/s) | | |",
-        *(line(name, r) for name, r in rows.items()),
+        *(line(name) for name in rows),
         "",
         "| ratio (baseline time / tqsnap time) | value | goal |",
         "|---|---|---|",
@@ -264,6 +291,7 @@ def main() -> None:
     state = make_state(args.tensors, args.mib)
     changed = change(state, args.changed)
     total = sum(t.nbytes for t in state.values())
+    load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dcp-"))
     server = start_seaweedfs(tmp / "seaweedfs")
     try:
@@ -295,20 +323,28 @@ def main() -> None:
             name: {k: statistics.median(s[k] for s in runs) for k in runs[0]}
             for name, runs in samples.items()
         }
+        spread = {
+            name: {k: (min(s[k] for s in runs), max(s[k] for s in runs)) for k in runs[0]}
+            for name, runs in samples.items()
+        }
+        load = os.getloadavg()
         raw = (statistics.median(r[0] for r in raws), statistics.median(r[1] for r in raws))
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    table = report(args, total, raw, rows)
+    table = report(args, total, raw, rows, spread)
     print(table)
     if args.out:
         command = "python benchmarks/bench_dcp.py " + " ".join(sys.argv[1:])
-        host = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}"
+        host = (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}; load average {load_before[0]:.1f} at the start, {load[0]:.1f} at the end"
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             f"# tqsnap.dcp against DCP's writers\n\nReproduce with:\n\n    {command}\n\nHost: {host}; SeaweedFS "
-            f"on loopback, client and server sharing the CPUs.\n\n{table}\n"
+            f"on loopback, client and server sharing the CPUs.\n\n{table}\n\n{NOTES}"
         )
 
 

@@ -260,11 +260,14 @@ class Reader(StorageReader):
                 pos += e.length
             done.append((req, target))
         if jobs:
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="tqsnap-dcp-read") as pool:
+            pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tqsnap-dcp-read")
+            try:
                 for fut in [
                     pool.submit(fetch_into, snapshot.store, ref, buf, snapshot.name) for ref, buf in jobs
                 ]:
                     fut.result()
+            finally:  # on the first failure, drop the reads not yet started
+                pool.shutdown(wait=True, cancel_futures=True)
         for req, target in done:
             planner.commit_tensor(req, target)
         return fallback

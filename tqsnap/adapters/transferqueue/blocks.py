@@ -55,23 +55,41 @@ def _is_plain_tensor(v: Any) -> bool:
     )
 
 
+#: Below this average run size, per-run views cost more than one concatenating copy.
+_MIN_AVG_RUN = 64 * 1024
+_MAX_VIEWS = 16
+
+
 def _coalesce(tensors: list[Any], keepalive: list[Any]) -> list[memoryview]:
-    """Byte views of ``tensors`` in order, merging neighbours that share one buffer."""
+    """Byte views of ``tensors`` in order, merging neighbours that share one buffer.
+
+    A unit stores one put's dense rows as views of one buffer, so a dense block is usually a
+    handful of runs and costs no copy. Jagged samples arrive as separate tensors; when the runs
+    are many and small, one ``torch.cat`` is cheaper than a view per sample.
+    """
     import torch
 
-    runs: list[list[Any]] = []  # [storage, start_offset, end_offset]
+    runs: list[list[Any]] = []  # [storage ptr, storage, start_offset, end_offset]
     for t in tensors:
         nbytes = t.numel() * t.element_size()
         if nbytes == 0:
             continue
         storage = t.untyped_storage()
-        start = t.data_ptr() - storage.data_ptr()
-        if runs and runs[-1][0].data_ptr() == storage.data_ptr() and runs[-1][2] == start:
-            runs[-1][2] = start + nbytes
+        base = storage.data_ptr()
+        start = t.data_ptr() - base
+        if runs and runs[-1][0] == base and runs[-1][3] == start:
+            runs[-1][3] = start + nbytes
         else:
-            runs.append([storage, start, start + nbytes])
+            runs.append([base, storage, start, start + nbytes])
+    if not runs:
+        return []
+    total = sum(r[3] - r[2] for r in runs)
+    if len(runs) > _MAX_VIEWS and total / len(runs) < _MIN_AVG_RUN:
+        flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors if t.numel()])
+        keepalive.append(flat)
+        return [memoryview(flat.numpy()).cast("B")]
     views: list[memoryview] = []
-    for storage, start, end in runs:
+    for _, storage, start, end in runs:
         flat = torch.empty(0, dtype=torch.uint8).set_(storage, start, (end - start,))
         keepalive.append(flat)
         views.append(memoryview(flat.numpy()).cast("B"))

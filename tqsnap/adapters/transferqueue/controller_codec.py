@@ -8,6 +8,7 @@ indexes are written as sorted runs; ``reusable_indexes`` keeps its FIFO order.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,39 +40,68 @@ def _tensor_item(path: str, t: Any) -> ItemSpec:
     return ItemSpec(path, view, "tensor", str(t.dtype).removeprefix("torch."), list(t.shape), owner=owner)
 
 
+def _fast(v: Any, enc: jsonval.Encoder) -> Any:
+    """Encode one value, skipping the encoder for the common shapes (int lists, empty dicts)."""
+    t = type(v)
+    if t is list and all(type(x) is int for x in v):
+        return v
+    if t is dict and not v:
+        return {}
+    return enc.encode(v)
+
+
+def _int_map(d: dict[int, Any], enc: jsonval.Encoder) -> dict[str, Any]:
+    """``{gi: value}`` as columns: key runs (insertion order) and values. Compact for many gis."""
+    return {"gi": encode_runs(d.keys()), "v": [_fast(v, enc) for v in d.values()]}
+
+
+def _partition_doc(p: dict[str, Any], enc: jsonval.Encoder) -> dict[str, Any]:
+    return {
+        "partition_id": p["partition_id"],
+        "created_at": enc.encode(p["created_at"]),
+        "global_indexes": _runs(p["global_indexes"]),
+        "pre_allocated": _runs(p["pre_allocated"]),
+        "field_name_mapping": [[k, v] for k, v in p["field_name_mapping"].items()],
+        "field_metadata": [
+            [
+                name,
+                {
+                    "global_indexes": _runs(m["global_indexes"]),
+                    "dtype": enc.encode(m["dtype"]),
+                    "shape": enc.encode(m["shape"]),
+                    "is_nested": enc.encode(m["is_nested"]),
+                    "is_non_tensor": enc.encode(m["is_non_tensor"]),
+                    "per_sample_shapes": _int_map(m["per_sample_shapes"], enc),
+                },
+            ]
+            for name, m in p["field_metadata"].items()
+        ],
+        "field_custom_backend_meta": _int_map(p["field_custom_backend_meta"], enc),
+        "custom_meta": _int_map(p["custom_meta"], enc),
+        "keys_mapping": {
+            "k": [enc.encode(k) for k in p["keys_mapping"]],
+            "gi": list(p["keys_mapping"].values()),
+        },
+        "revert_keys_mapping": _int_map(p["revert_keys_mapping"], enc),
+        "consumption_tasks": list(p["consumption"]),
+    }
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
 def encode_controller(state: dict[str, Any], *, allow_pickle: bool) -> list[ItemSpec]:
     """All controller items of a snapshot; raises PickleNotAllowedError before any upload."""
     specs: list[ItemSpec] = []
     for pid in sorted(state["partitions"]):
         p = state["partitions"][pid]
-        doc = {
-            "partition_id": p["partition_id"],
-            "created_at": p["created_at"],
-            "global_indexes": _runs(p["global_indexes"]),
-            "pre_allocated": _runs(p["pre_allocated"]),
-            "field_name_mapping": [[k, v] for k, v in p["field_name_mapping"].items()],
-            "field_metadata": [
-                [
-                    name,
-                    {
-                        "global_indexes": _runs(m["global_indexes"]),
-                        "dtype": m["dtype"],
-                        "shape": m["shape"],
-                        "is_nested": m["is_nested"],
-                        "is_non_tensor": m["is_non_tensor"],
-                        "per_sample_shapes": m["per_sample_shapes"],
-                    },
-                ]
-                for name, m in p["field_metadata"].items()
-            ],
-            "field_custom_backend_meta": p["field_custom_backend_meta"],
-            "custom_meta": p["custom_meta"],
-            "keys_mapping": [[k, v] for k, v in p["keys_mapping"].items()],
-            "revert_keys_mapping": [[k, v] for k, v in p["revert_keys_mapping"].items()],
-            "consumption_tasks": list(p["consumption"]),
-        }
-        body = jsonval.dumps(doc, allow_pickle=allow_pickle, where=f"partition {pid!r} metadata")
-        specs.append(ItemSpec(layout.partition_state_path(pid), body, "blob", meta={"enc": "json"}))
+        enc = jsonval.Encoder(allow_pickle, f"partition {pid!r} metadata")
+        body = _json(_partition_doc(p, enc))
+        meta: dict[str, Any] = {"enc": "json"}
+        if enc.pickled:
+            meta["pickle"] = True
+        specs.append(ItemSpec(layout.partition_state_path(pid), body, "blob", meta=meta))
         specs.append(_tensor_item(layout.production_path(pid), p["production"]))
         for task, t in p["consumption"].items():
             specs.append(_tensor_item(layout.consumption_path(pid, task), t))
@@ -82,16 +112,17 @@ def encode_controller(state: dict[str, Any], *, allow_pickle: bool) -> list[Item
         "global_index_counter": im["global_index_counter"],
         "allocated_indexes": _runs(im["allocated_indexes"]),
     }
+    specs.append(ItemSpec(layout.index_manager_path(), _json(im_doc), "blob", meta={"enc": "json"}))
+    enc = jsonval.Encoder(allow_pickle, "sampler state")
+    sampler = _json(enc.encode(state["sampler"]))
     specs.append(
         ItemSpec(
-            layout.index_manager_path(),
-            jsonval.dumps(im_doc, where="index manager"),
+            layout.sampler_path(),
+            sampler,
             "blob",
-            meta={"enc": "json"},
+            meta={"enc": "json", **({"pickle": True} if enc.pickled else {})},
         )
     )
-    sampler = jsonval.dumps(state["sampler"], allow_pickle=allow_pickle, where="sampler state")
-    specs.append(ItemSpec(layout.sampler_path(), sampler, "blob", meta={"enc": "json"}))
     return specs
 
 
@@ -104,11 +135,33 @@ def controller_paths(partitions: list[str], tasks: dict[str, list[str]] | None =
     return paths
 
 
+def _load_json(data: Any, where: str) -> Any:
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{where}: not valid JSON: {exc}") from exc
+
+
 def decode_partition_doc(data: Any, pid: str, *, allow_pickle: bool) -> dict[str, Any]:
-    doc = jsonval.loads(data, allow_pickle=allow_pickle, where=f"partition {pid!r} metadata")
+    """Parse one partition item; typed values are decoded later, by :func:`decode_controller`."""
+    doc = _load_json(data, f"partition {pid!r} metadata")
     if not isinstance(doc, dict) or doc.get("partition_id") != pid:
         raise FormatError(f"partition {pid!r} metadata item is malformed")
     return doc
+
+
+def _unfast(node: Any, dec: jsonval.Decoder) -> Any:
+    if type(node) is list and all(type(x) is int for x in node):
+        return node
+    return dec.decode(node)
+
+
+def _un_int_map(node: dict[str, Any], dec: jsonval.Decoder) -> dict[int, Any]:
+    keys = decode_runs(node["gi"])
+    values = node["v"]
+    if len(keys) != len(values):
+        raise FormatError(f"{dec.where}: a map lists {len(keys)} indexes for {len(values)} values")
+    return {k: _unfast(v, dec) for k, v in zip(keys, values, strict=True)}
 
 
 def decode_controller(
@@ -123,15 +176,17 @@ def decode_controller(
     out: dict[str, Any] = {}
     for pid in partitions:
         doc = docs[pid]
+        dec = jsonval.Decoder(allow_pickle, f"partition {pid!r} metadata")
         prod_item = items[layout.production_path(pid)]
         production = tensor_from_bytes(values[prod_item.path], prod_item.dtype, prod_item.shape)
         consumption = {}
         for task in doc["consumption_tasks"]:
             it = items[layout.consumption_path(pid, task)]
             consumption[task] = tensor_from_bytes(values[it.path], it.dtype, it.shape)
+        km = doc["keys_mapping"]
         out[pid] = {
             "partition_id": pid,
-            "created_at": doc["created_at"],
+            "created_at": dec.decode(doc["created_at"]),
             "production": production,
             "consumption": consumption,
             "global_indexes": set(decode_runs(doc["global_indexes"])),
@@ -140,20 +195,20 @@ def decode_controller(
             "field_metadata": {
                 name: {
                     "global_indexes": set(decode_runs(m["global_indexes"])),
-                    "dtype": m["dtype"],
-                    "shape": m["shape"],
-                    "is_nested": m["is_nested"],
-                    "is_non_tensor": m["is_non_tensor"],
-                    "per_sample_shapes": m["per_sample_shapes"],
+                    "dtype": dec.decode(m["dtype"]),
+                    "shape": dec.decode(m["shape"]),
+                    "is_nested": dec.decode(m["is_nested"]),
+                    "is_non_tensor": dec.decode(m["is_non_tensor"]),
+                    "per_sample_shapes": _un_int_map(m["per_sample_shapes"], dec),
                 }
                 for name, m in doc["field_metadata"]
             },
-            "field_custom_backend_meta": doc["field_custom_backend_meta"],
-            "custom_meta": doc["custom_meta"],
-            "keys_mapping": dict(doc["keys_mapping"]),
-            "revert_keys_mapping": {int(k): v for k, v in doc["revert_keys_mapping"]},
+            "field_custom_backend_meta": _un_int_map(doc["field_custom_backend_meta"], dec),
+            "custom_meta": _un_int_map(doc["custom_meta"], dec),
+            "keys_mapping": {dec.decode(k): int(g) for k, g in zip(km["k"], km["gi"], strict=True)},
+            "revert_keys_mapping": _un_int_map(doc["revert_keys_mapping"], dec),
         }
-    im_doc = jsonval.loads(values[layout.index_manager_path()], where="index manager")
+    im_doc = _load_json(values[layout.index_manager_path()], "index manager")
     index_manager = {
         "partition_to_indexes": {pid: set(decode_runs(r)) for pid, r in im_doc["partition_to_indexes"]},
         "reusable_indexes": decode_runs(im_doc["reusable_indexes"]),

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Sequence
 LAYOUT_VERSION = 1
 #: Snapshot kind written to the manifest; restore refuses any other kind.
 KIND = "transferqueue"
-#: Global indexes per block. Small enough that a few changed samples re-upload little, large
-#: enough that a block of small samples is not dominated by per-item overhead.
-DEFAULT_BLOCK_SIZE = 1024
+#: Global indexes per block. Small enough that a few changed samples re-upload little (an append
+#: re-uploads at most the last, partly filled block), large enough that a block of small samples
+#: is not dominated by per-item overhead.
+DEFAULT_BLOCK_SIZE = 512
 
 
 def escape(part: str) -> str:

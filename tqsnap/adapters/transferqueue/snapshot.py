@@ -31,6 +31,11 @@ from .unit_upload import UnitJob, UnitResult, snapshot_unit
 
 log = logging.getLogger(__name__)
 
+#: Packing for TransferQueue data: a block item of 256 KiB or more gets shards of its own, so
+#: a change re-uploads that item only; smaller items of one field share packs (S3 requests
+#: cost more than their bytes below about 1 MiB).
+TQ_PACK_OPTIONS = PackOptions(small_item=256 * 1024)
+
 
 @dataclass
 class TQSnapshotResult:
@@ -138,7 +143,7 @@ def snapshot_system(
             "so use a local path or an s3:// URL"
         )
     t0 = time.monotonic()
-    options = options or PackOptions()
+    options = options or TQ_PACK_OPTIONS
     writer = SnapshotWriter.begin(repo, stream, KIND, parent=parent, options=options)
     state = system.call_controller(capture_controller)
     # Encode before any upload so a value that needs pickle fails the save early. The status

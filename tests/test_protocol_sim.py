@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from typing import Any
 import pytest
 
 import tqsnap.engine.packer as packer_module
+import tqsnap.engine.writer as writer_module
 from tqsnap.engine import PackOptions, Repository, ShardPacker, SnapshotReader, SnapshotWriter, fetch_shard
 from tqsnap.engine.gc import GarbageCollector
 from tqsnap.engine.retention import RetentionPolicy, plan_forget
@@ -106,6 +108,18 @@ def _content_keys(enabled: bool) -> Iterator[None]:
         yield
     finally:
         packer_module.secrets = original
+
+
+@contextmanager
+def _writer_waits_in_sim_time(sim: Sim) -> Iterator[None]:
+    """A writer's retry backoff passes on the fake clock, with jitter drawn from the seed."""
+    original_time, original_random = writer_module.time, writer_module.random
+    writer_module.time = SimpleNamespace(sleep=sim.advance, monotonic=time.monotonic)  # type: ignore[assignment]
+    writer_module.random = sim.rng  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        writer_module.time, writer_module.random = original_time, original_random
 
 
 # --- stores and packers the actors see -----------------------------------------------------------
@@ -449,7 +463,8 @@ def writer(
         view.commit_mishap = (mishaps or {}).get(n)
         sim.busy.discard(name)
         try:
-            info = w.commit()
+            with _writer_waits_in_sim_time(sim):
+                info = w.commit()
         except WriteDeadlineExceededError:
             sim.count("deadline aborts")
             yield "commit refused: past deadline"

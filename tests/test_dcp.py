@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     ChunkStorageMetadata,
@@ -278,9 +278,17 @@ def test_writer_and_reader_pickle_without_their_connections(repo_dir: str) -> No
 # --- bad input -----------------------------------------------------------------------------------
 
 
-def test_loading_a_state_dict_snapshot_raises_kind_mismatch(repo_dir: str) -> None:
+@pytest.mark.parametrize("kind", ["state_dict", "transferqueue"])
+def test_loading_a_snapshot_of_another_kind_raises_kind_mismatch(repo_dir: str, kind: str) -> None:
     repo = Repository.open(repo_dir, create=True)
-    save_state(repo, {"w": torch.ones(3)}, stream="run")
+    if kind == "state_dict":
+        save_state(repo, {"w": torch.ones(3)}, stream="run")
+    else:  # what the TransferQueue adapter commits: items and shards of its own, another kind
+        writer = SnapshotWriter.begin(repo, "run", kind)
+        packer = writer.packer()
+        packer.add("field/0", b"\x00" * 64)
+        writer.add_result(packer.finish())
+        writer.commit(extra={"partitions": {}})
     with pytest.raises(CheckpointException) as info:
         load({"w": torch.zeros(3)}, repo_dir)
     assert isinstance(the_error(info.value), KindMismatchError)
@@ -463,3 +471,28 @@ def test_tensors_spanning_several_shards_load_exactly_with_any_planner(repo_dir:
     assert_same(out, state)
     if used is not None:
         assert used.calls == ["resolve", "commit"] * 3
+
+
+class CachingSavePlanner(DefaultSavePlanner):
+    """DCP's plan caching, under a class name of its own (DCP keys its global cache by it)."""
+
+    def __init__(self) -> None:
+        super().__init__(enable_plan_caching=True)
+
+
+def test_a_cached_plan_naming_a_forgotten_parent_reuses_nothing_from_it(repo_dir: str) -> None:
+    """DCP's plan cache replays an earlier save's storage_data; its parent is re-checked."""
+    state = {f"w{i}": torch.randn(MiB // 4) for i in range(4)}
+    save(state, repo_dir)  # seq 1
+    planner = CachingSavePlanner()
+    writer = tqsnap.dcp.Writer(repo_dir, stream="run")
+    dcp.save(state, storage_writer=writer, planner=planner)  # seq 2, plan cached naming parent 1
+    assert writer.last_snapshot.stats["reused_shards"] == 4
+    repo = Repository.open(repo_dir)
+    repo.write_tombstone("run", 1)
+    dcp.save(state, storage_writer=writer, planner=planner)  # replays the plan naming seq 1
+    assert writer.last_snapshot.seq == 3
+    assert writer.last_snapshot.stats["reused_shards"] == 0, "must not reuse shards of a forgotten parent"
+    out = {k: torch.zeros_like(v) for k, v in state.items()}
+    load(out, repo_dir)
+    assert_same(out, state)

@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import tqsnap  # noqa: E402
 from s3servers import start_seaweedfs  # noqa: E402
+
+import tqsnap  # noqa: E402
 from tqsnap.adapters.tensors import tensor_bytes  # noqa: E402
 from tqsnap.engine import PackOptions  # noqa: E402
 from tqsnap.store import CountingStore, open_store  # noqa: E402
@@ -36,8 +37,12 @@ def raw_put_get(server, views: list[memoryview], threads: int) -> tuple[float, f
     client = server.client(max_pool_connections=threads * 2)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda iv: client.put_object(Bucket=bucket, Key=f"raw/{iv[0]}", Body=bytes(iv[1])),
-                      enumerate(views)))
+        list(
+            pool.map(
+                lambda iv: client.put_object(Bucket=bucket, Key=f"raw/{iv[0]}", Body=bytes(iv[1])),
+                enumerate(views),
+            )
+        )
     put_s = time.perf_counter() - t0
 
     def get(i: int) -> int:
@@ -99,16 +104,26 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     mb = total / 1e6
-    print(f"state: {args.tensors} tensors x {args.mib} MiB = {total / 2**30:.2f} GiB; SeaweedFS on loopback; "
-          f"{args.threads} threads; median of {args.repeat}")
+    print(
+        f"state: {args.tensors} tensors x {args.mib} MiB = {total / 2**30:.2f} GiB; SeaweedFS on loopback; "
+        f"{args.threads} threads; median of {args.repeat}"
+    )
     print(f"{'operation':<28}{'seconds':>9}{'MB/s':>9}{'ratio':>9}")
     print(f"{'raw boto3 PUT':<28}{med['raw_put']:>9.2f}{mb / med['raw_put']:>9.0f}{'1.00':>9}")
-    print(f"{'tqsnap save (full)':<28}{med['save']:>9.2f}{mb / med['save']:>9.0f}{med['raw_put'] / med['save']:>9.2f}")
+    print(
+        f"{'tqsnap save (full)':<28}{med['save']:>9.2f}{mb / med['save']:>9.0f}{med['raw_put'] / med['save']:>9.2f}"
+    )
     print(f"{'raw boto3 GET':<28}{med['raw_get']:>9.2f}{mb / med['raw_get']:>9.0f}{'1.00':>9}")
-    print(f"{'tqsnap load (verified)':<28}{med['load']:>9.2f}{mb / med['load']:>9.0f}{med['raw_get'] / med['load']:>9.2f}")
-    print(f"{'tqsnap save (5% changed)':<28}{med['inc']:>9.2f}{'':>9}{med['inc'] / med['save']:>9.2f}"
-          "  (time vs full save)")
-    print(f"incremental bytes uploaded: {inc_bytes / 1e6:.1f} MB = {100 * inc_bytes / total:.1f}% of the full state")
+    print(
+        f"{'tqsnap load (verified)':<28}{med['load']:>9.2f}{mb / med['load']:>9.0f}{med['raw_get'] / med['load']:>9.2f}"
+    )
+    print(
+        f"{'tqsnap save (5% changed)':<28}{med['inc']:>9.2f}{'':>9}{med['inc'] / med['save']:>9.2f}"
+        "  (time vs full save)"
+    )
+    print(
+        f"incremental bytes uploaded: {inc_bytes / 1e6:.1f} MB = {100 * inc_bytes / total:.1f}% of the full state"
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,15 @@ on first use, so ``import tqsnap`` pulls in neither Ray nor torch.
 """
 
 from . import errors
-from .engine import PackOptions, Repository, SnapshotInfo, VerifyReport
+from .engine import (
+    ForgetReport,
+    GcReport,
+    PackOptions,
+    Repository,
+    RetentionPolicy,
+    SnapshotInfo,
+    VerifyReport,
+)
 from .faces.api import copy, init_repo, load, open_repo, save, snapshots, tag, verify
 from .faces.api_retention import forget, gc
 from .format import SnapshotId
@@ -23,6 +31,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ForgetReport",
+    "GcReport",
+    "RetentionPolicy",
     "PackOptions",
     "Repository",
     "SnapshotId",

@@ -35,6 +35,10 @@ class AccessDeniedError(StoreError):
     """The store refused the credentials or the operation (HTTP 401/403)."""
 
 
+class GcConflictError(StoreError):
+    """Live manifests kept vanishing while gc read them: another gc is finalising; retry later."""
+
+
 class ConditionalWriteUnsupportedError(StoreError):
     """The store cannot do an atomic create, and the user did not opt in to single-writer mode."""
 

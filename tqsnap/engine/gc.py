@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ObjectNotFoundError, StoreError
+from ..errors import GcConflictError, ObjectNotFoundError
 from ..format.keys import (
     SNAPSHOTS_PREFIX,
     TOMBSTONES_PREFIX,
@@ -222,7 +222,7 @@ class GarbageCollector:
                 len(vanished),
                 attempt,
             )
-        raise StoreError(
+        raise GcConflictError(
             f"gc of {self.repo.url}: live manifests kept vanishing while being read "
             f"({_RELIST_ATTEMPTS} listings); another gc is finalising snapshots. Nothing was "
             "deleted; run gc again later"

@@ -9,7 +9,9 @@ The commit protocol (docs/protocol.md):
 3. ``commit``: refuse after ``started_at + max_write_duration`` (server time); put-if-absent the
    manifest at ``seq = max + 1``. On "exists", read it back: our own ``write_id`` means an
    earlier attempt won and its reply was lost; anything else means another writer won, so
-   rebase onto the new latest and retry at the next seq. Uploaded shards stay valid.
+   rebase onto the new latest and retry at the next seq. After a request that failed with an
+   unknown outcome, retry the same seq, so a late-landing request is recognised as our own.
+   Uploaded shards stay valid throughout.
 """
 
 from __future__ import annotations

@@ -586,7 +586,8 @@ def applied(deployment: Deployment, plan: dict[str, Any]) -> Applied:
 
 @pytest.fixture(scope="module")
 def kms_plan(tf_static: Terraform) -> dict[str, Any]:
-    """A second variant, planned only: SSE-KMS, no versioning, repository at the bucket root."""
+    """A second variant, planned only: SSE-KMS, no versioning, repository at the bucket root,
+    policies without roles."""
     varfile = tf_static.write_vars(
         "kms",
         bucket_name="tqsnap-tf-kms",
@@ -595,7 +596,7 @@ def kms_plan(tf_static: Terraform) -> dict[str, Any]:
         max_retries=1,
         versioning_enabled=False,
         kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555",
-        trusted_services=["ecs-tasks.amazonaws.com"],
+        create_roles=False,
     )
     tf_static.run("plan", "-input=false", f"-var-file={varfile}", "-out=kms.tfplan")
     return tf_static.show_plan("kms.tfplan")
@@ -808,8 +809,14 @@ def test_kms_variant(kms_plan: dict[str, Any]) -> None:
     bucket = _bucket_policy(kms_plan)
     deny = next(s for s in bucket.statements if s.effect == "Deny" and "s3:PutObject" in s.actions)
     assert "arn:aws:s3:::tqsnap-tf-kms/snapshots/*" in deny.resources
-    trust = json.loads(res['aws_iam_role.this["reader"]']["assume_role_policy"])
-    assert trust["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+    # create_roles = false: the three policies, no roles, no attachments, null role outputs.
+    assert not [a for a in res if a.startswith(("aws_iam_role.", "aws_iam_role_policy_attachment."))]
+    assert sorted(a for a in res if a.startswith("aws_iam_policy.")) == [
+        f'aws_iam_policy.this["{r}"]' for r in sorted(ROLE_KEYS)
+    ]
+    outputs = kms_plan["planned_values"]["outputs"]
+    assert outputs["role_arns"]["value"] == {}
+    assert all(outputs[f"{r}_role_arn"].get("value") is None for r in ROLE_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------

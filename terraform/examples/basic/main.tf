@@ -39,6 +39,7 @@ module "snapshot_bucket" {
   force_destroy      = var.force_destroy
   enforce_tls        = var.enforce_tls
 
+  create_roles           = var.create_roles
   trusted_principal_arns = var.trusted_principal_arns
   trusted_services       = var.trusted_services
 

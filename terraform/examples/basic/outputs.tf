@@ -13,6 +13,21 @@ output "bucket_arn" {
   value       = module.snapshot_bucket.bucket_arn
 }
 
+output "writer_role_arn" {
+  description = "Role for tqsnap snapshot / save."
+  value       = module.snapshot_bucket.writer_role_arn
+}
+
+output "reader_role_arn" {
+  description = "Role for tqsnap restore / load / snapshots / show / diff / verify."
+  value       = module.snapshot_bucket.reader_role_arn
+}
+
+output "cleanup_role_arn" {
+  description = "Role for tqsnap forget and gc."
+  value       = module.snapshot_bucket.cleanup_role_arn
+}
+
 output "role_arns" {
   description = "Writer, reader and cleanup role ARNs."
   value       = module.snapshot_bucket.role_arns

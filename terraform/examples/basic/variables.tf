@@ -15,6 +15,12 @@ variable "prefix" {
   default     = "tqsnap"
 }
 
+variable "create_roles" {
+  description = "Create the writer, reader and cleanup roles (the policies are created either way)."
+  type        = bool
+  default     = true
+}
+
 variable "trusted_principal_arns" {
   description = "AWS principals allowed to assume the tqsnap roles."
   type        = list(string)

@@ -20,17 +20,17 @@ output "repository_url" {
 
 output "writer_role_arn" {
   description = "ARN of the writer role (tqsnap snapshot, save). Null when create_roles is false."
-  value       = var.create_roles ? aws_iam_role.this["writer"].arn : null
+  value       = try(aws_iam_role.this["writer"].arn, null)
 }
 
 output "reader_role_arn" {
   description = "ARN of the reader role (tqsnap restore, load, snapshots, show, diff, verify). Null when create_roles is false."
-  value       = var.create_roles ? aws_iam_role.this["reader"].arn : null
+  value       = try(aws_iam_role.this["reader"].arn, null)
 }
 
 output "cleanup_role_arn" {
   description = "ARN of the cleanup role (tqsnap forget, gc). Null when create_roles is false."
-  value       = var.create_roles ? aws_iam_role.this["cleanup"].arn : null
+  value       = try(aws_iam_role.this["cleanup"].arn, null)
 }
 
 output "role_arns" {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,15 +195,33 @@ class Repository:
         return manifest
 
     def snapshots(self, stream: str | None = None, *, include_tombstoned: bool = False) -> list[SnapshotInfo]:
-        """Summaries of the snapshots of one stream (or all), oldest first."""
-        out: list[SnapshotInfo] = []
+        """Summaries of the snapshots of one stream (or all), oldest first; manifests read in parallel."""
+        wanted: list[tuple[str, int, bool]] = []
         for name in [validate_name(stream)] if stream else self.streams():
             dead = self.tombstoned_seqs(name)
-            for seq in self.manifest_seqs(name):
-                if seq in dead and not include_tombstoned:
-                    continue
-                out.append(SnapshotInfo.from_manifest(self.load_manifest(name, seq), seq in dead))
-        return out
+            wanted += [
+                (name, seq, seq in dead)
+                for seq in self.manifest_seqs(name)
+                if include_tombstoned or seq not in dead
+            ]
+        if not wanted:
+            return []
+
+        def load(w: tuple[str, int, bool]) -> Manifest | None:
+            try:
+                return self.load_manifest(w[0], w[1])
+            except SnapshotNotFoundError:
+                if w[2]:  # a forgotten snapshot that a concurrent gc just finalised
+                    return None
+                raise
+
+        with ThreadPoolExecutor(min(16, len(wanted))) as pool:
+            manifests = list(pool.map(load, wanted))
+        return [
+            SnapshotInfo.from_manifest(m, w[2])
+            for m, w in zip(manifests, wanted, strict=True)
+            if m is not None
+        ]
 
     def tombstones(self) -> list[tuple[Tombstone, float]]:
         """Every tombstone with its LastModified (server time), for gc."""

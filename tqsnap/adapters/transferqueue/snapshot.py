@@ -53,6 +53,7 @@ class TQSnapshotResult:
     controller_stall_s: float
     unit_stall_s: list[float] = field(default_factory=list)
     unit_memcpy_s: list[float | None] = field(default_factory=list)
+    unit_memcpy_raw_s: list[float | None] = field(default_factory=list)
     unit_data_bytes: list[int] = field(default_factory=list)
     capture_s: float = 0.0
     upload_s: float = 0.0
@@ -80,6 +81,7 @@ class TQSnapshotResult:
             "controller_stall_s": self.controller_stall_s,
             "unit_stall_s": self.unit_stall_s,
             "unit_memcpy_s": self.unit_memcpy_s,
+            "unit_memcpy_raw_s": self.unit_memcpy_raw_s,
             "capture_s": self.capture_s,
             "upload_s": self.upload_s,
             "commit_s": self.commit_s,
@@ -135,7 +137,11 @@ def snapshot_system(
     parent: SnapshotId | str | None = "latest",
     measure_memcpy: bool = False,
 ) -> TQSnapshotResult:
-    """Snapshot ``system`` into ``repo`` as the next snapshot of ``stream``."""
+    """Snapshot ``system`` into ``repo`` as the next snapshot of ``stream``.
+
+    ``measure_memcpy`` also times, on each unit, copying its tensor bytes (for benchmarks; it
+    costs that copy).
+    """
     ray = _ray()
     if repo.store.url.startswith("memory:"):
         raise ValueError(
@@ -218,6 +224,7 @@ def snapshot_system(
         controller_stall_s=state["stall_s"],
         unit_stall_s=[r.stall_s for r in results],
         unit_memcpy_s=[r.memcpy_s for r in results],
+        unit_memcpy_raw_s=[r.memcpy_raw_s for r in results],
         unit_data_bytes=[r.data_bytes for r in results],
         capture_s=t_capture - t0,
         upload_s=t_upload - t_capture,

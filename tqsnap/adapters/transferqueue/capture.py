@@ -3,9 +3,9 @@
 The controller serves every put, get and clear on one ZMQ request thread. Capture and
 install hold the guard lock around that thread's request handler (:mod:`.guard`), so they see
 and leave the controller between two requests, never in the middle of one. Inside the lock
-they only copy: tensors are cloned, sets and dicts are copied two levels deep (values in
-them are replaced, never mutated, by the controller). Encoding to JSON happens elsewhere,
-after the lock is released.
+they only copy: tensors are cloned, sets and dicts are copied (two levels deep where the
+controller updates the inner dicts in place; elsewhere it replaces values, never mutates
+them). Encoding to JSON happens elsewhere, after the lock is released.
 
 The state is a plain dict (see :func:`capture_controller`), the common language of the
 codec (:mod:`.controller_codec`) and of :func:`install_controller`.
@@ -48,8 +48,8 @@ def _copy_partition(p: Any) -> dict[str, Any]:
             }
             for name, m in p.field_metadata.items()
         },
-        "field_custom_backend_meta": _two_level(p.field_custom_backend_meta),
-        "custom_meta": _two_level(p.custom_meta),
+        "field_custom_backend_meta": _two_level(p.field_custom_backend_meta),  # updated in place
+        "custom_meta": dict(p.custom_meta),  # per-sample dicts are replaced, never updated in place
         "keys_mapping": dict(p.keys_mapping),
         "revert_keys_mapping": dict(p.revert_keys_mapping),
     }

@@ -8,8 +8,9 @@ snapshot as its parent a moment ago still commit safely.
 
 The policy follows restic's ``forget`` semantics, applied to each stream on its own:
 
-- snapshots are ordered newest first by their time (``started_at``, the moment the state was
-  captured; ties by seq);
+- snapshots are ordered newest first by seq (commit order, which writers' clocks cannot
+  reorder); calendar buckets and ``keep_within`` use ``started_at``, the moment the state was
+  captured;
 - ``keep_last`` keeps the N newest; ``keep_hourly`` ... ``keep_yearly`` keep the newest snapshot
   of each of the N newest calendar hours/days/ISO weeks/months/years that have one, in UTC
   unless a timezone is given; when a bucket rule still has counts left at the oldest snapshot,
@@ -199,7 +200,7 @@ def apply_policy(
 
     Pure: reads nothing from the store, so the semantics can be tested with made-up snapshots.
     """
-    items = sorted(snapshots, key=lambda s: (s.started_at, s.seq), reverse=True)
+    items = sorted(snapshots, key=lambda s: s.seq, reverse=True)  # commit order; clocks may disagree
     if not items:
         return []
     if len({s.stream for s in items}) != 1:
@@ -207,7 +208,7 @@ def apply_policy(
     tags = tags or {}
     zone = policy.zone()
     newest_seq = max(s.seq for s in items)
-    latest_time = items[0].started_at
+    latest_time = max(s.started_at for s in items)
     remaining = {"last": policy.keep_last} | {b: getattr(policy, f"keep_{b}") for b, _ in _BUCKETS}
     filled = dict.fromkeys(remaining, 0)
     last_value: dict[str, tuple[int, ...] | None] = dict.fromkeys(remaining)

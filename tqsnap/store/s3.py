@@ -419,10 +419,18 @@ class S3Store(ObjectStore):
             return StoreError(f"S3 {op} of {where} failed: {exc}")
         return StoreError(f"S3 {op} of {where} failed: {_describe(exc)}")
 
+    def _probe_bucket(self) -> dict[str, Any]:
+        """A one-key listing under the prefix: proves the bucket exists and carries a ``Date``.
+
+        Not HeadBucket: AWS authorises HeadBucket as ``s3:ListBucket`` without an ``s3:prefix``,
+        which least-privilege roles scoped to the repository prefix do not grant.
+        """
+        return self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+
     def _denied_or_missing_bucket(self, error: Exception, op: str) -> Exception:
         """Some servers (SeaweedFS) answer a write to a missing bucket with 403; say which it is."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._probe_bucket()
         except ClientError as exc:
             code, status = _error_code(exc)
             if status == 404 or code in ("NoSuchBucket", "NotFound"):
@@ -439,7 +447,7 @@ class S3Store(ObjectStore):
 
         def exists() -> bool:
             try:
-                self.client.head_bucket(Bucket=self.bucket)
+                self._probe_bucket()
             except ClientError as exc:
                 code, status = _error_code(exc)
                 if status == 404 or code in ("NoSuchBucket", "NotFound"):
@@ -447,7 +455,7 @@ class S3Store(ObjectStore):
                 raise
             return True
 
-        if not self._with_retries("HeadBucket", None, exists):
+        if not self._with_retries("ListObjectsV2", None, exists):
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
             if self.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
@@ -469,9 +477,9 @@ class S3Store(ObjectStore):
             return
 
         def attempt() -> None:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._probe_bucket()
 
-        self._with_retries("HeadBucket", None, attempt)
+        self._with_retries("ListObjectsV2", None, attempt)
         self._bucket_checked = True
 
     # --- reads ---------------------------------------------------------------------------
@@ -589,7 +597,7 @@ class S3Store(ObjectStore):
     def now(self) -> float:
         """Server time: the local clock plus the offset to the server's ``Date`` header.
 
-        The offset is measured with a HeadBucket at most once a minute; ``Date`` has one-second
+        The offset is measured with a one-key listing of the prefix at most once a minute; ``Date`` has one-second
         resolution, so the estimate is the middle of that second, placed at the middle of the
         round trip.
         """
@@ -603,7 +611,7 @@ class S3Store(ObjectStore):
 
         def attempt() -> float:
             before = time.time()
-            resp = self.client.head_bucket(Bucket=self.bucket)
+            resp = self._probe_bucket()
             after = time.time()
             date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
             if not date:
@@ -611,7 +619,7 @@ class S3Store(ObjectStore):
             server = email.utils.parsedate_to_datetime(date).timestamp() + 0.5
             return server - (before + after) / 2
 
-        offset = self._with_retries("HeadBucket", None, attempt)
+        offset = self._with_retries("ListObjectsV2", None, attempt)
         with self._clock_lock:
             self._clock_offset = offset
             self._clock_checked = mono

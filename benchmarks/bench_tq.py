@@ -8,7 +8,7 @@ Steps, all on this machine's local disk:
 
 1. start a TransferQueue with 3 storage units and fill it with ``--mib`` of samples (dense
    float32 rows, jagged int64 token lists, strings), put in batches of ``--batch``;
-2. tqsnap full save (with the unit stall and the memcpy time of each unit's data measured);
+2. tqsnap full save; then, in a save of its own, each unit's stall and the time to copy its data;
 3. ``tq.save_checkpoint`` of the same state;
 4. put 5% new samples; tqsnap incremental save;
 5. tqsnap restore of the full snapshot into a fresh 3-unit TransferQueue;
@@ -267,11 +267,11 @@ def render(args: argparse.Namespace, n: int, full: Any, inc: Any, stall: Any, ro
         "|---:|---:|---:|---:|---:|---:|",
     ]
     per_unit = zip(
-        full.unit_stall_s, full.unit_memcpy_s, full.unit_memcpy_raw_s, full.unit_data_bytes, strict=True
+        stall.unit_stall_s, stall.unit_memcpy_s, stall.unit_memcpy_raw_s, stall.unit_data_bytes, strict=True
     )
-    for k, (stall, cp, raw, nb) in enumerate(per_unit):
+    for k, (held, cp, raw, nb) in enumerate(per_unit):
         lines.append(
-            f"| {k} | {mib(nb)} | {stall * 1e3:.2f} ms | {cp * 1e3:.1f} ms | {raw * 1e3:.1f} ms | {stall / raw:.2f} |"
+            f"| {k} | {mib(nb)} | {held * 1e3:.2f} ms | {cp * 1e3:.1f} ms | {raw * 1e3:.1f} ms | {held / raw:.2f} |"
         )
     lines += [
         "",

@@ -68,6 +68,9 @@ def test_runs_keep_order_and_round_trip():
     assert encode_runs(values) == [[5, 3], [1, 2], [9, 2], [4, 1]]
     assert decode_runs(encode_runs(values)) == values
     assert encode_runs([]) == []
+    every_third = list(range(2, 3000, 3))  # what one of three units holds
+    assert encode_runs(every_third) == [[2, 1000, 3]] and decode_runs([[2, 1000, 3]]) == every_third
+    assert decode_runs(encode_runs([1, 1, 5, 3, 1])) == [1, 1, 5, 3, 1]
 
 
 def test_data_paths_escape_any_name_and_parse_back():

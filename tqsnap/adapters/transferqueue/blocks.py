@@ -60,6 +60,18 @@ _MIN_AVG_RUN = 64 * 1024
 _MAX_VIEWS = 16
 
 
+def _flatten(tensors: list[Any]) -> Any:
+    """One contiguous 1-d copy of same-dtype tensors, in one native call when torch offers it."""
+    import torch
+
+    try:
+        from torch._utils import _flatten_dense_tensors  # what DDP uses to bucket gradients
+
+        return _flatten_dense_tensors(tensors)
+    except ImportError:  # pragma: no cover - older or newer torch
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+
 def _coalesce(tensors: list[Any], keepalive: list[Any]) -> list[memoryview]:
     """Byte views of ``tensors`` in order, merging neighbours that share one buffer.
 
@@ -85,7 +97,7 @@ def _coalesce(tensors: list[Any], keepalive: list[Any]) -> list[memoryview]:
         return []
     total = sum(r[3] - r[2] for r in runs)
     if len(runs) > _MAX_VIEWS and total / len(runs) < _MIN_AVG_RUN:
-        flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors if t.numel()])
+        flat = _flatten([t for t in tensors if t.numel()]).view(torch.uint8)
         keepalive.append(flat)
         return [memoryview(flat.numpy()).cast("B")]
     views: list[memoryview] = []
@@ -127,7 +139,8 @@ def encode_block(gis: list[int], values: list[Any], *, allow_pickle: bool, where
             meta = {"enc": "jagged", "gi": runs, "shapes": shapes}
             return EncodedBlock("tensor", parts, name, [total], meta, keepalive)
     encoder = jsonval.Encoder(allow_pickle, where)
-    tree = [encoder.encode(v) for v in values]
+    # Plain strings (the common non-tensor field) are their own JSON; skip the encoder for them.
+    tree = values if all(type(v) is str for v in values) else [encoder.encode(v) for v in values]
     body = json.dumps(tree, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
     meta = {"enc": "json", "gi": runs}
     if encoder.pickled:

@@ -51,8 +51,25 @@ def _fast(v: Any, enc: jsonval.Encoder) -> Any:
 
 
 def _int_map(d: dict[int, Any], enc: jsonval.Encoder) -> dict[str, Any]:
-    """``{gi: value}`` as columns: key runs (insertion order) and values. Compact for many gis."""
-    return {"gi": encode_runs(d.keys()), "v": [_fast(v, enc) for v in d.values()]}
+    """``{gi: value}`` as columns: key runs (insertion order) and values. Compact for many gis.
+
+    Two shapes that dominate large partitions get denser columns: per-sample shapes that are
+    int lists of one length (``flat`` + ``ndim``), and tags that are all empty (``empty``).
+    """
+    out: dict[str, Any] = {"gi": encode_runs(d.keys())}
+    values = list(d.values())
+    if values and all(type(v) is dict and not v for v in values):
+        out["empty"] = True
+        return out
+    if values and all(type(v) is list for v in values):
+        ndim = len(values[0])
+        if all(len(v) == ndim for v in values):
+            flat = [x for v in values for x in v]
+            if all(type(x) is int for x in flat):
+                out["flat"], out["ndim"] = flat, ndim
+                return out
+    out["v"] = [_fast(v, enc) for v in values]
+    return out
 
 
 def _partition_doc(p: dict[str, Any], enc: jsonval.Encoder) -> dict[str, Any]:
@@ -158,6 +175,13 @@ def _unfast(node: Any, dec: jsonval.Decoder) -> Any:
 
 def _un_int_map(node: dict[str, Any], dec: jsonval.Decoder) -> dict[int, Any]:
     keys = decode_runs(node["gi"])
+    if node.get("empty"):
+        return {k: {} for k in keys}
+    if "flat" in node:
+        flat, ndim = node["flat"], int(node["ndim"])
+        if len(flat) != len(keys) * ndim:
+            raise FormatError(f"{dec.where}: a shape map lists {len(flat)} numbers for {len(keys)} indexes")
+        return {k: flat[i * ndim : (i + 1) * ndim] for i, k in enumerate(keys)}
     values = node["v"]
     if len(keys) != len(values):
         raise FormatError(f"{dec.where}: a map lists {len(keys)} indexes for {len(values)} values")

@@ -37,13 +37,11 @@ class Encoder:
         self.pickled = False
 
     def encode(self, v: Any) -> Any:
-        if v is None or isinstance(v, bool | str):
-            return v
-        if isinstance(v, int) and type(v) is int:
-            return v
-        if isinstance(v, float) and type(v) is float:
-            return v if math.isfinite(v) else {"$f": repr(v)}
         t = type(v)
+        if t is str or t is int or t is bool or v is None:
+            return v
+        if t is float:
+            return v if math.isfinite(v) else {"$f": repr(v)}
         if t is list:
             return [self.encode(x) for x in v]
         if t is dict:

@@ -59,26 +59,40 @@ def data_path(pid: str, field: str, block: int, unit: int, units: int) -> str:
 
 
 def encode_runs(values: Iterable[int]) -> list[list[int]]:
-    """``[3, 4, 5, 9]`` -> ``[[3, 3], [9, 1]]``: runs of consecutive integers, order kept.
+    """Arithmetic runs, order kept: ``[3, 4, 5, 9]`` -> ``[[3, 3], [9, 1]]``, ``[1, 4, 7]`` -> ``[[1, 3, 3]]``.
 
-    Global index sets are mostly long consecutive ranges, so this keeps the JSON small. Order
-    matters for ``reusable_indexes`` (a FIFO), so callers sort sets themselves.
+    A run is ``[start, count]`` (step 1) or ``[start, count, step]``. Global index sets are
+    mostly consecutive ranges, and the samples one unit holds are every n-th index, so both
+    shrink to a few runs. Order matters for ``reusable_indexes`` (a FIFO), so callers sort
+    sets themselves.
     """
     runs: list[list[int]] = []
     for v in values:
         v = int(v)
-        if runs and runs[-1][0] + runs[-1][1] == v:
-            runs[-1][1] += 1
-        else:
-            runs.append([v, 1])
+        if runs:
+            last = runs[-1]
+            if last[1] == 1:
+                if v != last[0]:  # a second element fixes the run's step (never 0)
+                    last[1] = 2
+                    if v - last[0] != 1:
+                        last.append(v - last[0])
+                    continue
+            else:
+                step = last[2] if len(last) > 2 else 1
+                if v == last[0] + last[1] * step:
+                    last[1] += 1
+                    continue
+        runs.append([v, 1])
     return runs
 
 
 def decode_runs(runs: Sequence[Sequence[int]]) -> list[int]:
     """The inverse of :func:`encode_runs`."""
     out: list[int] = []
-    for start, count in runs:
-        out.extend(range(int(start), int(start) + int(count)))
+    for run in runs:
+        start, count = int(run[0]), int(run[1])
+        step = int(run[2]) if len(run) > 2 else 1
+        out.extend(range(start, start + count * step, step))
     return out
 
 

@@ -157,9 +157,16 @@ class TransferQueueSystem:
         """Run ``fn(unit_k, *args[k])`` in every unit at once; raise the first error after all end."""
         ray = _ray()
         refs = [u.__ray_call__.remote(fn, *a) for u, a in zip(self.units, args, strict=True)]
-        results = ray.get(refs)
-        for r in results:
-            unwrap(r)
+        results: list[Any] = []
+        failure: BaseException | None = None
+        for ref in refs:  # wait for every unit, so none is still working when the caller cleans up
+            try:
+                results.append(unwrap(ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after all units ended
+                failure = failure or exc
+                results.append(None)
+        if failure is not None:
+            raise failure
         return results
 
 

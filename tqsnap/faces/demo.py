@@ -213,6 +213,7 @@ def _summary(results: list[Any], restore: Any, diffs: list[str], extra: dict[str
                 str(r.info.id),
                 d.samples,
                 _fmt_bytes(r.new_bytes),
+                _fmt_bytes(r.stored_bytes),
                 _fmt_bytes(r.reused_bytes),
                 f"{r.dedup_ratio:.0%}",
                 f"{r.duration_s:.2f}s",
@@ -220,11 +221,13 @@ def _summary(results: list[Any], restore: Any, diffs: list[str], extra: dict[str
             ]
         )
     new = sum(r.new_bytes for r in results)
+    stored = sum(r.stored_bytes for r in results)
     reused = sum(r.reused_bytes for r in results)
     lines = [
-        table(["snapshot", "samples", "new", "reused", "dedup", "took", "unit stall"], rows),
+        table(["snapshot", "samples", "new", "uploaded", "reused", "dedup", "took", "unit stall"], rows),
         "",
-        f"snapshots: {len(results)}, uploaded {_fmt_bytes(new)}, reused {_fmt_bytes(reused)}, "
+        f"snapshots: {len(results)}, new {_fmt_bytes(new)} ({_fmt_bytes(stored)} uploaded after compression), "
+        f"reused {_fmt_bytes(reused)}, "
         f"dedup ratio {reused / (new + reused) if new + reused else 1:.0%}",
         f"workload: {extra['produced']} samples produced, {extra['trained']} trained, {extra['cleared']} cleared",
         f"restore: {restore.snapshot} ({restore.source_units} units) -> fresh TransferQueue with {restore.units} "

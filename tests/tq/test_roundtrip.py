@@ -10,6 +10,7 @@ from helpers import FIELDS, assert_same, dump, fill, kv_put, put
 
 import tqsnap.tq
 from tqsnap.adapters.transferqueue import restore_system, snapshot_system
+from tqsnap.adapters.transferqueue.inspection import diff_states, dump_system
 from tqsnap.engine import Repository
 
 
@@ -23,6 +24,7 @@ def test_dense_jagged_and_non_tensor_values_round_trip_exactly_into_fewer_units(
 
     assert (restored.source_units, restored.units, restored.samples) == (3, 2, 65)
     assert_same(before, dump(tq_two.system))
+    assert diff_states(dump_system(tq_main.system), dump_system(tq_two.system)) == []  # what the demo checks
 
 
 def test_restore_into_more_units_reroutes_every_sample(tq_main, tq_two, repo_url):
@@ -78,6 +80,17 @@ def test_value_kinds_beyond_the_common_ones_round_trip(tq_main, tq_two, repo_url
     tqsnap.tq.restore(repo_url, stream="odd", system=tq_two.system)
 
     assert_same(before, dump(tq_two.system))
+
+
+def test_a_difference_is_reported_in_words(tq_main, tq_two, repo_url):
+    put(tq_main.client, "train", list(range(6)))
+    tqsnap.tq.snapshot(repo_url, stream="d")
+    tqsnap.tq.restore(repo_url, stream="d", system=tq_two.system)
+    put(tq_two.client, "train", [99])
+
+    diffs = diff_states(dump_system(tq_main.system), dump_system(tq_two.system))
+
+    assert any("global_indexes differs" in d for d in diffs) and any("field 'dense'" in d for d in diffs)
 
 
 def test_snapshot_of_an_unchanged_transferqueue_uploads_no_data(tq_main, repo_url):

@@ -243,7 +243,7 @@ def _summary(results: list[Any], restore: Any, diffs: list[str], extra: dict[str
 def run_demo(repo: str, duration: float, every: float, storage_options: dict[str, Any] | None = None) -> int:
     """Run the demo job; return the process exit code."""
     from ..adapters.transferqueue import TransferQueueSystem, restore_system
-    from ..adapters.transferqueue.inspect import diff_states, dump_system
+    from ..adapters.transferqueue.inspection import diff_states, dump_system
     from .api import open_repo
     from .scheduler import Snapshotter
 

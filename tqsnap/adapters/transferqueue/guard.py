@@ -19,8 +19,7 @@ import inspect
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 _ATTR = "_tqsnap_guard"
@@ -93,10 +92,3 @@ def original(target: Any, name: str) -> Callable[..., Any]:
     """The unwrapped bound method, for use while already holding the lock."""
     g: _Guard | None = target.__dict__.get(_ATTR)
     return g.originals[name] if g is not None and name in g.originals else getattr(target, name)
-
-
-@contextmanager
-def held(lock: threading.RLock) -> Iterator[float]:
-    """Hold ``lock``; yields the monotonic time the lock was acquired."""
-    with lock:
-        yield time.monotonic()

@@ -51,7 +51,7 @@ def fetch_shard(
     store: ObjectStore,
     ref: ShardRef,
     *,
-    range_size: int = 8 * MiB,
+    range_size: int = 32 * MiB,
     pool: ThreadPoolExecutor | None = None,
     verify: bool = True,
     snapshot: str = "",
@@ -102,7 +102,7 @@ class SnapshotReader:
     """Reads items of one committed manifest."""
 
     def __init__(
-        self, store: ObjectStore, manifest: Manifest, *, threads: int = 16, range_size: int = 8 * MiB
+        self, store: ObjectStore, manifest: Manifest, *, threads: int = 16, range_size: int = 32 * MiB
     ) -> None:
         self.store = store
         self.manifest = manifest

@@ -25,6 +25,10 @@ class ObjectNotFoundError(StoreError):
     def __init__(self, key: str, message: str | None = None) -> None:
         self.key = key
         super().__init__(message or f"object {key!r} does not exist in the store")
+        self._init_args = (key, message)
+
+    def __reduce__(self):  # keep the typed fields when the error crosses a process (Ray, DCP)
+        return (type(self), self._init_args)
 
 
 class BucketNotFoundError(StoreError):
@@ -63,10 +67,14 @@ class CorruptShardError(FormatError):
 
     def __init__(self, key: str, expected: str, actual: str) -> None:
         self.key, self.expected, self.actual = key, expected, actual
+        self._init_args = (key, expected, actual)
         super().__init__(
             f"shard {key!r} is corrupt: expected xxh3-128 {expected}, got {actual}. "
             "Restore from an older snapshot or re-run the save that produced it."
         )
+
+    def __reduce__(self):
+        return (type(self), self._init_args)
 
 
 class MissingShardError(FormatError):
@@ -74,11 +82,15 @@ class MissingShardError(FormatError):
 
     def __init__(self, key: str, snapshot: str = "") -> None:
         self.key = key
+        self._init_args = (key, snapshot)
         where = f" (referenced by {snapshot})" if snapshot else ""
         super().__init__(
             f"shard {key!r} is missing{where}. The snapshot cannot be restored; "
             "run `tqsnap verify` to list every damaged snapshot."
         )
+
+    def __reduce__(self):
+        return (type(self), self._init_args)
 
 
 # --- repository and engine -------------------------------------------------------------------

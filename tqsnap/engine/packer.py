@@ -177,6 +177,14 @@ class ShardPacker:
             index = self._emit(piece, codec)
             item.extents.append(Extent(index, 0, sum(p.nbytes for p in piece)))
 
+    def flush(self) -> None:
+        """Close the open pack now, so the next item starts a new one.
+
+        Adapters call this at natural boundaries (a new field, a new block) so that a change in
+        one group never shifts the packs of the next.
+        """
+        self._flush_pack()
+
     def _flush_pack(self) -> None:
         if not self._pending:
             return

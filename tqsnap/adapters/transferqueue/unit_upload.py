@@ -181,8 +181,7 @@ def _cut_pack(packer: ShardPacker) -> None:
     Without this cut a static field (a prompt set) shares packs with a churning one (rollouts)
     and is uploaded again with every snapshot.
     """
-    flush = getattr(packer, "flush", None) or packer._flush_pack  # public flush() requested upstream
-    flush()
+    packer.flush()
 
 
 def _blocks(gis: list[int], size: int) -> list[tuple[int, list[int]]]:

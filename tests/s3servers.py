@@ -209,7 +209,7 @@ def start_seaweedfs(
             "-ip.bind=127.0.0.1",
             f"-dir={data_dir}",
             "-master.volumeSizeLimitMB=256",
-            "-volume.max=0",
+            "-volume.max=100000",  # volumes are grown 7 per bucket; the disk-derived default allows ~40 buckets
             "-filer",
             "-s3",
             f"-s3.port={s3}",

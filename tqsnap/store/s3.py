@@ -49,12 +49,7 @@ from botocore.exceptions import (
     ClientError,
     IncompleteReadError,
     NoCredentialsError,
-    ResponseStreamingError,
 )
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from ..errors import (
     AccessDeniedError,
@@ -64,6 +59,19 @@ from ..errors import (
     StoreError,
 )
 from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, batched
+from .s3_errors import (
+    _DENIED_CODES,
+    _NOT_FOUND_CODES,
+    _PRECONDITION_CODES,
+    _RETRY_CODES,
+    _RETRY_STATUS,
+    _TRANSIENT_EXCEPTIONS,
+    _at,
+    _describe,
+    _error_code,
+    _Retry,
+)
+from .s3_io import BufferReader, _body, _byte_view, _nbytes, _read_all, _read_into
 
 logger = logging.getLogger(__name__)
 
@@ -76,132 +84,9 @@ MAX_PARTS = 10_000
 #: ...and parts smaller than this, except the last.
 MIN_PART = 5 * 2**20
 
-_RETRY_CODES = frozenset(
-    {
-        "SlowDown",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "ServiceUnavailable",
-        "Throttling",
-        "ThrottlingException",
-        "RequestThrottled",
-        "TooManyRequestsException",
-        "OperationAborted",
-    }
-)
-_RETRY_STATUS = frozenset({500, 502, 503, 504})
-_DENIED_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken"}
-)
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
-#: Errors raised while a response body streams in; the request must be sent again.
-_TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
-    BotoConnectionError,
-    IncompleteReadError,
-    ResponseStreamingError,
-    Urllib3HTTPError,
-    ConnectionError,
-    TimeoutError,
-)
-
 _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 5.0
 _CLOCK_REFRESH = 60.0
-_READ_CHUNK = 1 << 20
-
-
-class _Retry(Exception):
-    """Internal: the attempt failed in a way worth repeating; ``cause`` says why."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class BufferReader:
-    """A read-only, seekable file over a buffer, so botocore can send and re-send it uncopied.
-
-    ``read`` returns ``memoryview`` slices of the caller's buffer; http.client and urllib3
-    hand those straight to ``socket.sendall``. botocore needs ``seek``/``tell`` to rewind the
-    body when it re-signs or re-sends a request, and ``len`` for the Content-Length header.
-    """
-
-    def __init__(self, data: Buffer) -> None:
-        self._view = _byte_view(data)
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return len(self._view) - self._pos
-
-    def read(self, size: int = -1) -> memoryview:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
-        chunk = self._view[self._pos : end]
-        self._pos = max(self._pos, end)
-        return chunk
-
-    def readinto(self, buf: memoryview | bytearray) -> int:
-        chunk = self.read(len(buf))
-        memoryview(buf)[: len(chunk)] = chunk
-        return len(chunk)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_SET:
-            pos = offset
-        elif whence == os.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == os.SEEK_END:
-            pos = len(self._view) + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        if pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = pos
-        return pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Nothing to release: the buffer belongs to the caller."""
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-
-def _byte_view(data: Buffer) -> memoryview:
-    """A flat unsigned-byte view of any C-contiguous buffer, without copying it."""
-    view = memoryview(data)
-    if view.format == "B" and view.ndim == 1:
-        return view
-    if not view.c_contiguous:
-        raise ValueError("buffers passed to the S3 store must be C-contiguous")
-    return view.cast("B")
-
-
-def _body(data: Buffer) -> bytes | BufferReader:
-    return data if isinstance(data, bytes) else BufferReader(data)
-
-
-def _nbytes(data: Buffer) -> int:
-    return len(data) if isinstance(data, bytes | bytearray) else memoryview(data).nbytes
-
-
-def _error_code(exc: ClientError) -> tuple[str, int]:
-    """The S3 error code and HTTP status of a ClientError (HEAD errors carry only the status)."""
-    code = str(exc.response.get("Error", {}).get("Code", "") or "")
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    if not code and status:
-        code = str(status)
-    return code, status
 
 
 class S3Store(ObjectStore):
@@ -805,79 +690,3 @@ class S3Store(ObjectStore):
         close = getattr(self.client, "close", None)
         if close is not None:
             close()
-
-
-def _at(endpoint: str | None) -> str:
-    return f" at {endpoint}" if endpoint else ""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, _Retry):
-        exc = exc.cause
-    if isinstance(exc, ClientError):
-        code, status = _error_code(exc)
-        return f"HTTP {status} {code}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _read_all(resp: dict[str, Any]) -> bytes:
-    body = resp["Body"]
-    try:
-        data = body.read()
-    except BaseException:
-        body.close()
-        raise
-    expected = resp.get("ContentLength")
-    if expected is not None and len(data) != int(expected):
-        raise _Retry(IncompleteReadError(actual_bytes=len(data), expected_bytes=int(expected)))
-    return data
-
-
-def _read_into(resp: dict[str, Any], dest: memoryview) -> int:
-    """Fill ``dest`` from a GetObject body; return how many bytes arrived before it ended or broke.
-
-    When the body is a plain (not chunked, not encoded) HTTP response, the bytes go from the
-    socket straight into ``dest`` through http.client's ``readinto``; urllib3's own
-    ``readinto`` would read into a temporary object and copy. Otherwise read in chunks.
-    """
-    body = resp["Body"]
-    raw = getattr(body, "_raw_stream", None)
-    fp = getattr(raw, "_fp", None)
-    direct = (
-        fp is not None
-        and hasattr(fp, "readinto")
-        and not getattr(fp, "chunked", True)
-        and getattr(raw, "_decoder", None) is None
-        and (raw.headers.get("content-encoding") or "identity").strip().lower() == "identity"
-    )
-    done = 0
-    try:
-        if direct:
-            while done < len(dest):
-                n = fp.readinto(dest[done:])
-                if not n:
-                    break
-                done += n
-        else:
-            while done < len(dest):
-                chunk = body.read(min(_READ_CHUNK, len(dest) - done))
-                if not chunk:
-                    break
-                dest[done : done + len(chunk)] = chunk
-                done += len(chunk)
-            if done == len(dest) and not body.read(1):
-                return done  # drained: urllib3 has returned the connection to its pool
-    except _TRANSIENT_EXCEPTIONS as exc:
-        # Keep what arrived: the caller asks for the rest with a new ranged GET.
-        logger.debug("response body broke after %d of %d bytes: %s", done, len(dest), _describe(exc))
-        body.close()
-        return done
-    except BaseException:
-        body.close()
-        raise
-    if direct and fp.isclosed():
-        # Fully consumed: hand the connection back to urllib3's pool for reuse.
-        raw.release_conn()
-    elif done < len(dest) or (direct and not fp.isclosed()):
-        body.close()
-    return done

@@ -138,3 +138,11 @@ class TargetNotEmptyError(TqsnapError):
 
 class RestoreError(TqsnapError):
     """A restore could not be carried out; the target was left unchanged."""
+
+
+class ShapeMismatchError(TqsnapError, ValueError):
+    """Stored bytes and the tensor a loader asked for disagree in shape (or size in bytes)."""
+
+
+class InconsistentSnapshotError(TqsnapError):
+    """Ranks of one distributed load resolved their snapshot selector to different snapshots."""

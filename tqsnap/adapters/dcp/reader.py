@@ -37,10 +37,9 @@ from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from ...engine import Repository, SnapshotReader
-from ...errors import ManifestError, TqsnapError
+from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError, TqsnapError
 from ...format.manifest import Item, ShardRef
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
-from .errors import InconsistentSnapshotError, ShapeMismatchError
 from .layout import EXTRA_KEY, KIND, CheckpointRef, is_checkpoint_id, parse_checkpoint_id, snapshot_arg
 from .metadata_json import decode_metadata
 from .repos import RepoLike, open_repository, repo_url
@@ -66,7 +65,7 @@ class Reader(StorageReader):
         stream: the stream to load from.
         snapshot: ``"latest"``, a seq (int or digits) or ``"tag:<name>"``. Pin a seq when a
             writer may commit while ranks load: ranks that resolve ``latest`` to different
-            snapshots stop with :class:`~tqsnap.adapters.dcp.errors.InconsistentSnapshotError`.
+            snapshots stop with :class:`~tqsnap.errors.InconsistentSnapshotError`.
         storage_options: passed to the store.
         threads: parallel shard downloads per rank.
         window_bytes: about how many shard bytes one rank fetches ahead of copying them out.

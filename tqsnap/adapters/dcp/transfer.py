@@ -12,11 +12,10 @@ import torch
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import LoadPlanner
 
-from ...errors import CorruptShardError, MissingShardError, ObjectNotFoundError
+from ...errors import CorruptShardError, MissingShardError, ObjectNotFoundError, ShapeMismatchError
 from ...format.manifest import Item, ShardRef
 from ...format.shard import content_hash
 from ...store import ObjectStore
-from .errors import ShapeMismatchError
 
 
 def resolves_views(planner: LoadPlanner) -> bool:

@@ -104,3 +104,59 @@ def test_mixed_or_non_tensor_values_become_json():
     assert enc.kind == "blob" and enc.meta["enc"] == "json" and "pickle" not in enc.meta
     _, out = decode_block(enc.meta, enc.dtype, enc.shape, _join(enc.parts))
     assert out[:4] == values[:4] and torch.equal(out[4], values[4])
+
+
+def _runs_reference(values: list[int]) -> list[list[int]]:
+    """Greedy runs, one value at a time: what encode_runs must return for any input."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and runs[-1][1] == 1 and v != runs[-1][0]:
+            runs[-1][1] = 2
+            if v - runs[-1][0] != 1:
+                runs[-1].append(v - runs[-1][0])
+            continue
+        if runs and runs[-1][1] > 1:
+            start, count, *step = runs[-1]
+            if v == start + count * (step[0] if step else 1):
+                runs[-1][1] += 1
+                continue
+        runs.append([v, 1])
+    return runs
+
+
+def test_long_inputs_and_arrays_cut_the_same_runs_as_short_ones():
+    rng = np.random.default_rng(7)
+    cases = [list(range(0, 3000, 3)), list(range(100, 0, -1)), [5] * 70]
+    for _ in range(300):
+        n = int(rng.integers(60, 400))
+        pieces = []
+        while sum(map(len, pieces)) < n:
+            step = int(rng.choice([1, 2, 3, -1, 0]))
+            pieces.append([int(rng.integers(0, 10**6)) + step * i for i in range(int(rng.integers(1, 40)))])
+        cases.append([v for p in pieces for v in p][:n])
+    for values in cases:
+        expected = _runs_reference(values)
+        assert encode_runs(values) == expected
+        assert encode_runs(np.asarray(values, dtype=np.int64)) == expected
+        assert decode_runs(expected) == values
+
+
+def test_jagged_block_of_1d_samples_lists_lengths():
+    values = [torch.arange(n, dtype=torch.int64) for n in (3, 0, 5, 1)]
+    enc = encode_block([0, 3, 6, 9], values, allow_pickle=False, where="t")
+    assert enc.meta["enc"] == "jagged" and enc.meta["lens"] == [3, 0, 5, 1] and "shapes" not in enc.meta
+    gis, out = decode_block(enc.meta, enc.dtype, enc.shape, _join(enc.parts))
+    assert gis == [0, 3, 6, 9] and all(torch.equal(a, b) for a, b in zip(values, out, strict=True))
+    # Layout 1 wrote every jagged block with shapes: still read.
+    old = {"enc": "jagged", "gi": enc.meta["gi"], "shapes": [[3], [0], [5], [1]]}
+    _, out = decode_block(old, enc.dtype, enc.shape, _join(enc.parts))
+    assert all(torch.equal(a, b) for a, b in zip(values, out, strict=True))
+
+
+def test_dense_block_of_strided_or_scattered_rows_is_exact():
+    base = torch.arange(40, dtype=torch.float32).reshape(5, 8)
+    rows = [base[:, 1], base[:, 5], torch.ones(5), base[:, 2].clone()]  # non-contiguous and separate
+    enc = encode_block([2, 4, 6, 8], rows, allow_pickle=False, where="t")
+    assert enc.meta["enc"] == "dense" and enc.shape == [4, 5]
+    _, out = decode_block(enc.meta, enc.dtype, enc.shape, _join(enc.parts))
+    assert all(torch.equal(a, b) for a, b in zip(rows, out, strict=True))

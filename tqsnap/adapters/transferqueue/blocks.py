@@ -8,7 +8,8 @@ metadata, which can lag behind an overwrite in flight):
   put's rows as views of one buffer) are handed to the packer as one view, so a typical block
   is hashed and uploaded without any copy.
 - ``jagged``: tensors of one dtype but different shapes. The item is the concatenation of
-  their bytes; ``meta.shapes`` lists each sample's shape.
+  their bytes; ``meta.lens`` lists each sample's length when all are 1-d, ``meta.shapes``
+  each sample's shape otherwise.
 - ``json``: anything else (strings, dicts, lists, numbers, mixed values), as typed JSON
   (:mod:`.jsonval`). Objects only pickle can store need ``allow_pickle``.
 
@@ -17,6 +18,7 @@ metadata, which can lag behind an overwrite in flight):
 
 from __future__ import annotations
 
+import ctypes
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,23 +45,6 @@ class EncodedBlock:
         return sum(p.nbytes for p in self.parts)
 
 
-def _is_plain_tensor(v: Any) -> bool:
-    import torch
-
-    return (
-        isinstance(v, torch.Tensor)
-        and v.layout == torch.strided
-        and not v.is_nested
-        and not v.is_quantized
-        and not v.requires_grad
-    )
-
-
-#: Below this average run size, per-run views cost more than one concatenating copy.
-_MIN_AVG_RUN = 64 * 1024
-_MAX_VIEWS = 16
-
-
 def _flatten(tensors: list[Any]) -> Any:
     """One contiguous 1-d copy of same-dtype tensors, in one native call when torch offers it."""
     import torch
@@ -72,72 +57,68 @@ def _flatten(tensors: list[Any]) -> Any:
         return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _coalesce(tensors: list[Any], keepalive: list[Any]) -> list[memoryview]:
-    """Byte views of ``tensors`` in order, merging neighbours that share one buffer.
+def _byte_views(tensors: list[Any]) -> list[memoryview]:
+    """Byte views of contiguous CPU ``tensors`` in order, merging neighbours adjacent in memory.
 
     A unit stores one put's dense rows as views of one buffer, so a dense block is usually a
-    handful of runs and costs no copy. Jagged samples arrive as separate tensors; when the runs
-    are many and small, one ``torch.cat`` is cheaper than a view per sample.
+    handful of runs, hashed and uploaded without a copy. The views point at memory the
+    tensors own: the caller keeps the tensors alive while they are used. Two ranges merge
+    only when both are alive and adjacent, so a merged view never covers memory that no
+    tensor owns.
     """
+    runs: list[list[int]] = []  # [address, nbytes]
+    for t in tensors:
+        n = t.nbytes
+        if not n:
+            continue
+        ptr = t.data_ptr()
+        if runs and runs[-1][0] + runs[-1][1] == ptr:
+            runs[-1][1] += n
+        else:
+            runs.append([ptr, n])
+    return [memoryview((ctypes.c_ubyte * n).from_address(ptr)).cast("B") for ptr, n in runs]
+
+
+def _tensor_block(gis: list[int], values: list[Any]) -> EncodedBlock | None:
+    """The ``dense`` or ``jagged`` item of same-dtype plain tensors; None for anything else."""
     import torch
 
-    runs: list[list[Any]] = []  # [storage ptr, storage, start_offset, end_offset]
-    for t in tensors:
-        nbytes = t.numel() * t.element_size()
-        if nbytes == 0:
-            continue
-        storage = t.untyped_storage()
-        base = storage.data_ptr()
-        start = t.data_ptr() - base
-        if runs and runs[-1][0] == base and runs[-1][3] == start:
-            runs[-1][3] = start + nbytes
-        else:
-            runs.append([base, storage, start, start + nbytes])
-    if not runs:
-        return []
-    total = sum(r[3] - r[2] for r in runs)
-    if len(runs) > _MAX_VIEWS and total / len(runs) < _MIN_AVG_RUN:
-        flat = _flatten([t for t in tensors if t.numel()]).view(torch.uint8)
-        keepalive.append(flat)
-        return [memoryview(flat.numpy()).cast("B")]
-    views: list[memoryview] = []
-    for _, storage, start, end in runs:
-        flat = torch.empty(0, dtype=torch.uint8).set_(storage, start, (end - start,))
-        keepalive.append(flat)
-        views.append(memoryview(flat.numpy()).cast("B"))
-    return views
+    tensor, strided = torch.Tensor, torch.strided
+    if not all(isinstance(v, tensor) for v in values):
+        return None
+    first = values[0]
+    dtype = first.dtype
+    # One quantized dtype check covers all: a quantized value has a dtype of its own.
+    if first.is_quantized or not all(v.dtype == dtype for v in values):
+        return None
+    if not all(v.layout == strided and not v.is_nested and not v.requires_grad for v in values):
+        return None
+    owned = [v if v.is_cpu and v.is_contiguous() else tensor_bytes(v)[1] for v in values]
+    name = dtype_name(dtype)
+    runs = encode_runs(gis)
+    shape = first.shape
+    if all(v.shape == shape for v in values):
+        parts = _byte_views(owned)
+        return EncodedBlock("tensor", parts, name, [len(values), *shape], {"enc": "dense", "gi": runs}, owned)
+    # Jagged samples are separate small tensors: one native concatenation costs less than a
+    # view (and its Python objects) per sample.
+    if all(v.dim() == 1 for v in owned):
+        flat = torch.cat(owned)
+        meta: dict[str, Any] = {"enc": "jagged", "gi": runs, "lens": [v.shape[0] for v in owned]}
+    else:
+        flat = _flatten(owned)
+        meta = {"enc": "jagged", "gi": runs, "shapes": [list(v.shape) for v in owned]}
+    view, flat = tensor_bytes(flat)
+    return EncodedBlock("tensor", [view] if view.nbytes else [], name, [flat.numel()], meta, [flat])
 
 
 def encode_block(gis: list[int], values: list[Any], *, allow_pickle: bool, where: str) -> EncodedBlock:
     """Encode the values of samples ``gis`` (same order) of one field as one item."""
+    if values:
+        block = _tensor_block(gis, values)
+        if block is not None:
+            return block
     runs = encode_runs(gis)
-    if values and all(_is_plain_tensor(v) for v in values):
-        first = values[0]
-        if all(v.dtype == first.dtype for v in values):
-            keepalive: list[Any] = []
-            owned = []
-            for v in values:
-                if v.is_contiguous() and v.device.type == "cpu":
-                    owned.append(v)
-                else:
-                    _, t = tensor_bytes(v)
-                    owned.append(t)
-            keepalive.extend(owned)
-            parts = _coalesce(owned, keepalive)
-            name = dtype_name(first.dtype)
-            if all(v.shape == first.shape for v in values):
-                return EncodedBlock(
-                    "tensor",
-                    parts,
-                    name,
-                    [len(values), *first.shape],
-                    {"enc": "dense", "gi": runs},
-                    keepalive,
-                )
-            shapes = [list(v.shape) for v in values]
-            total = sum(v.numel() for v in values)
-            meta = {"enc": "jagged", "gi": runs, "shapes": shapes}
-            return EncodedBlock("tensor", parts, name, [total], meta, keepalive)
     encoder = jsonval.Encoder(allow_pickle, where)
     # Plain strings (the common non-tensor field) are their own JSON; skip the encoder for them.
     tree = values if all(type(v) is str for v in values) else [encoder.encode(v) for v in values]
@@ -180,7 +161,8 @@ def decode_block(
             t = t.index_select(0, torch.tensor(picks, dtype=torch.long)) if picks else t[:0].clone()
         return [gis[i] for i in picks], list(t.unbind(0))
     if enc == "jagged":
-        shapes = meta.get("shapes") or []
+        # 1-d samples list their lengths (``lens``, layout 2); others their shapes.
+        shapes = [[n] for n in meta["lens"]] if "lens" in meta else (meta.get("shapes") or [])
         if dtype is None or len(shapes) != len(gis):
             raise FormatError(f"{where}: jagged block lists {len(shapes)} shapes for {len(gis)} samples")
         flat = tensor_from_bytes(data, dtype, [sum(_numel(s) for s in shapes)])

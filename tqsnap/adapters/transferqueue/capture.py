@@ -5,7 +5,7 @@ install hold the guard lock around that thread's request handler (:mod:`.guard`)
 and leave the controller between two requests, never in the middle of one. Inside the lock
 they only copy: tensors are cloned, sets and dicts are copied (two levels deep where the
 controller updates the inner dicts in place; elsewhere it replaces values, never mutates
-them). Encoding to JSON happens elsewhere, after the lock is released.
+them). Encoding to JSON happens after the lock is released (:func:`capture_encoded`).
 
 The state is a plain dict (see :func:`capture_controller`), the common language of the
 codec (:mod:`.controller_codec`) and of :func:`install_controller`.
@@ -18,6 +18,7 @@ from collections import defaultdict
 from typing import Any
 
 from ...errors import TargetNotEmptyError
+from .controller_codec import encode_controller_json
 from .guard import guard
 from .system import in_actor
 
@@ -63,6 +64,36 @@ def _sampler_class(sampler: Any) -> str:
 @in_actor
 def capture_controller(self: Any) -> dict[str, Any]:
     """Copy every partition, the index manager and the sampler state between two requests."""
+    return _capture(self)
+
+
+@in_actor
+def capture_encoded(self: Any, allow_pickle: bool) -> dict[str, Any]:
+    """Capture, then encode the JSON items here, after the lock is released.
+
+    What a snapshot needs from the controller: its JSON items as bytes (``json``, by path),
+    and per partition the status tensors and field mapping that the plan and the reconcile
+    use. Per-sample metadata (shapes, tags, keys) thus never crosses to the coordinator as
+    Python objects, which cost more to unpickle there than to encode here.
+    """
+    state = _capture(self)
+    specs = encode_controller_json(state, allow_pickle=allow_pickle)
+    return {
+        "partitions": {
+            pid: {
+                "production": p["production"],
+                "consumption": p["consumption"],
+                "field_name_mapping": p["field_name_mapping"],
+            }
+            for pid, p in state["partitions"].items()
+        },
+        "json": specs,
+        "sampler": {"class": state["sampler"]["class"]},
+        "stall_s": state["stall_s"],
+    }
+
+
+def _capture(self: Any) -> dict[str, Any]:
     import copy
 
     lock = guard(self, _HANDLER)

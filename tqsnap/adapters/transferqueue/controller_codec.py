@@ -32,7 +32,11 @@ class ItemSpec:
 
 
 def _runs(s: set[int]) -> list[list[int]]:
-    return encode_runs(sorted(s))
+    if len(s) < 64:
+        return encode_runs(sorted(s))
+    import numpy as np
+
+    return encode_runs(np.sort(np.fromiter(s, dtype=np.int64, count=len(s))))
 
 
 def _tensor_item(path: str, t: Any) -> ItemSpec:
@@ -108,9 +112,13 @@ def _json(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
-def encode_controller(state: dict[str, Any], *, allow_pickle: bool) -> list[ItemSpec]:
-    """All controller items of a snapshot; raises PickleNotAllowedError before any upload."""
-    specs: list[ItemSpec] = []
+def encode_controller_json(state: dict[str, Any], *, allow_pickle: bool) -> dict[str, ItemSpec]:
+    """The JSON items (partition docs, index manager, sampler), by path; no status tensors.
+
+    Raises PickleNotAllowedError before any upload. Runs in the controller actor during a
+    snapshot (:func:`.capture.capture_encoded`), so only bytes travel to the coordinator.
+    """
+    specs: dict[str, ItemSpec] = {}
     for pid in sorted(state["partitions"]):
         p = state["partitions"][pid]
         enc = jsonval.Encoder(allow_pickle, f"partition {pid!r} metadata")
@@ -118,10 +126,8 @@ def encode_controller(state: dict[str, Any], *, allow_pickle: bool) -> list[Item
         meta: dict[str, Any] = {"enc": "json"}
         if enc.pickled:
             meta["pickle"] = True
-        specs.append(ItemSpec(layout.partition_state_path(pid), body, "blob", meta=meta))
-        specs.append(_tensor_item(layout.production_path(pid), p["production"]))
-        for task, t in p["consumption"].items():
-            specs.append(_tensor_item(layout.consumption_path(pid, task), t))
+        path = layout.partition_state_path(pid)
+        specs[path] = ItemSpec(path, body, "blob", meta=meta)
     im = state["index_manager"]
     im_doc = {
         "partition_to_indexes": [[pid, _runs(s)] for pid, s in im["partition_to_indexes"].items()],
@@ -129,18 +135,38 @@ def encode_controller(state: dict[str, Any], *, allow_pickle: bool) -> list[Item
         "global_index_counter": im["global_index_counter"],
         "allocated_indexes": _runs(im["allocated_indexes"]),
     }
-    specs.append(ItemSpec(layout.index_manager_path(), _json(im_doc), "blob", meta={"enc": "json"}))
+    path = layout.index_manager_path()
+    specs[path] = ItemSpec(path, _json(im_doc), "blob", meta={"enc": "json"})
     enc = jsonval.Encoder(allow_pickle, "sampler state")
     sampler = _json(enc.encode(state["sampler"]))
-    specs.append(
-        ItemSpec(
-            layout.sampler_path(),
-            sampler,
-            "blob",
-            meta={"enc": "json", **({"pickle": True} if enc.pickled else {})},
-        )
+    path = layout.sampler_path()
+    specs[path] = ItemSpec(
+        path, sampler, "blob", meta={"enc": "json", **({"pickle": True} if enc.pickled else {})}
     )
     return specs
+
+
+def controller_specs(partitions: dict[str, Any], json_specs: dict[str, ItemSpec]) -> list[ItemSpec]:
+    """Every controller item in save order: ``json_specs`` plus the status tensors.
+
+    ``partitions`` maps each partition to a dict holding at least its ``production`` tensor
+    and its ``consumption`` tensors by task. The tensor items are views, so a change to
+    those tensors before the items are packed (the reconcile) is what gets saved.
+    """
+    specs: list[ItemSpec] = []
+    for pid in sorted(partitions):
+        p = partitions[pid]
+        specs.append(json_specs[layout.partition_state_path(pid)])
+        specs.append(_tensor_item(layout.production_path(pid), p["production"]))
+        for task, t in p["consumption"].items():
+            specs.append(_tensor_item(layout.consumption_path(pid, task), t))
+    specs += [json_specs[layout.index_manager_path()], json_specs[layout.sampler_path()]]
+    return specs
+
+
+def encode_controller(state: dict[str, Any], *, allow_pickle: bool) -> list[ItemSpec]:
+    """All controller items of a snapshot; raises PickleNotAllowedError before any upload."""
+    return controller_specs(state["partitions"], encode_controller_json(state, allow_pickle=allow_pickle))
 
 
 def controller_paths(partitions: list[str], tasks: dict[str, list[str]] | None = None) -> list[str]:

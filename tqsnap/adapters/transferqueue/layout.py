@@ -18,9 +18,11 @@ write the same path, and a unit whose data did not change yields the same items 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-#: The version of the layout below, stored in ``manifest.extra["tq_layout"]``.
-LAYOUT_VERSION = 1
+#: The version of the layout below, stored in ``manifest.extra["tq_layout"]``. Version 2 adds
+#: ``meta.lens`` to jagged items of 1-d samples; this version reads both.
+LAYOUT_VERSION = 2
 #: Snapshot kind written to the manifest; restore refuses any other kind.
 KIND = "transferqueue"
 #: Global indexes per block. Small enough that a few changed samples re-upload little (an append
@@ -65,9 +67,15 @@ def encode_runs(values: Iterable[int]) -> list[list[int]]:
     mostly consecutive ranges, and the samples one unit holds are every n-th index, so both
     shrink to a few runs. Order matters for ``reusable_indexes`` (a FIFO), so callers sort
     sets themselves.
+
+    Runs are cut greedily from the left: a run takes the step of its first two elements and
+    extends while the step holds. Long inputs take a vectorised path that cuts the same runs.
     """
+    if type(values).__module__ == "numpy" or (isinstance(values, list) and len(values) >= _VECTOR_MIN):
+        return _encode_runs_np(values)
+    vals = values if isinstance(values, list) else list(values)
     runs: list[list[int]] = []
-    for v in values:
+    for v in vals:
         v = int(v)
         if runs:
             last = runs[-1]
@@ -83,6 +91,41 @@ def encode_runs(values: Iterable[int]) -> list[list[int]]:
                     last[1] += 1
                     continue
         runs.append([v, 1])
+    return runs
+
+
+#: From this many values on, :func:`encode_runs` works on whole arrays.
+_VECTOR_MIN = 64
+
+
+def _encode_runs_np(values: Any) -> list[list[int]]:
+    """:func:`encode_runs` with one Python step per run instead of one per value."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.int64)
+    n = len(arr)
+    if n < 2:
+        return [[int(arr[0]), 1]] if n else []
+    diff = np.diff(arr)
+    if diff[0] != 0 and (diff == diff[0]).all():  # one arithmetic run: the common case
+        step = int(diff[0])
+        return [[int(arr[0]), n]] if step == 1 else [[int(arr[0]), n, step]]
+    # stretch[i]: the end (exclusive, in diff positions) of the stretch of equal diffs holding i.
+    ends = np.append(np.flatnonzero(diff[1:] != diff[:-1]) + 1, n - 1)
+    stretch = np.repeat(ends, np.diff(ends, prepend=0)).tolist()
+    starts = arr.tolist()
+    steps = diff.tolist()
+    runs: list[list[int]] = []
+    i = 0
+    while i < n:
+        if i == n - 1 or steps[i] == 0:
+            runs.append([starts[i], 1])
+            i += 1
+            continue
+        length = stretch[i] - i  # how many diffs from i on equal steps[i]
+        step = steps[i]
+        runs.append([starts[i], length + 1] if step == 1 else [starts[i], length + 1, step])
+        i += length + 1
     return runs
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from ...engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
 from ...format.manifest import SnapshotId
-from .capture import capture_controller
-from .controller_codec import encode_controller
+from .capture import capture_encoded
+from .controller_codec import controller_specs
 from .layout import DEFAULT_BLOCK_SIZE, KIND, LAYOUT_VERSION, decode_runs
 from .system import TransferQueueSystem, _ray
 from .unit_upload import UnitJob, UnitResult, snapshot_unit
@@ -151,10 +151,11 @@ def snapshot_system(
     t0 = time.monotonic()
     options = options or TQ_PACK_OPTIONS
     writer = SnapshotWriter.begin(repo, stream, KIND, parent=parent, options=options)
-    state = system.call_controller(capture_controller)
-    # Encode before any upload so a value that needs pickle fails the save early. The status
-    # items are views of the captured tensors, so the reconcile below still reaches them.
-    specs = encode_controller(state, allow_pickle=allow_pickle)
+    # The controller encodes its JSON items itself, before any upload, so a value that needs
+    # pickle fails the save early. The status items are views of the captured tensors, so
+    # the reconcile below still reaches them.
+    state = system.call_controller(capture_encoded, allow_pickle)
+    specs = controller_specs(state["partitions"], state["json"])
     t_capture = time.monotonic()
     n = system.n_units
     reuse = ray.put(writer.reuse_index)

@@ -133,9 +133,8 @@ def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitRe
             for name in sorted(job.plan[pid]):
                 values = snap.get(name, {})
                 missing: list[int] = []
-                gis = [int(g) for g in job.plan[pid][name]]
-                for block, block_gis in _blocks(gis, job.block_size):
-                    present = [g for g in block_gis if g in values]
+                for block, block_gis in _blocks(job.plan[pid][name], job.block_size):
+                    present, got = _gather(values, block_gis)
                     if len(present) != len(block_gis):
                         missing.extend(g for g in block_gis if g not in values)
                     if not present:
@@ -143,7 +142,7 @@ def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitRe
                     path = data_path(pid, name, block, job.unit, job.units)
                     enc = encode_block(
                         present,
-                        [values[g] for g in present],
+                        got,
                         allow_pickle=job.allow_pickle,
                         where=f"field {name!r} of partition {pid!r}",
                     )
@@ -184,13 +183,23 @@ def _cut_pack(packer: ShardPacker) -> None:
     packer.flush()
 
 
-def _blocks(gis: list[int], size: int) -> list[tuple[int, list[int]]]:
+def _gather(values: dict[int, Any], gis: list[int]) -> tuple[list[int], list[Any]]:
+    """The samples of ``gis`` that ``values`` holds, and their values (same order)."""
+    try:
+        return gis, list(map(values.__getitem__, gis))  # the common case: all present
+    except KeyError:
+        present = [g for g in gis if g in values]
+        return present, [values[g] for g in present]
+
+
+def _blocks(gis: Any, size: int) -> list[tuple[int, list[int]]]:
     """Split sorted global indexes into ``(block, gis)`` groups of ``gi // size``."""
-    out: list[tuple[int, list[int]]] = []
-    for g in gis:
-        b = g // size
-        if out and out[-1][0] == b:
-            out[-1][1].append(g)
-        else:
-            out.append((b, [g]))
-    return out
+    import numpy as np
+
+    arr = np.asarray(gis, dtype=np.int64)
+    if not arr.size:
+        return []
+    blocks = arr // size
+    cuts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+    heads = np.concatenate(([0], cuts)).tolist()
+    return list(zip(blocks[heads].tolist(), (part.tolist() for part in np.split(arr, cuts)), strict=True))

@@ -17,9 +17,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from ...errors import TargetNotEmptyError
-from .controller_codec import encode_controller_json
+from ...errors import RestoreError, TargetNotEmptyError
+from .controller_codec import decode_controller, decode_partition_doc, encode_controller_json
 from .guard import guard
+from .layout import partition_state_path
 from .system import in_actor
 
 _HANDLER = ("_handle_request",)
@@ -159,12 +160,56 @@ def _build_partition(state: dict[str, Any]) -> Any:
     return p
 
 
+_STAGED = "_tqsnap_staged_controller"
+
+
+@in_actor
+def stage_controller(
+    self: Any,
+    token: str,
+    partitions: list[str],
+    data: dict[str, bytes],
+    items: dict[str, Any],
+    allow_pickle: bool,
+) -> int:
+    """Decode a snapshot's controller items here and keep the state aside under ``token``.
+
+    The coordinator has read and verified the items; decoding them here means per-sample
+    metadata (shapes, tags, keys) is built once, where it is used, instead of being built in
+    the coordinator and pickled over. Nothing of the live state is touched. Returns the
+    number of partitions staged.
+    """
+    docs = {
+        pid: decode_partition_doc(data[partition_state_path(pid)], pid, allow_pickle=allow_pickle)
+        for pid in partitions
+    }
+    state = decode_controller(partitions, docs, data, items, allow_pickle=allow_pickle)
+    self.__dict__.setdefault(_STAGED, {})[token] = state
+    return len(state["partitions"])
+
+
+@in_actor
+def discard_controller(self: Any, token: str) -> None:
+    self.__dict__.get(_STAGED, {}).pop(token, None)
+
+
+@in_actor
+def install_staged_controller(self: Any, token: str, force: bool, load_sampler: bool) -> float:
+    """Install the state :func:`stage_controller` kept under ``token``; see :func:`install_controller`."""
+    state = self.__dict__.get(_STAGED, {}).pop(token, None)
+    if state is None:
+        raise RestoreError(f"no staged restore {token} on the TransferQueue controller; stage it again")
+    return _install(self, state, force, load_sampler)
+
+
 @in_actor
 def install_controller(self: Any, state: dict[str, Any], force: bool, load_sampler: bool) -> float:
-    """Replace the controller's whole state with ``state``; return how long requests waited.
+    """Replace the controller's whole state with ``state``; return how long requests waited."""
+    return _install(self, state, force, load_sampler)
 
-    Objects are built before the lock is taken, so requests wait only for the swap.
-    """
+
+def _install(self: Any, state: dict[str, Any], force: bool, load_sampler: bool) -> float:
+    """Objects are built before the lock is taken, so requests wait only for the swap."""
     partitions = {pid: _build_partition(p) for pid, p in state["partitions"].items()}
     im_state = state["index_manager"]
     lock = guard(self, _HANDLER)

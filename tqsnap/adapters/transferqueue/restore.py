@@ -3,7 +3,8 @@
 1. Validate (:mod:`.validate`): the snapshot exists and is a TransferQueue snapshot of a
    layout this version reads; no pickled values unless allowed; the target is empty unless
    ``force``.
-2. Read and decode the controller items here (verified against their hashes).
+2. Read the controller items here (verified against their hashes); the controller decodes
+   them and keeps the state aside.
 3. Stage: every target unit fetches, verifies and decodes its own samples, routed by
    ``gi % n`` over the target's unit order, and keeps them aside (:mod:`.unit_restore`).
 4. Only then install: first the units, then the controller, so no sample is ever marked
@@ -24,10 +25,11 @@ from typing import Any
 from ...engine import Repository
 from ...errors import FormatError
 from ...format.manifest import Extent, Item, ShardRef
+from . import jsonval
 from .blocks import block_gis
-from .capture import install_controller
-from .controller_codec import controller_paths, decode_controller, decode_partition_doc
-from .layout import KIND, parse_data_path, partition_state_path
+from .capture import discard_controller, install_staged_controller, stage_controller
+from .controller_codec import controller_paths
+from .layout import KIND, parse_data_path, sampler_path
 from .system import TransferQueueSystem
 from .unit_restore import StageJob, discard_unit, install_unit, stage_unit
 from .validate import check_manifest, check_pickle, check_sampler, check_target
@@ -123,19 +125,26 @@ def restore_system(
     if absent:
         raise FormatError(f"snapshot {reader.name} lacks controller items {absent[:3]}")
     values = reader.read_items(paths)
-    docs = {
-        pid: decode_partition_doc(values[partition_state_path(pid)], pid, allow_pickle=allow_pickle)
-        for pid in partitions
-    }
-    state = decode_controller(partitions, docs, values, reader.items, allow_pickle=allow_pickle)
-    load_sampler = check_sampler(
-        state["sampler"]["class"], state["sampler"]["state"], target["sampler_class"], reader.name
-    )
+    sampler = jsonval.loads(values[sampler_path()], allow_pickle=allow_pickle, where="sampler state")
+    load_sampler = check_sampler(sampler["class"], sampler["state"], target["sampler_class"], reader.name)
+    token = secrets.token_hex(8)
+    try:
+        # The controller decodes its own items: per-sample metadata is built where it is used.
+        system.call_controller(
+            stage_controller,
+            token,
+            partitions,
+            {p: bytes(values[p]) for p in paths},
+            {p: reader.items[p] for p in paths},
+            allow_pickle,
+        )
+    except BaseException:
+        _discard(system, token)
+        raise
     t_validate = time.monotonic()
 
-    token = secrets.token_hex(8)
-    jobs = _stage_jobs(reader, system.n_units, token, repo, allow_pickle, threads)
     try:
+        jobs = _stage_jobs(reader, system.n_units, token, repo, allow_pickle, threads)
         staged = system.call_units(stage_unit, [(job,) for job in jobs])
         check_target(system, force)  # again: nothing may have arrived while we staged
     except BaseException:
@@ -143,8 +152,12 @@ def restore_system(
         raise
     t_stage = time.monotonic()
 
-    unit_stalls = system.call_units(install_unit, [(token, force) for _ in system.units])
-    controller_stall = system.call_controller(install_controller, state, force, load_sampler)
+    try:
+        unit_stalls = system.call_units(install_unit, [(token, force) for _ in system.units])
+    except BaseException:
+        _discard(system, token)
+        raise
+    controller_stall = system.call_controller(install_staged_controller, token, force, load_sampler)
     t_end = time.monotonic()
     result = TQRestoreResult(
         snapshot=reader.name,
@@ -172,6 +185,7 @@ def restore_system(
 
 def _discard(system: TransferQueueSystem, token: str) -> None:
     try:
+        system.call_controller(discard_controller, token)
         system.call_units(discard_unit, [(token,) for _ in system.units])
     except Exception:  # noqa: BLE001 - best effort; staged data also dies with the actor
         log.warning("could not discard staged restore %s on every unit", token, exc_info=True)

@@ -82,6 +82,12 @@ class PackResult:
     stats: PackStats = field(default_factory=PackStats)
 
 
+def reuse_fraction(new_bytes: int, reused_bytes: int) -> float:
+    """Fraction of a snapshot's bytes already in the repository (1.0 for an empty snapshot)."""
+    total = new_bytes + reused_bytes
+    return reused_bytes / total if total else 1.0
+
+
 def resolve_codec(codec: str, dtype: str | None) -> str:
     """Pick a concrete codec: ``auto`` compresses integer data (token ids reach 4x) and packs."""
     if codec != "auto":

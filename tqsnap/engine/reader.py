@@ -7,7 +7,7 @@ rebuilt with ``torch.frombuffer`` and no further copy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +87,19 @@ def fetch_shard(
     return memoryview(data) if not isinstance(data, memoryview) else data
 
 
+def item_view(item: Item, shards: Mapping[int, memoryview] | Sequence[memoryview]) -> memoryview:
+    """An item's bytes from its fetched shards: a view when it has one extent, else a joined copy."""
+    if len(item.extents) == 1:
+        e = item.extents[0]
+        return shards[e.shard][e.offset : e.offset + e.length]
+    buf = bytearray(item.size)
+    pos = 0
+    for e in item.extents:
+        buf[pos : pos + e.length] = shards[e.shard][e.offset : e.offset + e.length]
+        pos += e.length
+    return memoryview(buf)
+
+
 def load_body(store: ObjectStore, manifest: Manifest) -> Manifest:
     """Fill in ``items`` and ``extra`` from the body shard, if the manifest has one (verified)."""
     if manifest.body_shard is not None and not manifest.items and not manifest.extra:
@@ -121,19 +134,7 @@ class SnapshotReader:
         wanted = list(self.items.values()) if paths is None else [self._item(p) for p in paths]
         needed = sorted({e.shard for item in wanted for e in item.extents})
         shards = self.fetch_shards(needed, verify=verify)
-        out: dict[str, memoryview] = {}
-        for item in wanted:
-            if len(item.extents) == 1:
-                e = item.extents[0]
-                out[item.path] = shards[e.shard][e.offset : e.offset + e.length]
-            else:
-                buf = bytearray(item.size)
-                pos = 0
-                for e in item.extents:
-                    buf[pos : pos + e.length] = shards[e.shard][e.offset : e.offset + e.length]
-                    pos += e.length
-                out[item.path] = memoryview(buf)
-        return out
+        return {item.path: item_view(item, shards) for item in wanted}
 
     def read_item(self, path: str) -> memoryview:
         return self.read_items([path])[path]

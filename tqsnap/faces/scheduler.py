@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import PackOptions, Repository, SnapshotInfo
+from ..engine.packer import reuse_fraction
 from ..format.config import parse_duration
 from .api import RepoLike, open_repo
 
@@ -44,8 +45,7 @@ class ScheduledResult:
 
     @property
     def dedup_ratio(self) -> float:
-        total = self.new_bytes + self.reused_bytes
-        return self.reused_bytes / total if total else 1.0
+        return reuse_fraction(self.new_bytes, self.reused_bytes)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -37,13 +37,14 @@ from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from ...engine import Repository, SnapshotReader
+from ...engine.reader import item_view
 from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError, TqsnapError
 from ...format.manifest import Item, ShardRef
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
 from .layout import EXTRA_KEY, KIND, CheckpointRef, is_checkpoint_id, parse_checkpoint_id, snapshot_arg
 from .metadata_json import decode_metadata
 from .repos import RepoLike, open_repository, repo_url
-from .transfer import fetch_into, item_bytes, narrow, resolves_views, windows
+from .transfer import fetch_into, narrow, resolves_views, windows
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class Reader(StorageReader):
         self, item: Item, reqs: list[ReadItem], cache: dict[int, memoryview], planner: LoadPlanner
     ) -> None:
         """Copy one stored item into every destination that asked for part of it."""
-        data = item_bytes(item, cache)
+        data = item_view(item, cache)
         if item.kind == "bytes":
             for req in reqs:
                 planner.load_bytes(req, io.BytesIO(data))

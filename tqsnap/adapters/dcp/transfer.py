@@ -65,19 +65,6 @@ def windows(items: list[Item], sizes: list[int], budget: int) -> Iterator[tuple[
         yield group, fetch
 
 
-def item_bytes(item: Item, cache: dict[int, memoryview]) -> memoryview:
-    """The item's bytes: a view into its shard when it has one extent, else a joined copy."""
-    if len(item.extents) == 1:
-        e = item.extents[0]
-        return cache[e.shard][e.offset : e.offset + e.length]
-    buf = bytearray(item.size)
-    pos = 0
-    for e in item.extents:
-        buf[pos : pos + e.length] = cache[e.shard][e.offset : e.offset + e.length]
-        pos += e.length
-    return memoryview(buf)
-
-
 def narrow(t: torch.Tensor, offsets: torch.Size, lengths: torch.Size, path: str) -> torch.Tensor:
     """The hypercube ``[offsets, offsets + lengths)`` of ``t``; refuses regions outside it."""
     if len(offsets) != t.dim() or len(lengths) != t.dim():

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
+from ...engine.packer import reuse_fraction
 from ...format.manifest import SnapshotId
 from .capture import capture_encoded
 from .controller_codec import controller_specs
@@ -63,8 +64,7 @@ class TQSnapshotResult:
     @property
     def dedup_ratio(self) -> float:
         """Fraction of this snapshot's bytes that were already in the repository."""
-        total = self.new_bytes + self.reused_bytes
-        return self.reused_bytes / total if total else 1.0
+        return reuse_fraction(self.new_bytes, self.reused_bytes)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ...engine.reader import fetch_shard
+from ...engine.reader import fetch_shard, item_view
 from ...errors import RestoreError, TargetNotEmptyError
 from ...format.manifest import Item, ShardRef
 from .blocks import decode_block
@@ -78,7 +78,7 @@ def stage_unit(self: Any, job: StageJob) -> dict[str, Any]:
     staged: dict[str, dict[int, Any]] = {}
     nbytes = 0
     for name, item in job.items:
-        data = _item_bytes(shards, item)
+        data = item_view(item, shards)
         nbytes += data.nbytes
         gis, values = decode_block(
             item.meta,
@@ -118,18 +118,6 @@ def _wanted(item: Item, unit: int, units: int) -> set[int]:
     from .blocks import block_gis
 
     return {g for g in block_gis(item.meta) if g % units == unit}
-
-
-def _item_bytes(shards: list[memoryview], item: Item) -> memoryview:
-    if len(item.extents) == 1:
-        e = item.extents[0]
-        return shards[e.shard][e.offset : e.offset + e.length]
-    buf = bytearray(item.size)
-    pos = 0
-    for e in item.extents:
-        buf[pos : pos + e.length] = shards[e.shard][e.offset : e.offset + e.length]
-        pos += e.length
-    return memoryview(buf)
 
 
 @in_actor

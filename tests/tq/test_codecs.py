@@ -19,7 +19,7 @@ from tqsnap.adapters.transferqueue.layout import (
     parse_data_path,
     unescape,
 )
-from tqsnap.errors import PickleNotAllowedError
+from tqsnap.errors import FormatError, PickleNotAllowedError
 
 
 def _join(parts) -> memoryview:
@@ -151,6 +151,25 @@ def test_jagged_block_of_1d_samples_lists_lengths():
     old = {"enc": "jagged", "gi": enc.meta["gi"], "shapes": [[3], [0], [5], [1]]}
     _, out = decode_block(old, enc.dtype, enc.shape, _join(enc.parts))
     assert all(torch.equal(a, b) for a, b in zip(values, out, strict=True))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lens": [3, -1, 7]},  # sums right, one length negative
+        {"lens": [3, "0", 6]},
+        {"lens": [9]},  # one length for four samples
+        {"shapes": [[3], [0], [-5, -1], [1]]},
+        {"shapes": [[3], [0], "5", [1]]},
+        {"lens": [3, 0, 5, 2]},  # more elements than the data holds
+    ],
+)
+def test_malformed_jagged_block_is_a_format_error(bad):
+    values = [torch.arange(n, dtype=torch.int64) for n in (3, 0, 5, 1)]
+    enc = encode_block([0, 3, 6, 9], values, allow_pickle=False, where="t")
+    meta = {"enc": "jagged", "gi": enc.meta["gi"], **bad}
+    with pytest.raises(FormatError):
+        decode_block(meta, enc.dtype, enc.shape, _join(enc.parts), where="t")
 
 
 def test_dense_block_of_strided_or_scattered_rows_is_exact():

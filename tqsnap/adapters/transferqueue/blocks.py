@@ -162,20 +162,23 @@ def decode_block(
         return [gis[i] for i in picks], list(t.unbind(0))
     if enc == "jagged":
         # 1-d samples list their lengths (``lens``, layout 2); others their shapes.
-        shapes = [[n] for n in meta["lens"]] if "lens" in meta else (meta.get("shapes") or [])
-        if dtype is None or len(shapes) != len(gis):
+        lens = meta.get("lens")
+        shapes = meta.get("shapes") or [] if lens is None else lens
+        if dtype is None or not isinstance(shapes, list) or len(shapes) != len(gis):
             raise FormatError(f"{where}: jagged block lists {len(shapes)} shapes for {len(gis)} samples")
-        flat = tensor_from_bytes(data, dtype, [sum(_numel(s) for s in shapes)])
-        values: list[Any] = []
-        offset = 0
-        pick_set = set(picks)
+        try:
+            numels = list(lens) if lens is not None else [_numel(s) for s in shapes]
+        except (TypeError, ValueError):
+            raise FormatError(f"{where}: jagged block has a malformed shape") from None
+        if not all(type(n) is int and n >= 0 for n in numels):
+            raise FormatError(f"{where}: jagged block has a negative or non-integer length")
+        flat = tensor_from_bytes(data, dtype, [sum(numels)])
         copy = len(picks) != len(gis)
-        for i, s in enumerate(shapes):
-            n = _numel(s)
-            if i in pick_set:
-                v = flat[offset : offset + n].view(s)
-                values.append(v.clone() if copy else v)
-            offset += n
+        # One native split makes every sample's view; 1-d samples need no reshape.
+        parts = flat.split(numels)
+        if lens is None:
+            parts = [p.view(s) for p, s in zip(parts, shapes, strict=True)]
+        values = [parts[i].clone() if copy else parts[i] for i in picks]
         return [gis[i] for i in picks], values
     if enc == "json":
         decoded = jsonval.loads(data, allow_pickle=allow_pickle, where=where)
@@ -186,7 +189,12 @@ def decode_block(
 
 
 def _numel(shape: list[int]) -> int:
+    """Elements in ``shape``; ValueError for anything but a list of non-negative ints."""
+    if not isinstance(shape, list):
+        raise ValueError(f"shape {shape!r} is not a list")
     n = 1
     for d in shape:
-        n *= int(d)
+        if type(d) is not int or d < 0:
+            raise ValueError(f"shape {shape!r} has a bad dimension")
+        n *= d
     return n

@@ -112,6 +112,8 @@ class Decoder:
         if node is None or isinstance(node, bool | int | float | str):
             return node
         if isinstance(node, list):
+            if all(type(x) is str for x in node):  # the common non-tensor field: plain strings
+                return node
             return [self.decode(x) for x in node]
         if not isinstance(node, dict):
             raise FormatError(f"{self.where}: unexpected JSON value {node!r:.80}")

@@ -3,10 +3,10 @@
 1. Validate (:mod:`.validate`): the snapshot exists and is a TransferQueue snapshot of a
    layout this version reads; no pickled values unless allowed; the target is empty unless
    ``force``.
-2. Read the controller items here (verified against their hashes); the controller decodes
-   them and keeps the state aside.
-3. Stage: every target unit fetches, verifies and decodes its own samples, routed by
-   ``gi % n`` over the target's unit order, and keeps them aside (:mod:`.unit_restore`).
+2. Read the controller items here (verified against their hashes).
+3. Stage, all at once: the controller decodes its items and keeps the state aside, while
+   every target unit fetches, verifies and decodes its own samples, routed by ``gi % n``
+   over the target's unit order, and keeps them aside (:mod:`.unit_restore`).
 4. Only then install: first the units, then the controller, so no sample is ever marked
    produced before its value is in place.
 
@@ -128,24 +128,24 @@ def restore_system(
     sampler = jsonval.loads(values[sampler_path()], allow_pickle=allow_pickle, where="sampler state")
     load_sampler = check_sampler(sampler["class"], sampler["state"], target["sampler_class"], reader.name)
     token = secrets.token_hex(8)
-    try:
-        # The controller decodes its own items: per-sample metadata is built where it is used.
-        system.call_controller(
-            stage_controller,
-            token,
-            partitions,
-            {p: bytes(values[p]) for p in paths},
-            {p: reader.items[p] for p in paths},
-            allow_pickle,
-        )
-    except BaseException:
-        _discard(system, token)
-        raise
+    jobs = _stage_jobs(reader, system.n_units, token, repo, allow_pickle, threads)
     t_validate = time.monotonic()
 
     try:
-        jobs = _stage_jobs(reader, system.n_units, token, repo, allow_pickle, threads)
-        staged = system.call_units(stage_unit, [(job,) for job in jobs])
+        # The controller decodes its own items (per-sample metadata is built where it is used)
+        # while every unit fetches and decodes its samples: the two stages share nothing.
+        refs = [
+            system.start_controller(
+                stage_controller,
+                token,
+                partitions,
+                {p: bytes(values[p]) for p in paths},
+                {p: reader.items[p] for p in paths},
+                allow_pickle,
+            ),
+            *system.start_units(stage_unit, [(job,) for job in jobs]),
+        ]
+        staged = system.collect(refs)[1:]
         check_target(system, force)  # again: nothing may have arrived while we staged
     except BaseException:
         _discard(system, token)

@@ -150,19 +150,36 @@ class TransferQueueSystem:
 
     def call_controller(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(controller, *args)`` inside the controller actor and return its result."""
-        ray = _ray()
-        return unwrap(ray.get(self.controller.__ray_call__.remote(fn, *args)))
+        return self.collect([self.start_controller(fn, *args)])[0]
 
     def call_units(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Run ``fn(unit_k, *args[k])`` in every unit at once; raise the first error after all end."""
+        return self.collect(self.start_units(fn, args))
+
+    def start_controller(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Start ``fn(controller, *args)`` inside the controller; :meth:`collect` its result."""
+        _ray()
+        return self.controller.__ray_call__.remote(fn, *args)
+
+    def start_units(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Start ``fn(unit_k, *args[k])`` in every unit; :meth:`collect` their results."""
+        _ray()
+        return [u.__ray_call__.remote(fn, *a) for u, a in zip(self.units, args, strict=True)]
+
+    @staticmethod
+    def collect(refs: Sequence[Any]) -> list[Any]:
+        """The results of started calls, in order; the first error is raised after every call ended.
+
+        Waiting for all before raising means no actor is still working on a failed step when
+        the caller cleans up after it.
+        """
         ray = _ray()
-        refs = [u.__ray_call__.remote(fn, *a) for u, a in zip(self.units, args, strict=True)]
         results: list[Any] = []
         failure: BaseException | None = None
-        for ref in refs:  # wait for every unit, so none is still working when the caller cleans up
+        for ref in refs:
             try:
                 results.append(unwrap(ray.get(ref)))
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after all units ended
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after all calls ended
                 failure = failure or exc
                 results.append(None)
         if failure is not None:

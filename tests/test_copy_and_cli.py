@@ -69,7 +69,9 @@ def test_cli_exit_codes_say_what_went_wrong(tmp_path, capsys) -> None:
     url = str(tmp_path / "repo")
     assert main(["snapshots", url]) == 3, "no repository: not found"
     assert "tqsnap init" in capsys.readouterr().err
-    assert main(["init", url, "--grace", "10s", "--max-write-duration", "10s"]) == 2, "unsafe grace: bad input"
+    assert main(["init", url, "--grace", "10s", "--max-write-duration", "10s"]) == 2, (
+        "unsafe grace: bad input"
+    )
     tqsnap.save(url, {"w": torch.randn(300_000)}, stream="s")
     assert main(["verify", url, "--stream", "nope"]) == 3
     key = next(i.key for i in open_store(url).list("shards/"))

@@ -61,11 +61,14 @@ def restore(
     allow_pickle: bool = False,
     storage_options: dict[str, Any] | None = None,
     system: TransferQueueSystem | None = None,
+    hold_lease_s: float = 60.0,
 ) -> TQRestoreResult:
     """Restore a TransferQueue snapshot into the attached TransferQueue (any unit count).
 
     The target must be empty unless ``force=True``, which replaces all it holds. Everything is
     validated and staged before the target changes, so a failed restore changes nothing.
+    Requests that reach the target while the restore installs wait for it (at most
+    ``hold_lease_s``, should this process die mid-install) and then see the restored state.
     """
     repo: Repository = open_repo(url, storage_options=storage_options)
     return restore_system(
@@ -75,6 +78,7 @@ def restore(
         snapshot,
         force=force,
         allow_pickle=allow_pickle,
+        hold_lease_s=hold_lease_s,
     )
 
 

@@ -8,7 +8,7 @@ controller updates the inner dicts in place; elsewhere it replaces values, never
 them). Encoding to JSON happens after the lock is released (:func:`capture_encoded`).
 
 The state is a plain dict (see :func:`capture_controller`), the common language of the
-codec (:mod:`.controller_codec`) and of :func:`install_controller`.
+codec (:mod:`.controller_codec`) and of :func:`install_staged_controller`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from ...errors import RestoreError, TargetNotEmptyError
 from .controller_codec import decode_controller, decode_partition_doc, encode_controller_json
-from .guard import guard
+from .guard import between_requests, guard, held_by, hold, release
 from .layout import partition_state_path
 from .system import in_actor
 
@@ -97,8 +97,7 @@ def capture_encoded(self: Any, allow_pickle: bool) -> dict[str, Any]:
 def _capture(self: Any) -> dict[str, Any]:
     import copy
 
-    lock = guard(self, _HANDLER)
-    with lock:
+    with between_requests(self, _HANDLER):
         t0 = time.monotonic()
         partitions = {pid: _copy_partition(p) for pid, p in self.partitions.items()}
         im = self.index_manager
@@ -194,32 +193,43 @@ def discard_controller(self: Any, token: str) -> None:
 
 
 @in_actor
-def install_staged_controller(self: Any, token: str, force: bool, load_sampler: bool) -> float:
-    """Install the state :func:`stage_controller` kept under ``token``; see :func:`install_controller`."""
-    state = self.__dict__.get(_STAGED, {}).pop(token, None)
-    if state is None:
-        raise RestoreError(f"no staged restore {token} on the TransferQueue controller; stage it again")
-    return _install(self, state, force, load_sampler)
+def hold_controller(self: Any, token: str, force: bool, lease_s: float) -> None:
+    """Hold every request off for ``token``, once the controller is seen empty (unless ``force``)."""
 
-
-@in_actor
-def install_controller(self: Any, state: dict[str, Any], force: bool, load_sampler: bool) -> float:
-    """Replace the controller's whole state with ``state``; return how long requests waited."""
-    return _install(self, state, force, load_sampler)
-
-
-def _install(self: Any, state: dict[str, Any], force: bool, load_sampler: bool) -> float:
-    """Objects are built before the lock is taken, so requests wait only for the swap."""
-    partitions = {pid: _build_partition(p) for pid, p in state["partitions"].items()}
-    im_state = state["index_manager"]
-    lock = guard(self, _HANDLER)
-    with lock:
-        t0 = time.monotonic()
+    def check() -> None:
         if not force and not _is_empty(self):
             raise TargetNotEmptyError(
                 f"the target TransferQueue controller gained {len(self.partitions)} partitions while the "
                 "snapshot was being staged; nothing was changed. Restore into an idle TransferQueue"
             )
+
+    hold(self, _HANDLER, token, lease_s, check)
+
+
+@in_actor
+def release_controller(self: Any, token: str) -> None:
+    release(self, token)
+
+
+@in_actor
+def install_staged_controller(self: Any, token: str, load_sampler: bool) -> float:
+    """Install what :func:`stage_controller` kept under ``token``, inside ``token``'s hold.
+
+    Returns how long the swap took. Objects are built before the lock is taken; requests
+    have been held off since :func:`hold_controller` and stay so until the release.
+    """
+    state = self.__dict__.get(_STAGED, {}).pop(token, None)
+    if state is None:
+        raise RestoreError(f"no staged restore {token} on the TransferQueue controller; stage it again")
+    partitions = {pid: _build_partition(p) for pid, p in state["partitions"].items()}
+    im_state = state["index_manager"]
+    with guard(self, _HANDLER):
+        if not held_by(self, token):
+            raise RestoreError(
+                f"restore {token} no longer holds the TransferQueue controller (its lease ran out); "
+                "the controller was not changed"
+            )
+        t0 = time.monotonic()
         self.partitions = partitions
         im = self.index_manager
         im.partition_to_indexes = defaultdict(

@@ -7,10 +7,13 @@
 3. Stage, all at once: the controller decodes its items and keeps the state aside, while
    every target unit fetches, verifies and decodes its own samples, routed by ``gi % n``
    over the target's unit order, and keeps them aside (:mod:`.unit_restore`).
-4. Only then install: first the units, then the controller, so no sample is ever marked
-   produced before its value is in place.
+4. Hold: every unit, then the controller, is checked empty (unless ``force``) and from then
+   on holds its puts, clears and requests off (:func:`.guard.hold`), so nothing can land
+   between the last check and the install.
+5. Only then install: first the units, then the controller, so no sample is ever marked
+   produced before its value is in place; then release the holds.
 
-Any failure in steps 1-3 discards what was staged and leaves the target as it was.
+Any failure in steps 1-4 discards what was staged and leaves the target as it was.
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ from ...errors import FormatError
 from ...format.manifest import Extent, Item, ShardRef
 from . import jsonval
 from .blocks import block_gis
-from .capture import discard_controller, install_staged_controller, stage_controller
+from .capture import (
+    discard_controller,
+    hold_controller,
+    install_staged_controller,
+    release_controller,
+    stage_controller,
+)
 from .controller_codec import controller_paths
 from .layout import KIND, parse_data_path, sampler_path
 from .system import TransferQueueSystem
-from .unit_restore import StageJob, discard_unit, install_unit, stage_unit
+from .unit_restore import StageJob, discard_unit, hold_unit, install_unit, release_unit, stage_unit
 from .validate import check_manifest, check_pickle, check_sampler, check_target
 
 log = logging.getLogger(__name__)
@@ -50,8 +59,9 @@ class TQRestoreResult:
     stage_s: float = 0.0
     install_s: float = 0.0
     total_s: float = 0.0
-    unit_stall_s: list[float] = field(default_factory=list)
-    controller_stall_s: float = 0.0
+    unit_stall_s: list[float] = field(default_factory=list)  # each unit's swap
+    controller_stall_s: float = 0.0  # the controller's swap
+    hold_s: float = 0.0  # how long requests to the target were held off, hold to release
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,8 +119,13 @@ def restore_system(
     force: bool = False,
     allow_pickle: bool = False,
     threads: int = 8,
+    hold_lease_s: float = 60.0,
 ) -> TQRestoreResult:
-    """Restore ``stream@snapshot`` into ``system``; exact, and all-or-nothing up to the install."""
+    """Restore ``stream@snapshot`` into ``system``, exactly; a failure before the install changes nothing.
+
+    ``hold_lease_s`` bounds how long the target's requests can be held off should this
+    process die between taking the holds and releasing them.
+    """
     t0 = time.monotonic()
     if repo.store.url.startswith("memory:"):
         raise ValueError("a memory:// store lives in one process; restore from a local path or an s3:// URL")
@@ -146,18 +161,27 @@ def restore_system(
             *system.start_units(stage_unit, [(job,) for job in jobs]),
         ]
         staged = system.collect(refs)[1:]
-        check_target(system, force)  # again: nothing may have arrived while we staged
     except BaseException:
         _discard(system, token)
         raise
     t_stage = time.monotonic()
 
+    # Hold every unit and the controller, each seen empty at that moment, before changing any:
+    # a put that arrived while we staged refuses the restore with nothing changed, and one
+    # that arrives from here on waits until the restore is in place.
+    # The lease ends a hold whose coordinator died; a live one finishes in well under it.
     try:
-        unit_stalls = system.call_units(install_unit, [(token, force) for _ in system.units])
-    except BaseException:
-        _discard(system, token)
-        raise
-    controller_stall = system.call_controller(install_staged_controller, token, force, load_sampler)
+        try:
+            system.call_units(hold_unit, [(token, force, hold_lease_s) for _ in system.units])
+            system.call_controller(hold_controller, token, force, hold_lease_s)
+            t_held = time.monotonic()
+            unit_stalls = system.call_units(install_unit, [(token,) for _ in system.units])
+            controller_stall = system.call_controller(install_staged_controller, token, load_sampler)
+        except BaseException:
+            _discard(system, token)
+            raise
+    finally:
+        _release(system, token)
     t_end = time.monotonic()
     result = TQRestoreResult(
         snapshot=reader.name,
@@ -171,6 +195,7 @@ def restore_system(
         total_s=t_end - t0,
         unit_stall_s=list(unit_stalls),
         controller_stall_s=controller_stall,
+        hold_s=time.monotonic() - t_held,
     )
     log.info(
         "restored %s (%d units) into %d units: %d samples in %.2fs",
@@ -181,6 +206,14 @@ def restore_system(
         result.total_s,
     )
     return result
+
+
+def _release(system: TransferQueueSystem, token: str) -> None:
+    try:
+        system.call_units(release_unit, [(token,) for _ in system.units])
+        system.call_controller(release_controller, token)
+    except Exception:  # noqa: BLE001 - the holds' lease ends them anyway
+        log.warning("could not release the hold of restore %s everywhere", token, exc_info=True)
 
 
 def _discard(system: TransferQueueSystem, token: str) -> None:

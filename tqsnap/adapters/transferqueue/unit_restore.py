@@ -6,9 +6,10 @@ A restore is two-phase so that a failure changes nothing:
    verifies every one against its hash, decodes the values and keeps them aside on the actor
    under a token. The unit's live data is not touched.
 2. Only when every unit has staged (and the controller state decoded) does the coordinator
-   call :func:`install_unit`, which swaps the staged values in under the guard lock, and
-   then installs the controller. :func:`discard_unit` drops a staged restore that will not
-   be installed.
+   take a hold on every unit and the controller (:func:`hold_unit`: seen empty, then puts
+   and clears wait), call :func:`install_unit`, which swaps the staged values in, install
+   the controller, and release every hold. :func:`discard_unit` drops a staged restore
+   that will not be installed.
 
 Samples are routed by ``gi % units`` over the target's own unit order, so the source may have
 had any number of units.
@@ -25,7 +26,7 @@ from ...engine.reader import fetch_shard, item_view
 from ...errors import RestoreError, TargetNotEmptyError
 from ...format.manifest import Item, ShardRef
 from .blocks import decode_block
-from .guard import guard, original
+from .guard import guard, held_by, hold, original, release
 from .system import in_actor
 from .unit_upload import MUTATORS
 
@@ -126,24 +127,43 @@ def discard_unit(self: Any, token: str) -> None:
 
 
 @in_actor
-def install_unit(self: Any, token: str, force: bool) -> float:
-    """Swap the staged values in; return how long puts and clears were held off."""
+def hold_unit(self: Any, token: str, force: bool, lease_s: float) -> None:
+    """Hold puts and clears off for ``token``, once the unit is seen empty (unless ``force``)."""
+    data = self.storage_data
+
+    def check() -> None:
+        if data._active_keys and not force:
+            raise TargetNotEmptyError(
+                f"storage unit {self.storage_unit_id} gained {len(data._active_keys)} samples while the "
+                "snapshot was being staged; nothing was changed. Restore into an idle TransferQueue"
+            )
+
+    hold(data, MUTATORS, token, lease_s, check)
+
+
+@in_actor
+def release_unit(self: Any, token: str) -> None:
+    release(self.storage_data, token)
+
+
+@in_actor
+def install_unit(self: Any, token: str) -> float:
+    """Swap the staged values in, inside ``token``'s hold; return how long the swap took."""
     staged = self.__dict__.get(_STAGED, {}).pop(token, None)
     if staged is None:
         raise RestoreError(
             f"no staged restore {token} on storage unit {self.storage_unit_id}; stage it again"
         )
     data = self.storage_data
-    lock = guard(data, MUTATORS)
-    with lock:
+    with guard(data, MUTATORS):
+        if not held_by(data, token):
+            raise RestoreError(
+                f"restore {token} no longer holds storage unit {self.storage_unit_id} (its lease ran out); "
+                "the unit was not changed"
+            )
         t0 = time.monotonic()
         existing = list(data._active_keys)
-        if existing and not force:
-            raise TargetNotEmptyError(
-                f"storage unit {self.storage_unit_id} gained {len(existing)} samples while the snapshot was "
-                "being staged; nothing was changed. Restore into an idle TransferQueue"
-            )
-        if existing:
+        if existing:  # only with force: the hold was refused on a unit that was not empty
             original(data, "clear")(existing)
         data.field_data = {}
         put = original(data, "put_data")

@@ -24,7 +24,7 @@ from typing import Any
 from ...engine.packer import PackOptions, PackResult, ShardPacker
 from ...format.manifest import ShardRef
 from .blocks import EncodedBlock, encode_block
-from .guard import guard
+from .guard import between_requests
 from .layout import data_path, encode_runs
 from .system import in_actor
 
@@ -70,8 +70,7 @@ def copy_field_data(storage_data: Any) -> tuple[dict[str, dict[int, Any]], float
 
     Returns the copy and how long the lock was held (the longest a put could have waited).
     """
-    lock = guard(storage_data, MUTATORS)
-    with lock:
+    with between_requests(storage_data, MUTATORS):
         t0 = time.monotonic()
         snap = {name: dict(values) for name, values in storage_data.field_data.items()}
         if getattr(storage_data, "ssd_offload_enabled", False):

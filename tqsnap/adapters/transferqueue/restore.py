@@ -210,8 +210,12 @@ def restore_system(
 
 def _release(system: TransferQueueSystem, token: str) -> None:
     try:
-        system.call_units(release_unit, [(token,) for _ in system.units])
-        system.call_controller(release_controller, token)
+        system.collect(
+            [
+                system.start_controller(release_controller, token),
+                *system.start_units(release_unit, [(token,)] * system.n_units),
+            ]
+        )
     except Exception:  # noqa: BLE001 - the holds' lease ends them anyway
         log.warning("could not release the hold of restore %s everywhere", token, exc_info=True)
 

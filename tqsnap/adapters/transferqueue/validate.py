@@ -56,8 +56,12 @@ def check_pickle(reader: SnapshotReader, allow_pickle: bool) -> None:
 
 
 def describe_target(system: TransferQueueSystem) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    controller = system.call_controller(describe_controller)
-    units = system.call_units(describe_unit, [() for _ in system.units])
+    controller, *units = system.collect(
+        [
+            system.start_controller(describe_controller),
+            *system.start_units(describe_unit, [()] * system.n_units),
+        ]
+    )
     return controller, units
 
 

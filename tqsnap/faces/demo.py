@@ -260,19 +260,24 @@ def run_demo(repo: str, duration: float, every: float, storage_options: dict[str
     )
     snap = Snapshotter(tq, repo, stream=stream, every=every, storage_options=storage_options)
     deadline = time.monotonic() + duration
-    shown = 0
+    shown: set[str] = set()
+
+    def show_new() -> None:
+        for r in list(snap.results):
+            if str(r.info.id) not in shown:
+                shown.add(str(r.info.id))
+                print(
+                    f"  {r.info.id}: {r.detail.samples} samples, {_fmt_bytes(r.new_bytes)} new, "
+                    f"{_fmt_bytes(r.reused_bytes)} reused",
+                    flush=True,
+                )
+
     while time.monotonic() < deadline and not work.errors:
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        if snap.taken > shown and snap.last_result is not None:
-            shown = snap.taken
-            r = snap.last_result
-            print(
-                f"  {r.info.id}: {r.detail.samples} samples, {_fmt_bytes(r.new_bytes)} new, "
-                f"{_fmt_bytes(r.reused_bytes)} reused",
-                flush=True,
-            )
+        show_new()
     work.halt()
     snap.stop(final_snapshot=True)
+    show_new()  # the last periodic one and the final one, taken after the workload stopped
     if work.errors:
         print(f"workload failed: {work.errors[0]!r}", file=sys.stderr)
         return 2

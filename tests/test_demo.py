@@ -36,3 +36,5 @@ def test_demo_snapshots_a_live_transferqueue_and_restores_it_into_two_units(tmp_
     assert len(snaps) >= 2, "periodic snapshots were taken"
     assert all(s.kind == "transferqueue" for s in snaps)
     assert snaps[-1].stats["reused_shards"] > 0, "later snapshots reuse unchanged shards"
+    for s in snaps:  # each snapshot was reported as it landed
+        assert f"  {s.stream}@{s.seq}: " in proc.stdout, proc.stdout

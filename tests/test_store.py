@@ -33,7 +33,8 @@ from tqsnap.errors import (
     StoreError,
 )
 from tqsnap.store import LocalStore, MemoryStore, ObjectStore, open_store
-from tqsnap.store.s3 import BufferReader, S3Store
+from tqsnap.store.s3 import S3Store
+from tqsnap.store.s3_io import BufferReader
 
 MiB = 2**20
 SMALL_PARTS = {"multipart_threshold": 5 * MiB, "multipart_chunk": 5 * MiB}

@@ -8,17 +8,14 @@ Choices that matter:
 - **Conditional create.** ``put_if_absent`` is ``PutObject`` with ``If-None-Match: *``; the
   server answers 412 to every racer but one. A 412 is recognised from the error *code* of the
   ``ClientError``, never from an exception type, because servers and client libraries disagree
-  on how to surface it. Objects above ``multipart_threshold`` use a multipart upload whose
-  ``CompleteMultipartUpload`` carries the condition; a losing upload is aborted so no pending
-  parts are left behind (they are billed). Callers that need a race-proof commit keep the
-  object below the threshold: no tested server makes the conditional complete atomic.
+  on how to surface it. Objects above ``multipart_threshold`` go up in parts
+  (:mod:`.s3_multipart`) with the condition on the complete; callers that need a race-proof
+  commit keep the object below the threshold: no tested server makes that complete atomic.
 - **Conditional modes.** ``"if-none-match"`` (AWS and most S3 servers), ``"obs"`` (Huawei OBS,
   which documents no ``If-None-Match`` on PUT: the header ``x-obs-forbid-overwrite: true`` is
   sent instead and 409 ``ObjectAlreadyExists`` means "exists"), and ``"none"`` (no conditional
   create at all: refused unless the caller promises a single writer).
-- **No checksums, no payload signing.** CRC32 request checksums and SHA-256 payload signing
-  each cost a full pass over every byte; over TLS they add nothing the transport does not
-  already give, and on loopback test servers they only slow the suite down.
+- **No checksums, no payload signing** (:mod:`.s3_client`): each is a full pass over every byte.
 - **One retry budget.** botocore's own retries are switched off and this module retries
   throttling, 5xx, timeouts, dropped connections (including ones that break while a response
   body streams, which botocore cannot retry), and 409 ``ConditionalRequestConflict`` on
@@ -33,45 +30,42 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import math
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     IncompleteReadError,
-    NoCredentialsError,
 )
 
 from ..errors import (
     AccessDeniedError,
-    BucketNotFoundError,
     ConditionalWriteUnsupportedError,
     ObjectNotFoundError,
     StoreError,
 )
 from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, batched
+from .s3_bucket import denied_or_missing_bucket, ensure_bucket
+from .s3_client import make_client
 from .s3_errors import (
     _DENIED_CODES,
     _NOT_FOUND_CODES,
     _PRECONDITION_CODES,
-    _RETRY_CODES,
-    _RETRY_STATUS,
     _TRANSIENT_EXCEPTIONS,
-    _at,
     _describe,
     _error_code,
     _Retry,
+    backoff,
+    is_retryable,
+    translate,
 )
-from .s3_io import BufferReader, _body, _byte_view, _nbytes, _read_all, _read_into
+from .s3_io import _body, _byte_view, _nbytes, _read_all, _read_into
+from .s3_multipart import MIN_PART, upload_in_parts
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +73,6 @@ T = TypeVar("T")
 
 CONDITIONAL_MODES = ("if-none-match", "obs", "none")
 
-#: S3 refuses more parts than this in one multipart upload.
-MAX_PARTS = 10_000
-#: ...and parts smaller than this, except the last.
-MIN_PART = 5 * 2**20
-
-_BACKOFF_BASE = 0.05
-_BACKOFF_CAP = 5.0
 _CLOCK_REFRESH = 60.0
 
 
@@ -152,25 +139,10 @@ class S3Store(ObjectStore):
             or None
         )
 
-        session = boto3.session.Session(
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
-        )
-        self.region = region or session.region_name or "us-east-1"
-        config = Config(
-            region_name=self.region,
-            signature_version="s3v4",
-            s3={"addressing_style": "path", "payload_signing_enabled": False},
-            retries={"mode": "standard", "total_max_attempts": 1},
-            max_pool_connections=max_pool_connections,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            connect_timeout=10,
-            read_timeout=120,
-            tcp_keepalive=True,
-        )
         #: The boto3 client; public so tools and tests can hook its events.
-        self.client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        self.client, self.region = make_client(
+            self.endpoint_url, region, aws_access_key_id, aws_secret_access_key, max_pool_connections
+        )
         self._workers = max(1, min(8, max_pool_connections))
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -183,7 +155,8 @@ class S3Store(ObjectStore):
             for op in ("PutObject", "CreateMultipartUpload", "CompleteMultipartUpload"):
                 self.client.meta.events.register(f"before-sign.s3.{op}", self._add_obs_header)
         if create_bucket:
-            self._ensure_bucket()
+            ensure_bucket(self)
+            self._bucket_checked = True
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -209,19 +182,6 @@ class S3Store(ObjectStore):
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tqsnap-s3")
             return self._pool
 
-    def _backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
-
-    def _is_retryable(self, exc: BaseException, conditional: bool) -> bool:
-        if isinstance(exc, _Retry):
-            return True
-        if isinstance(exc, ClientError):
-            code, status = _error_code(exc)
-            if code in _RETRY_CODES or status in _RETRY_STATUS:
-                return True
-            return conditional and status == 409 and code == "ConditionalRequestConflict"
-        return isinstance(exc, _TRANSIENT_EXCEPTIONS)
-
     def _with_retries(
         self, op: str, key: str | None, attempt_fn: Callable[[], T], conditional: bool = False
     ) -> T:
@@ -235,8 +195,8 @@ class S3Store(ObjectStore):
             try:
                 return attempt_fn()
             except (ClientError, BotoCoreError, _Retry, *_TRANSIENT_EXCEPTIONS) as exc:
-                if attempt < self.retries and self._is_retryable(exc, conditional):
-                    delay = self._backoff(attempt)
+                if attempt < self.retries and is_retryable(exc, conditional):
+                    delay = backoff(attempt)
                     attempt += 1
                     logger.info(
                         "S3 %s of %s failed (%s); retry %d/%d in %.2fs",
@@ -249,60 +209,19 @@ class S3Store(ObjectStore):
                     )
                     time.sleep(delay)
                     continue
-                error = self._translate(exc, op, key, attempts=attempt + 1)
-                if isinstance(error, AccessDeniedError) and isinstance(exc, ClientError) and key is not None:
-                    error = self._denied_or_missing_bucket(error, op)
-                raise error from exc
-
-    def _translate(self, exc: BaseException, op: str, key: str | None, attempts: int = 1) -> Exception:
-        """Map a botocore failure onto the tqsnap error hierarchy with an actionable message."""
-        if isinstance(exc, _Retry):
-            exc = exc.cause
-        if isinstance(exc, StoreError):
-            return exc
-        where = self._where(key)
-        if isinstance(exc, ClientError):
-            code, status = _error_code(exc)
-            message = exc.response.get("Error", {}).get("Message", "") or code
-            if code == "NoSuchBucket":
-                return BucketNotFoundError(
-                    f"bucket {self.bucket!r} does not exist{_at(self.endpoint_url)} ({op} of {where}); "
-                    "create it, fix the bucket name in the URL, or pass create_bucket=True"
-                )
-            if status in (401, 403) or code in _DENIED_CODES:
-                return AccessDeniedError(
-                    f"S3 refused {op} of {where}: {code} ({message}). Check the access key and secret "
-                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the boto3 profile), the region, and "
-                    f"that the identity may read, write, list and delete in bucket {self.bucket!r}"
-                )
-            if code in _NOT_FOUND_CODES or status == 404:
-                if key is None:
-                    return BucketNotFoundError(
-                        f"bucket {self.bucket!r} does not exist{_at(self.endpoint_url)}; "
-                        "create it or pass create_bucket=True"
-                    )
-                return ObjectNotFoundError(
+                error = translate(
+                    exc,
+                    op,
+                    self._where(key),
                     key,
-                    f"object {key!r} does not exist in {self.url} ({where}); it was never written or was deleted",
+                    bucket=self.bucket,
+                    url=self.url,
+                    endpoint_url=self.endpoint_url,
+                    attempts=attempt + 1,
                 )
-            tried = f" after {attempts} attempts" if attempts > 1 else ""
-            return StoreError(
-                f"S3 {op} of {where} failed{tried}: HTTP {status} {code}: {message}. "
-                "If this persists, check the server's health and the bucket's configuration"
-            )
-        if isinstance(exc, NoCredentialsError):
-            return AccessDeniedError(
-                f"no S3 credentials found for {op} of {where}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, configure a boto3 profile, or pass the keys as store options"
-            )
-        if isinstance(exc, _TRANSIENT_EXCEPTIONS):
-            return StoreError(
-                f"S3 {op} of {where} failed after {attempts} attempts: {_describe(exc)}. "
-                "Check that the endpoint is reachable and the network is healthy"
-            )
-        if isinstance(exc, BotoCoreError):
-            return StoreError(f"S3 {op} of {where} failed: {exc}")
-        return StoreError(f"S3 {op} of {where} failed: {_describe(exc)}")
+                if isinstance(error, AccessDeniedError) and isinstance(exc, ClientError) and key is not None:
+                    error = denied_or_missing_bucket(self, error, op)
+                raise error from exc
 
     def _probe_bucket(self) -> dict[str, Any]:
         """A one-key listing under the prefix: proves the bucket exists and carries a ``Date``.
@@ -312,60 +231,11 @@ class S3Store(ObjectStore):
         """
         return self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
 
-    def _denied_or_missing_bucket(self, error: Exception, op: str) -> Exception:
-        """Some servers (SeaweedFS) answer a write to a missing bucket with 403; say which it is."""
-        try:
-            self._probe_bucket()
-        except ClientError as exc:
-            code, status = _error_code(exc)
-            if status == 404 or code in ("NoSuchBucket", "NotFound"):
-                return BucketNotFoundError(
-                    f"bucket {self.bucket!r} does not exist{_at(self.endpoint_url)} ({op} was refused); "
-                    "create it, fix the bucket name in the URL, or pass create_bucket=True"
-                )
-        except Exception:  # the original error is the better report
-            pass
-        return error
-
-    def _ensure_bucket(self) -> None:
-        """Create the bucket unless it exists (``create_bucket=True``)."""
-
-        def exists() -> bool:
-            try:
-                self._probe_bucket()
-            except ClientError as exc:
-                code, status = _error_code(exc)
-                if status == 404 or code in ("NoSuchBucket", "NotFound"):
-                    return False
-                raise
-            return True
-
-        if not self._with_retries("ListObjectsV2", None, exists):
-            kwargs: dict[str, Any] = {"Bucket": self.bucket}
-            if self.region != "us-east-1":
-                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
-
-            def create() -> None:
-                try:
-                    self.client.create_bucket(**kwargs)
-                except ClientError as exc:
-                    if _error_code(exc)[0] != "BucketAlreadyOwnedByYou":  # a concurrent creator won
-                        raise
-
-            self._with_retries("CreateBucket", None, create)
-            logger.info("created bucket %s%s", self.bucket, _at(self.endpoint_url))
-        self._bucket_checked = True
-
     def _check_bucket(self) -> None:
         """Raise BucketNotFoundError if the bucket is missing (a HEAD 404 cannot tell by itself)."""
-        if self._bucket_checked:
-            return
-
-        def attempt() -> None:
-            self._probe_bucket()
-
-        self._with_retries("ListObjectsV2", None, attempt)
-        self._bucket_checked = True
+        if not self._bucket_checked:
+            self._with_retries("ListObjectsV2", None, self._probe_bucket)
+            self._bucket_checked = True
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -516,7 +386,7 @@ class S3Store(ObjectStore):
     def put(self, key: str, data: Buffer) -> None:
         size = _nbytes(data)
         if size >= self.multipart_threshold:
-            self._multipart(key, data, size, conditional=False)
+            upload_in_parts(self, key, data, size, conditional=False)
             return
         full = self._key(key)
 
@@ -552,7 +422,7 @@ class S3Store(ObjectStore):
                 # complete still decides any race that starts after this check.
                 if self.head(key) is not None:
                     return False
-                return self._multipart(key, data, size, conditional=True)
+                return upload_in_parts(self, key, data, size, conditional=True)
             full = self._key(key)
 
             def attempt() -> bool:
@@ -576,87 +446,6 @@ class S3Store(ObjectStore):
         if status == 412 or code in _PRECONDITION_CODES:
             return True
         return self.conditional_mode == "obs" and status == 409 and code == "ObjectAlreadyExists"
-
-    def _multipart(self, key: str, data: Buffer, size: int, *, conditional: bool) -> bool:
-        """Upload in parallel parts; abort on any failure so no billed parts are left behind."""
-        full = self._key(key)
-        chunk = max(self.multipart_chunk, math.ceil(size / MAX_PARTS))
-        view = _byte_view(data)
-
-        def create() -> str:
-            return self.client.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"]
-
-        upload_id = self._with_retries("CreateMultipartUpload", key, create)
-        futures: list[Future[dict[str, Any]]] = []
-        try:
-            pool = self._executor()
-            for number, offset in enumerate(range(0, size, chunk), start=1):
-                futures.append(
-                    pool.submit(
-                        self._upload_part, key, full, upload_id, number, view[offset : offset + chunk]
-                    )
-                )
-            parts = [f.result() for f in futures]
-
-            def complete() -> bool:
-                kwargs: dict[str, Any] = {
-                    "Bucket": self.bucket,
-                    "Key": full,
-                    "UploadId": upload_id,
-                    "MultipartUpload": {"Parts": parts},
-                }
-                if conditional and self.conditional_mode == "if-none-match":
-                    kwargs["IfNoneMatch"] = "*"
-                try:
-                    self.client.complete_multipart_upload(**kwargs)
-                except ClientError as exc:
-                    if conditional and self._lost_race(exc):
-                        return False
-                    raise
-                return True
-
-            created = self._with_retries("CompleteMultipartUpload", key, complete, conditional=conditional)
-        except BaseException:
-            # Stop the remaining parts first, or they would land after the abort and keep
-            # an upload (and its storage) alive.
-            for f in futures:
-                f.cancel()
-            wait(futures)
-            self._abort(key, full, upload_id)
-            raise
-        if not created:
-            self._abort(key, full, upload_id)
-        return created
-
-    def _upload_part(
-        self, key: str, full: str, upload_id: str, number: int, part: memoryview
-    ) -> dict[str, Any]:
-        def attempt() -> dict[str, Any]:
-            resp = self.client.upload_part(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=BufferReader(part)
-            )
-            return {"PartNumber": number, "ETag": resp["ETag"]}
-
-        return self._with_retries("UploadPart", key, attempt)
-
-    def _abort(self, key: str, full: str, upload_id: str) -> None:
-        def attempt() -> None:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-            except ClientError as exc:
-                if _error_code(exc)[0] != "NoSuchUpload":
-                    raise
-
-        try:
-            self._with_retries("AbortMultipartUpload", key, attempt)
-        except StoreError as exc:
-            logger.warning(
-                "could not abort multipart upload %s of %s; it keeps costing storage until a "
-                "lifecycle rule or `aws s3api abort-multipart-upload` removes it: %s",
-                upload_id,
-                self._where(key),
-                exc,
-            )
 
     def delete_many(self, keys: Iterable[str]) -> int:
         requests = 0

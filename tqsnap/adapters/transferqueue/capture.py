@@ -19,7 +19,7 @@ from typing import Any
 
 from ...errors import RestoreError, TargetNotEmptyError
 from .controller_codec import decode_controller, decode_partition_doc, encode_controller_json
-from .guard import between_requests, guard, held_by, hold, release
+from .guard import between_requests, hold, inside_hold, release
 from .layout import partition_state_path
 from .system import in_actor
 
@@ -223,12 +223,7 @@ def install_staged_controller(self: Any, token: str, load_sampler: bool) -> floa
         raise RestoreError(f"no staged restore {token} on the TransferQueue controller; stage it again")
     partitions = {pid: _build_partition(p) for pid, p in state["partitions"].items()}
     im_state = state["index_manager"]
-    with guard(self, _HANDLER):
-        if not held_by(self, token):
-            raise RestoreError(
-                f"restore {token} no longer holds the TransferQueue controller (its lease ran out); "
-                "the controller was not changed"
-            )
+    with inside_hold(self, token, "the TransferQueue controller"):
         t0 = time.monotonic()
         self.partitions = partitions
         im = self.index_manager

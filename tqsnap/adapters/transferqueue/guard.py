@@ -42,6 +42,7 @@ class _Guard:
         self.gate = threading.Condition(self.lock)
         self.holder: str | None = None  # the token of the restore holding requests off
         self.hold_until = 0.0
+        self.local = threading.local()  # .inside: this thread installs for the holder
         self.originals: dict[str, Callable[..., Any]] = {}
         self.codes: set[Any] = set()
         cls = type(target)
@@ -64,7 +65,8 @@ class _Guard:
         @functools.wraps(bound)
         def locked(*args: Any, **kwargs: Any) -> Any:
             with gate:
-                if self.holder is not None:
+                # The restore's own install may reach a guarded method: it must not wait on itself.
+                if self.holder is not None and not getattr(self.local, "inside", 0):
                     self.wait_for_release()
                 return bound(*args, **kwargs)
 
@@ -157,10 +159,23 @@ def hold(target: Any, names: tuple[str, ...], token: str, lease_s: float, check:
         g.hold_until = time.monotonic() + lease_s
 
 
-def held_by(target: Any, token: str) -> bool:
-    """Is ``token``'s hold still in force (not released, lease not run out)?"""
-    g: _Guard | None = target.__dict__.get(_ATTR)
-    return g is not None and g.holder == token and time.monotonic() < g.hold_until
+@contextlib.contextmanager
+def inside_hold(target: Any, token: str, what: str) -> Iterator[None]:
+    """Run the block under the lock as ``token``'s holder; refuse if the hold has ended.
+
+    Guarded methods the block reaches run at once instead of waiting for the hold to end.
+    """
+    g = _guard_of(target)
+    with g.gate:
+        if not (g.holder == token and time.monotonic() < g.hold_until):
+            raise RestoreError(
+                f"restore {token} no longer holds {what} (its lease ran out); {what} was not changed"
+            )
+        g.local.inside = getattr(g.local, "inside", 0) + 1
+        try:
+            yield
+        finally:
+            g.local.inside -= 1
 
 
 def release(target: Any, token: str) -> None:

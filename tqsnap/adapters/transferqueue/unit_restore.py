@@ -26,7 +26,7 @@ from ...engine.reader import fetch_shard, item_view
 from ...errors import RestoreError, TargetNotEmptyError
 from ...format.manifest import Item, ShardRef
 from .blocks import decode_block
-from .guard import guard, held_by, hold, original, release
+from .guard import hold, inside_hold, original, release
 from .system import in_actor
 from .unit_upload import MUTATORS
 
@@ -155,12 +155,7 @@ def install_unit(self: Any, token: str) -> float:
             f"no staged restore {token} on storage unit {self.storage_unit_id}; stage it again"
         )
     data = self.storage_data
-    with guard(data, MUTATORS):
-        if not held_by(data, token):
-            raise RestoreError(
-                f"restore {token} no longer holds storage unit {self.storage_unit_id} (its lease ran out); "
-                "the unit was not changed"
-            )
+    with inside_hold(data, token, f"storage unit {self.storage_unit_id}"):
         t0 = time.monotonic()
         existing = list(data._active_keys)
         if existing:  # only with force: the hold was refused on a unit that was not empty

@@ -6,6 +6,8 @@ Starts SeaweedFS on loopback, then measures on a fresh bucket each:
 - raw boto3: parallel PutObject / GetObject of the same tensor bytes (the ceiling);
 - tqsnap.save (full) and tqsnap.load (restore, every shard verified);
 - tqsnap.save after changing 5% of the tensors (incremental).
+Each repeat uploads both ways first, then reads both ways, each read after a pause
+(``--settle``) so both start with memory in the same state.
 Prints a table with ratios (tqsnap throughput / raw throughput; >= 0.9 is the goal).
 """
 
@@ -18,6 +20,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import torch
@@ -33,43 +36,67 @@ from tqsnap.engine import PackOptions  # noqa: E402
 from tqsnap.store import CountingStore, open_store  # noqa: E402
 
 
-def raw_put_get(server, views: list[memoryview], threads: int) -> tuple[float, float]:
-    url, _ = server.make_bucket("raw")
-    bucket = url.split("/")[2]
-    # The best raw configuration: no payload SHA-256 over plain http, no CRC (as tqsnap's store).
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name="us-east-1",
-        config=Config(
-            max_pool_connections=threads * 2,
-            s3={"addressing_style": "path", "payload_signing_enabled": False},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(
-            pool.map(
-                lambda iv: client.put_object(Bucket=bucket, Key=f"raw/{iv[0]}", Body=bytes(iv[1])),
-                enumerate(views),
-            )
+def settle(seconds: float) -> None:
+    """Let freed memory go cold before a timed read, so each read phase starts alike.
+
+    On this VM, memory the guest freed moments ago faults back in several times faster than
+    memory it has not used for a few seconds (benchmarks/first_touch.py); without a pause,
+    whichever read follows a large free would get the fast pages.
+    """
+    time.sleep(seconds)
+
+
+class RawBoto3:
+    """The baseline: plain boto3 PutObject / GetObject of the same bytes, one object per tensor."""
+
+    def __init__(self, server: Any, threads: int) -> None:
+        url, _ = server.make_bucket("raw")
+        self.bucket = url.split("/")[2]
+        self.threads = threads
+        # The best raw configuration: no payload SHA-256 over plain http, no CRC (as tqsnap's store).
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            aws_access_key_id=server.access_key,
+            aws_secret_access_key=server.secret_key,
+            region_name="us-east-1",
+            config=Config(
+                max_pool_connections=threads * 2,
+                s3={"addressing_style": "path", "payload_signing_enabled": False},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
         )
-    put_s = time.perf_counter() - t0
 
-    def get(i: int) -> int:
-        body = client.get_object(Bucket=bucket, Key=f"raw/{i}")["Body"]
-        return len(body.read())
+    def put(self, views: list[memoryview]) -> float:
+        """Seconds to upload every tensor's bytes.
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(get, range(len(views))))
-    get_s = time.perf_counter() - t0
-    assert total == sum(v.nbytes for v in views)
-    return put_s, get_s
+        botocore takes bytes: they are made before the clock starts, so the baseline times the
+        upload alone (tqsnap's store uploads straight from the tensor memory).
+        """
+        payloads = [bytes(v) for v in views]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(self.threads) as pool:
+            list(
+                pool.map(
+                    lambda iv: self.client.put_object(Bucket=self.bucket, Key=f"raw/{iv[0]}", Body=iv[1]),
+                    enumerate(payloads),
+                )
+            )
+        return time.perf_counter() - t0
+
+    def get(self, count: int, total: int) -> float:
+        """Seconds to download them all; the bodies are kept, as a load keeps what it read."""
+
+        def one(i: int) -> bytes:
+            return self.client.get_object(Bucket=self.bucket, Key=f"raw/{i}")["Body"].read()
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(self.threads) as pool:
+            bodies = list(pool.map(one, range(count)))
+        seconds = time.perf_counter() - t0
+        assert sum(len(b) for b in bodies) == total
+        return seconds
 
 
 def main() -> None:
@@ -78,6 +105,7 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=16)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=5.0, help="pause before each timed read (s)")
     args = ap.parse_args()
 
     n_elems = args.mib * (1 << 20) // 4
@@ -93,14 +121,17 @@ def main() -> None:
             rows: dict[str, list[float]] = {k: [] for k in ("raw_put", "raw_get", "save", "load", "inc")}
             inc_bytes = 0
             for _ in range(args.repeat):
-                put_s, get_s = raw_put_get(server, views, args.threads)
-                rows["raw_put"].append(put_s)
-                rows["raw_get"].append(get_s)
+                raw = RawBoto3(server, args.threads)
+                rows["raw_put"].append(raw.put(views))
                 url, opts = server.make_bucket("tq")
                 store = CountingStore(open_store(url, **opts))
                 t0 = time.perf_counter()
                 tqsnap.save(store, state, stream="bench", options=options)
                 rows["save"].append(time.perf_counter() - t0)
+                # Both reads start alike: after a pause, with the other's memory freed.
+                settle(args.settle)
+                rows["raw_get"].append(raw.get(len(views), total))
+                settle(args.settle)
                 t0 = time.perf_counter()
                 back = tqsnap.load(store, stream="bench")
                 rows["load"].append(time.perf_counter() - t0)

@@ -16,6 +16,7 @@ from ..errors import CorruptShardError, FormatError, MissingShardError, ObjectNo
 from ..format.manifest import Item, Manifest, ShardRef, decode_body
 from ..format.shard import content_hash, decode
 from ..store.base import ObjectStore
+from ..store.buffers import writable_buffer
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ def fetch_shard(
     snapshot: str = "",
 ) -> memoryview:
     """Read one whole shard (in parallel ranges when large), decode and verify it."""
-    stored = bytearray(ref.stored_size)
-    view = memoryview(stored)
+    view = writable_buffer(ref.stored_size)
     try:
         if pool is None or ref.stored_size <= range_size:
             got = store.get_into(ref.key, view, 0)
@@ -92,12 +92,12 @@ def item_view(item: Item, shards: Mapping[int, memoryview] | Sequence[memoryview
     if len(item.extents) == 1:
         e = item.extents[0]
         return shards[e.shard][e.offset : e.offset + e.length]
-    buf = bytearray(item.size)
+    buf = writable_buffer(item.size)
     pos = 0
     for e in item.extents:
         buf[pos : pos + e.length] = shards[e.shard][e.offset : e.offset + e.length]
         pos += e.length
-    return memoryview(buf)
+    return buf
 
 
 def load_body(store: ObjectStore, manifest: Manifest) -> Manifest:

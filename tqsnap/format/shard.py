@@ -13,6 +13,7 @@ import zstandard
 
 from ..errors import FormatError
 from ..store.base import Buffer
+from ..store.buffers import writable_buffer
 
 HASH_NAME = "xxh3-128"
 CODECS = ("raw", "zstd")
@@ -41,12 +42,27 @@ def encode(data: Buffer, codec: str, level: int = 1) -> Buffer:
 
 
 def decode(stored: Buffer, codec: str, size: int) -> Buffer:
-    """Decode a stored shard back to its ``size`` uncompressed bytes."""
+    """Decode a stored shard back to its ``size`` uncompressed bytes.
+
+    A zstd shard decompresses straight into a fresh writable buffer, so tensors can be built
+    over it without a copy (read-only ``bytes`` would need one).
+    """
     if codec == "raw":
         return stored
     if codec == "zstd":
+        out = writable_buffer(size)
         try:
-            return zstandard.ZstdDecompressor().decompress(stored, max_output_size=size)
+            reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False)
+            done = 0
+            while done < size:
+                n = reader.readinto(out[done:])
+                if not n:
+                    break
+                done += n
+            extra = reader.read(1)  # a shard that decodes to more than ``size`` is not this shard
         except zstandard.ZstdError as exc:
             raise FormatError(f"zstd shard does not decode: {exc}") from exc
+        if done != size or extra:
+            raise FormatError(f"zstd shard decodes to {'more' if extra else done} bytes, not {size}")
+        return out
     raise FormatError(f"unknown shard codec {codec!r}; known codecs: {', '.join(CODECS)}")

@@ -158,7 +158,7 @@ def install_unit(self: Any, token: str) -> float:
     with inside_hold(data, token, f"storage unit {self.storage_unit_id}"):
         t0 = time.monotonic()
         existing = list(data._active_keys)
-        if existing:  # only with force: the hold was refused on a unit that was not empty
+        if existing:  # force=True: without it, the hold refused a unit that held data
             original(data, "clear")(existing)
         data.field_data = {}
         put = original(data, "put_data")

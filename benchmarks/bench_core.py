@@ -22,9 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import torch
-from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -54,19 +52,7 @@ class RawBoto3:
         self.bucket = url.split("/")[2]
         self.threads = threads
         # The best raw configuration: no payload SHA-256 over plain http, no CRC (as tqsnap's store).
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=server.endpoint_url,
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=server.secret_key,
-            region_name="us-east-1",
-            config=Config(
-                max_pool_connections=threads * 2,
-                s3={"addressing_style": "path", "payload_signing_enabled": False},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
-        )
+        self.client = server.client(max_pool_connections=threads * 2, s3={"payload_signing_enabled": False})
 
     def put(self, views: list[memoryview]) -> float:
         """Seconds to upload every tensor's bytes.

@@ -37,8 +37,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "tq"))
+sys.path.insert(0, str(ROOT))
 
 from tqsystem import RAY_ENV, finish, launch, start_ray  # noqa: E402
+
+from tqsnap.faces.demo import init_transferqueue, wait_transferqueue_closed  # noqa: E402
 
 os.environ.update(RAY_ENV)
 
@@ -127,26 +130,6 @@ def kill(ray: Any, t: Any) -> None:
         ray.kill(h)
 
 
-def wait_closed(ray: Any) -> None:
-    while any(a["name"].startswith("TransferQueue") for a in ray.util.list_named_actors(all_namespaces=True)):
-        time.sleep(0.2)
-
-
-def tq_init(units: int) -> Any:
-    import transfer_queue as tq
-    from omegaconf import OmegaConf
-
-    tq.init(
-        OmegaConf.create(
-            {
-                "controller": {"polling_mode": True},
-                "backend": {"SimpleStorage": {"num_data_storage_units": units}},
-            }
-        )
-    )
-    return tq
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -158,7 +141,6 @@ def main() -> int:
     args = ap.parse_args()
     import ray
 
-    sys.path.insert(0, str(ROOT))
     from tqsnap.adapters.transferqueue import TransferQueueSystem, restore_system, snapshot_system
     from tqsnap.engine import Repository
 
@@ -172,7 +154,7 @@ def main() -> int:
 
     start_ray(num_cpus=4 + 4 + 2)
     target = launch(3, "bench-target")  # starts while the source fills
-    tq = tq_init(3)
+    tq = init_transferqueue(3)
     source = TransferQueueSystem.attached()
     t0 = time.perf_counter()
     fill(tq.get_client(), 0, n, args.batch)
@@ -214,7 +196,7 @@ def main() -> int:
     # Both timed restores run with the source closed (as on another cluster), each into a
     # fresh 3-unit TransferQueue.
     tq.close()
-    wait_closed(ray)
+    wait_transferqueue_closed(ray)
     fresh = finish("bench-target2", *launch(3, "bench-target2"))
     with PeakRSS(pids_of(fresh.system)) as rss:
         t0 = time.perf_counter()
@@ -227,7 +209,7 @@ def main() -> int:
     )
     kill(ray, fresh)
 
-    tq = tq_init(3)
+    tq = init_transferqueue(3)
     with PeakRSS(pids_of(TransferQueueSystem.attached())) as rss:
         t0 = time.perf_counter()
         tq.load_checkpoint(str(ckpt_dir))

@@ -60,8 +60,8 @@ class S3Server:
     data_dir: Path | None = None
     ports: list[int] = field(default_factory=list)
 
-    def client(self, **config: Any) -> Any:
-        """A plain boto3 client for test setup and inspection."""
+    def client(self, *, s3: dict[str, Any] | None = None, **config: Any) -> Any:
+        """A plain boto3 client for test setup, inspection and baselines; ``s3`` adds S3 options."""
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
@@ -69,7 +69,7 @@ class S3Server:
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
             config=Config(
-                s3={"addressing_style": "path"},
+                s3={"addressing_style": "path", **(s3 or {})},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
                 **config,

@@ -40,21 +40,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tq_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     start_ray(num_cpus=4 + 3 + 2)
-    import transfer_queue as tq
-    from omegaconf import OmegaConf
-
     from tqsnap.adapters.transferqueue import TransferQueueSystem, snapshot_system
     from tqsnap.engine import Repository
+    from tqsnap.faces.demo import init_transferqueue
 
     launched = launch(2, "two")  # its actors start while tq.init starts the others
-    tq.init(
-        OmegaConf.create(
-            {
-                "controller": {"polling_mode": True},
-                "backend": {"SimpleStorage": {"num_data_storage_units": 3}},
-            }
-        )
-    )
+    tq = init_transferqueue(3)
     main = TQ("main", TransferQueueSystem.attached(), tq.get_client(), {}, None)
     two = finish("two", *launched)
     empty_repo = Repository.open(str(tmp_path_factory.mktemp("empty-repo")), create=True)

@@ -40,7 +40,7 @@ from ..format.keys import (
     tombstone_key,
 )
 from ..format.manifest import Manifest, SnapshotId
-from ..store.base import DELETE_BATCH, ObjectInfo
+from ..store.base import DELETE_BATCH, ObjectInfo, batched
 from .repository import Repository
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ class GarbageCollector:
         self.report.deleted_shard_keys = keys = [i.key for i in garbage]
         if not keys or self.dry_run:
             return
-        chunks = [keys[i : i + DELETE_BATCH] for i in range(0, len(keys), DELETE_BATCH)]
+        chunks = list(batched(keys, DELETE_BATCH))
         if self.threads == 1 or len(chunks) == 1:
             requests = [self.store.delete_many(chunk) for chunk in chunks]
         else:

@@ -50,7 +50,7 @@ def _start_ray() -> Any:
     return ray
 
 
-def _wait_closed(ray: Any, timeout: float = 60.0) -> None:
+def wait_transferqueue_closed(ray: Any, timeout: float = 60.0) -> None:
     """``tq.close()`` kills actors asynchronously; their names must be free before the next init."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,7 +60,8 @@ def _wait_closed(ray: Any, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _tq_init(units: int) -> Any:
+def init_transferqueue(units: int) -> Any:
+    """``tq.init`` with ``units`` SimpleStorage units; polling mode, so an empty get returns at once."""
     import transfer_queue as tq
     from omegaconf import OmegaConf
 
@@ -250,7 +251,7 @@ def run_demo(repo: str, duration: float, every: float, storage_options: dict[str
     stream = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"starting Ray and a TransferQueue with {SOURCE_UNITS} storage units ...", flush=True)
     ray = _start_ray()
-    tq = _tq_init(SOURCE_UNITS)
+    tq = init_transferqueue(SOURCE_UNITS)
     work = Workload(tq)
     work.load_prompts()
     work.start()
@@ -287,13 +288,13 @@ def run_demo(repo: str, duration: float, every: float, storage_options: dict[str
         return 2
     source = dump_system(TransferQueueSystem.attached())
     tq.close()
-    _wait_closed(ray)
+    wait_transferqueue_closed(ray)
 
     print(
         f"restoring {results[-1].info.id} into a fresh TransferQueue with {TARGET_UNITS} units ...",
         flush=True,
     )
-    tq = _tq_init(TARGET_UNITS)
+    tq = init_transferqueue(TARGET_UNITS)
     target = TransferQueueSystem.attached()
     restored = restore_system(target, open_repo(repo, storage_options=storage_options), stream)
     diffs = diff_states(source, dump_system(target))

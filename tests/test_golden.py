@@ -1,0 +1,88 @@
+"""Golden repositories: what every earlier format version wrote must still load, exactly.
+
+``tests/golden/v<version>/<kind>/repo`` was written by that version's tqsnap
+(``tests/golden/make_golden.py``) and is never rewritten; ``expected.json`` beside it says
+which snapshots are visible, which tags exist, and what each snapshot loads as.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed.checkpoint as dcp
+
+import tqsnap
+import tqsnap.dcp
+
+GOLDEN = Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+
+import values  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled", "ignore:ComplexHalf")
+
+CASES = sorted(p for p in GOLDEN.glob("v*/*") if (p / "expected.json").is_file())
+
+
+def _read_only_copy(src: Path, tmp_path: Path) -> Path:
+    """A copy of the golden repository with every file and directory made read-only (for
+    users other than root; the digest check below catches writes either way)."""
+    dst = tmp_path / "repo"
+    shutil.copytree(src / "repo", dst)
+    for path in sorted(dst.rglob("*"), reverse=True):
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return dst
+
+
+def _tree_digest(root: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every directory (as None): reading must create neither."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def test_golden_repositories_exist() -> None:
+    versions = {p.parent.name for p in CASES}
+    kinds = {p.name for p in CASES}
+    assert "v1.0" in versions
+    assert {"state_dict", "dcp"} <= kinds
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{p.parent.name}-{p.name}" for p in CASES])
+def test_golden_repository_loads_exactly(case: Path, tmp_path: Path) -> None:
+    expected = json.loads((case / "expected.json").read_text())
+    repo = _read_only_copy(case, tmp_path)
+    before = _tree_digest(repo)
+    url = str(repo)
+    for stream, want in expected["streams"].items():
+        visible = [info.seq for info in tqsnap.snapshots(url, stream)]
+        assert visible == sorted(int(s) for s in want["snapshots"]), stream
+        for tag, seq in want["tags"].items():
+            assert tqsnap.snapshots(url, stream)  # the stream is listed
+            assert _resolve_tag(url, stream, tag) == seq
+        for seq, description in want["snapshots"].items():
+            assert tqsnap.verify(url, stream=stream, snapshot=int(seq)).ok
+            loaded = _load(expected["kind"], url, stream, int(seq))
+            assert values.describe(loaded) == description, f"{stream}@{seq}"
+    assert _tree_digest(repo) == before  # reading wrote nothing
+
+
+def _resolve_tag(url: str, stream: str, tag: str) -> int:
+    from tqsnap.engine import Repository
+
+    return Repository.open(url).resolve(stream, f"tag:{tag}").seq
+
+
+def _load(kind: str, url: str, stream: str, seq: int):
+    if kind == "state_dict":
+        return tqsnap.load(url, stream=stream, snapshot=seq)
+    if kind == "dcp":
+        state = values.dcp_state(0)
+        for t in state.values():
+            t.zero_()
+        dcp.load(state, storage_reader=tqsnap.dcp.Reader(url, stream=stream, snapshot=seq))
+        return state
+    raise AssertionError(f"no loader for kind {kind!r}")

@@ -27,6 +27,7 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from faultproxy import ProxiedBucket, proxied_bucket  # noqa: E402
 from s3servers import S3Server, ServerPool  # noqa: E402
 
 #: fixture name -> server kind
@@ -36,7 +37,7 @@ SERVER_FIXTURES = {
     "moto_endpoint": "moto",
 }
 S3_SERVERS = ["seaweedfs", "moto"]
-_S3_FIXTURES = frozenset(SERVER_FIXTURES) | {"s3_server", "s3_repo_url", "make_bucket"}
+_S3_FIXTURES = frozenset(SERVER_FIXTURES) | {"s3_server", "s3_repo_url", "make_bucket", "faulty_s3"}
 _NEEDED = pytest.StashKey[set]()
 
 
@@ -115,3 +116,19 @@ def s3_server(request: pytest.FixtureRequest) -> S3Server:
 def s3_repo_url(s3_server: S3Server) -> tuple[str, dict[str, str]]:
     """``(url, options)`` of a fresh bucket, once on SeaweedFS and once on moto."""
     return s3_server.make_bucket()
+
+
+@pytest.fixture
+def faulty_s3(seaweedfs_endpoint: S3Server) -> Iterator[Callable[..., ProxiedBucket]]:
+    """``faulty_s3(seed=0, rate=0.0, server=None, **proxy_options)`` -> a fresh bucket behind a
+    fault-injecting proxy (:mod:`faultproxy`), on SeaweedFS unless ``server`` says otherwise."""
+    made: list[ProxiedBucket] = []
+
+    def make(server: S3Server | None = None, **proxy_options: object) -> ProxiedBucket:
+        bucket = proxied_bucket(server or seaweedfs_endpoint, **proxy_options)
+        made.append(bucket)
+        return bucket
+
+    yield make
+    for bucket in made:
+        bucket.proxy.close()

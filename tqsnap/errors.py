@@ -47,6 +47,27 @@ class ConditionalWriteUnsupportedError(StoreError):
     """The store cannot do an atomic create, and the user did not opt in to single-writer mode."""
 
 
+class CommitOutcomeUnknownError(StoreError):
+    """A ``put_if_absent`` may or may not have created ``key``: its reply was lost.
+
+    Raised instead of True or False when an attempt could have been applied by the store (a
+    reset or timeout after the request was sent, a 5xx) and no later attempt settled it: a
+    retry that finds the key existing cannot tell the writer's own object from a rival's.
+    The caller resolves it: read ``key`` back (retrying reads until they answer, within the
+    write deadline) and compare it with what was written, e.g. by a unique token inside the
+    object; until that answers, the outcome must be treated as neither "mine" nor "theirs",
+    and nothing may be committed elsewhere (at another seq) on the assumption it failed.
+    """
+
+    def __init__(self, key: str, message: str | None = None) -> None:
+        self.key = key
+        super().__init__(message or f"the outcome of creating {key!r} is unknown; read it back")
+        self._init_args = (key, message)
+
+    def __reduce__(self):
+        return (type(self), self._init_args)
+
+
 # --- format ----------------------------------------------------------------------------------
 
 

@@ -6,10 +6,11 @@ import os
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore
+from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, PendingUpload
 from .counting import CountingStore
 from .local import LocalStore
 from .memory import MemoryStore
+from .retry import RetryingStore, RetryPolicy
 
 
 def open_store(url: str | ObjectStore, **options: Any) -> ObjectStore:
@@ -49,5 +50,8 @@ __all__ = [
     "MemoryStore",
     "ObjectInfo",
     "ObjectStore",
+    "PendingUpload",
+    "RetryPolicy",
+    "RetryingStore",
     "open_store",
 ]

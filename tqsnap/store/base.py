@@ -29,6 +29,19 @@ class ObjectInfo:
     last_modified: float  # seconds since the epoch, in the store's clock
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload that was started and never completed nor aborted.
+
+    Its parts are stored (and billed) until someone aborts it; a killed or failed save leaves
+    such uploads behind, so gc lists them and aborts the ones older than its grace period.
+    """
+
+    key: str  # relative to the store's root, like every key
+    upload_id: str
+    initiated: float  # seconds since the epoch, in the store's clock
+
+
 class ObjectStore(abc.ABC):
     """Bytes on an object store: get, ranged get, put, put-if-absent, head, list, delete.
 
@@ -88,6 +101,16 @@ class ObjectStore(abc.ABC):
 
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
+
+    def list_uploads(self, prefix: str = "") -> Iterator[PendingUpload]:
+        """Yield the incomplete multipart uploads whose key starts with ``prefix``.
+
+        Only stores that upload in parts have any; the default is none.
+        """
+        return iter(())
+
+    def abort_upload(self, upload: PendingUpload) -> None:  # noqa: B027 - nothing to abort by default
+        """Abort an incomplete upload and free its parts; an upload already gone is not an error."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Safe to call twice."""

@@ -26,7 +26,8 @@ import values  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled", "ignore:ComplexHalf")
 
-CASES = sorted(p for p in GOLDEN.glob("v*/*") if (p / "expected.json").is_file())
+#: TransferQueue's golden repositories need a live TransferQueue: tests/tq/test_golden_tq.py reads them.
+CASES = sorted(p for p in GOLDEN.glob("v*/*") if (p / "expected.json").is_file() and p.name != "transferqueue")
 
 
 def _read_only_copy(src: Path, tmp_path: Path) -> Path:

@@ -1,0 +1,158 @@
+"""A minimal reader of tqsnap repositories written from docs/format.md alone.
+
+It imports nothing of tqsnap: only the standard library, numpy, xxhash and zstandard. It lists
+streams, resolves snapshots (tombstones, tags), fetches and verifies shards, assembles items,
+and rebuilds ``state_dict`` trees. Tensors come back as ``(dtype name, shape, raw bytes)``, so
+dtypes numpy lacks (bfloat16, float8) need no special case. Its one job is to prove that the
+format document is enough to read what tqsnap writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+import zstandard
+
+SEQ_FILE = re.compile(r"([0-9]{20})\.json")
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+    meta: dict[str, Any]
+
+
+class FormatViolation(Exception):
+    """The repository breaks a MUST of docs/format.md."""
+
+
+def _json(path: Path) -> dict[str, Any]:
+    def no_constants(name: str) -> Any:
+        raise FormatViolation(f"{path}: {name} is not allowed")
+
+    doc = json.loads(path.read_bytes(), parse_constant=no_constants)
+    if not isinstance(doc, dict):
+        raise FormatViolation(f"{path}: not a JSON object")
+    major = str(doc.get("format_version", "")).split(".")[0]
+    if major != "1":
+        raise FormatViolation(f"{path}: unsupported format_version {doc.get('format_version')!r}")
+    return doc
+
+
+class Repo:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        config = _json(self.root / "tqsnap.json")
+        if config["hash"] != "xxh3-128":
+            raise FormatViolation("hash must be xxh3-128")
+
+    def _seqs(self, prefix: str, stream: str) -> list[int]:
+        folder = self.root / prefix / stream
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := SEQ_FILE.fullmatch(p.name)))
+
+    def streams(self) -> list[str]:
+        folder = self.root / "snapshots"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def visible(self, stream: str) -> list[int]:
+        dead = set(self._seqs("tombstones", stream))
+        return [s for s in self._seqs("snapshots", stream) if s not in dead]
+
+    def resolve(self, stream: str, selector: str | int) -> int:
+        visible = self.visible(stream)
+        if selector == "latest":
+            return visible[-1]
+        if isinstance(selector, str) and selector.startswith("tag:"):
+            tag = _json(self.root / "tags" / f"{selector[4:]}.json")
+            if tag["target"]["stream"] != stream:
+                raise FormatViolation(f"tag {selector} targets another stream")
+            selector = tag["target"]["seq"]
+        if selector not in visible:
+            raise FormatViolation(f"{stream}@{selector} is not visible")
+        return int(selector)
+
+    def manifest(self, stream: str, seq: int) -> dict[str, Any]:
+        m = _json(self.root / "snapshots" / stream / f"{seq:020d}.json")
+        if m["stream"] != stream or m["seq"] != seq:
+            raise FormatViolation(f"manifest {stream}@{seq} names {m['stream']}@{m['seq']}")
+        if m.get("body_shard") is not None:
+            body = json.loads(bytes(self.shard(m["shards"][m["body_shard"]])))
+            m["items"], m["extra"] = body["items"], body["extra"]
+        return m
+
+    def shard(self, ref: dict[str, Any]) -> bytes:
+        stored = (self.root / ref["key"]).read_bytes()
+        if len(stored) != ref["stored_size"]:
+            raise FormatViolation(f"{ref['key']}: {len(stored)} bytes stored, not {ref['stored_size']}")
+        if ref["codec"] == "raw":
+            data = stored
+        elif ref["codec"] == "zstd":
+            data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=ref["size"])
+        else:
+            raise FormatViolation(f"{ref['key']}: unknown codec {ref['codec']!r}")
+        if len(data) != ref["size"] or xxhash.xxh3_128_hexdigest(data) != ref["hash"]:
+            raise FormatViolation(f"{ref['key']}: bytes do not match size and hash")
+        return data
+
+    def items(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Every item of a snapshot: tensors as RawTensor, other kinds as bytes."""
+        shards = [self.shard(ref) for ref in manifest["shards"]]
+        out: dict[str, Any] = {}
+        for item in manifest["items"]:
+            parts = []
+            for index, offset, length in item["extents"]:
+                if offset + length > len(shards[index]):
+                    raise FormatViolation(f"item {item['path']}: extent outside its shard")
+                parts.append(shards[index][offset : offset + length])
+            data = b"".join(parts)
+            if len(data) != item["size"]:
+                raise FormatViolation(f"item {item['path']}: extents do not add up to its size")
+            if "hash" in item and xxhash.xxh3_128_hexdigest(data) != item["hash"]:
+                raise FormatViolation(f"item {item['path']}: bytes do not match its hash")
+            if item["kind"] == "tensor":
+                out[item["path"]] = RawTensor(item["dtype"], tuple(item["shape"]), data, item.get("meta", {}))
+            else:
+                out[item["path"]] = data
+        return out
+
+
+def state_tree(node: dict[str, Any], items: dict[str, Any]) -> Any:
+    """Rebuild a ``state_dict`` tree (docs/format.md section 7) over the snapshot's items."""
+    ((tag, body),) = node.items()
+    if tag == "v":
+        return body
+    if tag in ("float", "$float", "$f"):
+        return float(body)
+    if tag == "dict":
+        return {k: state_tree(v, items) for k, v in body.items()}
+    if tag == "items":
+        return {_key(state_tree(k, items)): state_tree(v, items) for k, v in body}
+    if tag == "list":
+        return [state_tree(v, items) for v in body]
+    if tag == "tuple":
+        return tuple(state_tree(v, items) for v in body)
+    if tag in ("tensor", "bytes"):
+        return items[body]
+    if tag == "bytearray":
+        return bytearray(items[body])
+    raise FormatViolation(f"state tree node {tag!r} is not readable without pickle")
+
+
+def _key(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def load_state(repo: Repo, stream: str, selector: str | int = "latest") -> Any:
+    manifest = repo.manifest(stream, repo.resolve(stream, selector))
+    if manifest["kind"] != "state_dict" or manifest["extra"].get("tree_version") != 1:
+        raise FormatViolation("not a state_dict snapshot of tree version 1")
+    return state_tree(manifest["extra"]["tree"], repo.items(manifest))

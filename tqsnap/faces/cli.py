@@ -1,22 +1,23 @@
 """The ``tqsnap`` command.
 
 Exit codes (documented in README.md): 0 success; 1 the operation ran and found a problem
-(``verify`` found damage); 2 bad usage or bad input (invalid name, unsafe config, bad policy);
-3 not found (repository, snapshot, bucket); 4 store or access failure; 5 a commit conflict or
-deadline. Every subcommand that prints data accepts ``--json``.
+(``verify`` found damage, a malformed repository); 2 bad usage or bad input (invalid name,
+unsafe config, bad policy); 3 not found (repository, snapshot, bucket); 4 store or access
+failure; 5 a commit conflict or deadline; 70 an unexpected internal error; 130 interrupted;
+141 the output pipe closed early. No input makes it print a traceback (``-vv`` logs one).
+Every subcommand that prints data accepts ``--json``.
+
+A subcommand is a ``cmd_*(args) -> exit code`` function plus a parser entry; a module of
+subcommands has a ``register(sub)`` function, called from :func:`build_parser`. Shared
+helpers live in cli_common.py, so such modules never import this one.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Sequence
 
-from .. import errors
 from ..engine import Repository
 from ..engine.copy import copy_snapshot
 from ..engine.diff import diff_manifests
@@ -24,84 +25,25 @@ from ..engine.reader import load_body
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from ..format.manifest import Manifest
 from . import cli_retention, cli_tq
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5
-
-_EXIT_BY_ERROR: list[tuple[type[BaseException], int]] = [
-    (errors.RepositoryNotFoundError, EXIT_NOT_FOUND),
-    (errors.SnapshotNotFoundError, EXIT_NOT_FOUND),
-    (errors.BucketNotFoundError, EXIT_NOT_FOUND),
-    (errors.ObjectNotFoundError, EXIT_NOT_FOUND),
-    (errors.CommitConflictError, EXIT_CONFLICT),
-    (errors.WriteDeadlineExceededError, EXIT_CONFLICT),
-    (errors.StoreError, EXIT_STORE),
-    (errors.FormatError, EXIT_PROBLEM),
-    (errors.TqsnapError, EXIT_USAGE),
-    (ValueError, EXIT_USAGE),
-    (FileExistsError, EXIT_USAGE),
-]
-
-
-def add_repo_args(
-    p: argparse.ArgumentParser, *, stream: bool = False, snapshot: bool = False, json_flag: bool = True
-) -> None:
-    """Arguments most subcommands share: the URL, store options, and optionally a snapshot."""
-    p.add_argument("url", help="repository URL: a path, file://, s3://bucket/prefix, obs://bucket/prefix")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL or AWS)")
-    p.add_argument(
-        "--single-writer",
-        action="store_true",
-        help="allow a store without a verified atomic create (you guarantee one writer)",
-    )
-    if stream:
-        p.add_argument("--stream", default="default", help="stream name (default: %(default)s)")
-    if snapshot:
-        p.add_argument("--snapshot", default="latest", help="latest, a seq number, or tag:<name>")
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-
-
-def storage_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Store options from the shared flags; empty when none were given."""
-    opts: dict[str, Any] = {}
-    if getattr(args, "endpoint_url", None):
-        opts["endpoint_url"] = args.endpoint_url
-    if getattr(args, "single_writer", False):
-        opts["single_writer"] = True
-    return opts
-
-
-def open_repository(args: argparse.Namespace, *, create: bool = False) -> Repository:
-    return Repository.open(args.url, create=create, storage_options=storage_options(args))
-
-
-def emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
-    """Print ``data`` as JSON with ``--json``, else the human text."""
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        print(text())
-
-
-def fmt_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
-
+from .cli_common import (  # noqa: F401 - EXIT_* and the helpers stay importable from here
+    EXIT_CONFLICT,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PROBLEM,
+    EXIT_STORE,
+    EXIT_USAGE,
+    add_repo_args,
+    as_count,
+    emit,
+    fmt_bytes,
+    fmt_time,
+    open_repository,
+    storage_options,
+    table,
+    terminal_safe,
+)
+from .cli_errors import run_command
+from .cli_logging import configure_logging
 
 # --- core subcommands ------------------------------------------------------------------------
 
@@ -162,7 +104,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         args,
         doc,
         lambda: (
-            "\n".join(f"{k}: {v}" for k, v in doc.items() if k not in ("shards", "extra"))
+            "\n".join(
+                f"{terminal_safe(k)}: {terminal_safe(v)}" for k, v in doc.items() if k not in ("shards", "extra")
+            )
             + f"\nshards: {len(m.shards)}"
         ),
     )
@@ -174,10 +118,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     def text() -> str:
         lines = [
-            f"{report.snapshot}: {report.shards} shards, {fmt_bytes(report.bytes)}: "
+            f"{terminal_safe(report.snapshot)}: {report.shards} shards, {fmt_bytes(report.bytes)}: "
             + ("OK" if report.ok else "DAMAGED")
         ]
-        lines += [f"  missing {k}" for k in report.missing] + [f"  corrupt {k}" for k in report.corrupt]
+        lines += [f"  missing {terminal_safe(k)}" for k in report.missing]
+        lines += [f"  corrupt {terminal_safe(k)}" for k in report.corrupt]
         return "\n".join(lines)
 
     emit(args, report.to_json(), text)
@@ -189,7 +134,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     emit(
         args,
         {"name": tag.name, "stream": tag.target.stream, "seq": tag.target.seq},
-        lambda: f"tagged {tag.target} as {tag.name}",
+        lambda: f"tagged {terminal_safe(tag.target)} as {terminal_safe(tag.name)}",
     )
     return EXIT_OK
 
@@ -204,7 +149,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
         args,
         info.to_json(),
         lambda: (
-            f"copied to {dst.url} as {info.stream}@{info.seq}: {st['new_shards']} shards "
+            f"copied to {terminal_safe(dst.url)} as {terminal_safe(info.id)}: {st['new_shards']} shards "
             f"({fmt_bytes(st['stored_bytes'])}) transferred, {st['reused_shards']} already there"
         ),
     )
@@ -223,13 +168,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     def text() -> str:
         lines = [
-            f"{a.id} -> {b.id}: {len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
-            f"{d.unchanged} unchanged; {fmt_bytes(d.new_shard_bytes)} in new shards, "
+            f"{terminal_safe(a.id)} -> {terminal_safe(b.id)}: {len(d.added)} added, {len(d.removed)} removed, "
+            f"{len(d.changed)} changed, {d.unchanged} unchanged; {fmt_bytes(d.new_shard_bytes)} in new shards, "
             f"{fmt_bytes(d.shared_shard_bytes)} shared"
         ]
-        lines += (
-            [f"  + {p}" for p in d.added] + [f"  - {p}" for p in d.removed] + [f"  ~ {p}" for p in d.changed]
-        )
+        for sign, paths in (("+", d.added), ("-", d.removed), ("~", d.changed)):
+            lines += [f"  {sign} {terminal_safe(p)}" for p in paths]
         return "\n".join(lines)
 
     emit(args, d.to_json(), text)
@@ -243,7 +187,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for info in repo.store.list("shards/"):
         shard_objects += 1
         shard_bytes += info.size
-    logical = sum(i.stats.get("item_bytes", 0) for i in infos if not i.tombstoned)
+    logical = sum(as_count(i.stats.get("item_bytes", 0)) for i in infos if not i.tombstoned)
     doc = {
         "url": repo.url,
         "streams": repo.streams(),
@@ -252,14 +196,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "shard_objects": shard_objects,
         "stored_bytes": shard_bytes,
         "logical_bytes": logical,
-        "dedup_ratio": round(logical / shard_bytes, 3) if shard_bytes else None,
+        # logical bytes per stored byte: what dedup and compression save together
+        "logical_to_stored_ratio": round(logical / shard_bytes, 3) if shard_bytes else None,
         "grace_seconds": repo.config.grace,
         "max_write_duration_seconds": repo.config.max_write_duration,
     }
     emit(
         args,
         doc,
-        lambda: "\n".join(f"{k}: {fmt_bytes(v) if k.endswith('bytes') else v}" for k, v in doc.items()),
+        lambda: "\n".join(
+            f"{k}: {fmt_bytes(v) if k.endswith('bytes') else terminal_safe(v)}" for k, v in doc.items()
+        ),
     )
     return EXIT_OK
 
@@ -314,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", help="newer snapshot: seq, latest or tag:<name>")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("stats", help="repository totals: snapshots, stored bytes, dedup ratio")
+    p = sub.add_parser("stats", help="repository totals: snapshots, stored bytes, logical-to-stored ratio")
     add_repo_args(p)
     p.add_argument("--stream", default=None, help="only this stream's snapshots")
     p.set_defaults(func=cmd_stats)
@@ -325,20 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # map typed errors to documented exit codes
-        for cls, code in _EXIT_BY_ERROR:
-            if isinstance(exc, cls):
-                print(f"tqsnap: error: {exc}", file=sys.stderr)
-                return code
-        raise
+    """Run the command; return its exit code (README.md). No input makes it raise."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

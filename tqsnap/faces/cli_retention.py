@@ -12,11 +12,10 @@ import argparse
 
 from ..engine.gc import GcReport, collect_garbage
 from ..engine.retention import ForgetReport, RetentionPolicy, forget
+from .cli_common import EXIT_OK, add_repo_args, emit, fmt_bytes, fmt_time, open_repository, table
 
 
 def _forget_text(report: ForgetReport) -> str:
-    from .cli import fmt_time, table
-
     rows = [
         [d.stream, d.seq, fmt_time(d.time), "keep" if d.keep else "remove", ", ".join(d.reasons) or "-"]
         for d in report.decisions
@@ -32,8 +31,6 @@ def _forget_text(report: ForgetReport) -> str:
 
 
 def _gc_text(r: GcReport) -> str:
-    from .cli import fmt_bytes
-
     would = "would delete" if r.dry_run else "deleted"
     lines = [
         f"gc of {r.url}{' (dry run)' if r.dry_run else ''}: grace {r.grace:g}s",
@@ -52,8 +49,6 @@ def _gc_text(r: GcReport) -> str:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, emit, open_repository
-
     policy = RetentionPolicy(
         keep_last=args.keep_last,
         keep_hourly=args.keep_hourly,
@@ -74,8 +69,6 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, emit, open_repository
-
     report = collect_garbage(open_repository(args), dry_run=args.dry_run)
     emit(args, report.to_json(), lambda: _gc_text(report))
     return EXIT_OK
@@ -91,8 +84,6 @@ def _count(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``forget`` and ``gc`` to the ``tqsnap`` parser."""
-    from .cli import add_repo_args
-
     p = sub.add_parser(
         "forget",
         help="apply a retention policy: tombstone snapshots no rule keeps (gc reclaims them later)",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .cli_common import EXIT_OK, add_repo_args, emit, fmt_bytes, storage_options, terminal_safe
+
 
 def _attach(address: str) -> None:
     import os
@@ -32,8 +34,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_tq_snapshot(args: argparse.Namespace) -> int:
-    from ..tq import snapshot
-    from .cli import emit, fmt_bytes, storage_options
+    from .tq import snapshot
 
     _attach(args.ray_address)
     r = snapshot(args.url, stream=args.stream, storage_options=storage_options(args) or None)
@@ -41,16 +42,15 @@ def cmd_tq_snapshot(args: argparse.Namespace) -> int:
         args,
         r.to_json(),
         lambda: (
-            f"{r.info.id}: {r.samples} samples from {r.units} units, {fmt_bytes(r.new_bytes)} new, "
+            f"{terminal_safe(r.info.id)}: {r.samples} samples from {r.units} units, {fmt_bytes(r.new_bytes)} new, "
             f"{fmt_bytes(r.reused_bytes)} reused, {r.total_s:.2f}s"
         ),
     )
-    return 0
+    return EXIT_OK
 
 
 def cmd_tq_restore(args: argparse.Namespace) -> int:
-    from ..tq import restore
-    from .cli import emit, fmt_bytes, storage_options
+    from .tq import restore
 
     _attach(args.ray_address)
     r = restore(
@@ -65,16 +65,15 @@ def cmd_tq_restore(args: argparse.Namespace) -> int:
         args,
         r.to_json(),
         lambda: (
-            f"restored {r.snapshot} ({r.source_units} units) into {r.units} units: {r.samples} samples, "
+            f"restored {terminal_safe(r.snapshot)} ({r.source_units} units) into {r.units} units: {r.samples} samples, "
             f"{fmt_bytes(r.bytes)} in {r.total_s:.2f}s"
         ),
     )
-    return 0
+    return EXIT_OK
 
 
 def register(sub: Any) -> None:
     """Add this module's subcommands to the `tqsnap` parser."""
-    from .cli import add_repo_args
     from .demo import build_parser
 
     p = sub.add_parser(

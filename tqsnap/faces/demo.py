@@ -22,6 +22,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_common import fmt_bytes as _fmt_bytes
+from .cli_common import table
+
 DEFAULT_REPO = "./tqsnap-demo"
 SOURCE_UNITS, TARGET_UNITS = 3, 2
 BATCH = 16
@@ -197,15 +200,7 @@ class Workload:
             t.join(30)
 
 
-def _fmt_bytes(n: float) -> str:
-    from .cli import fmt_bytes
-
-    return fmt_bytes(n)
-
-
 def _summary(results: list[Any], restore: Any, diffs: list[str], extra: dict[str, Any]) -> str:
-    from .cli import table
-
     rows = []
     for r in results:
         d = r.detail
@@ -216,7 +211,7 @@ def _summary(results: list[Any], restore: Any, diffs: list[str], extra: dict[str
                 _fmt_bytes(r.new_bytes),
                 _fmt_bytes(r.stored_bytes),
                 _fmt_bytes(r.reused_bytes),
-                f"{r.dedup_ratio:.0%}",
+                f"{r.reused_fraction:.0%}",
                 f"{r.duration_s:.2f}s",
                 f"{max(d.unit_stall_s, default=0) * 1e3:.2f}ms",
             ]
@@ -225,11 +220,11 @@ def _summary(results: list[Any], restore: Any, diffs: list[str], extra: dict[str
     stored = sum(r.stored_bytes for r in results)
     reused = sum(r.reused_bytes for r in results)
     lines = [
-        table(["snapshot", "samples", "new", "uploaded", "reused", "dedup", "took", "unit stall"], rows),
+        table(["snapshot", "samples", "new", "uploaded", "reused", "reused %", "took", "unit stall"], rows),
         "",
         f"snapshots: {len(results)}, new {_fmt_bytes(new)} ({_fmt_bytes(stored)} uploaded after compression), "
         f"reused {_fmt_bytes(reused)}, "
-        f"dedup ratio {reused / (new + reused) if new + reused else 1:.0%}",
+        f"reused fraction {reused / (new + reused) if new + reused else 1:.0%}",
         f"workload: {extra['produced']} samples produced, {extra['trained']} trained, {extra['cleared']} cleared",
         f"restore: {restore.snapshot} ({restore.source_units} units) -> fresh TransferQueue with {restore.units} "
         f"units: {restore.samples} samples, {_fmt_bytes(restore.bytes)} in {restore.total_s:.2f}s "

@@ -1,13 +1,14 @@
 """Periodic snapshots in the background: the :class:`Snapshotter`.
 
-It snapshots either a running TransferQueue or whatever state a callable returns, every
-``every`` seconds, on one daemon thread. Two snapshots never run at once: a request that
+It snapshots a source (sources.py: a running TransferQueue, whatever state a callable
+returns, or any object with a ``snapshot`` method) every ``every`` seconds, on one daemon
+thread. Two snapshots never run at once: a request that
 arrives while one is running is skipped and logged (and counted in ``skipped``), because
 queueing them would only pile up work behind a slow store. A snapshot that fails is logged
 and kept in ``last_error``; the schedule goes on, since the next one may well succeed.
 
-Importing this module pulls in neither Ray nor torch; the TransferQueue adapter is loaded
-when a TransferQueue source is first snapshotted.
+Importing this module pulls in neither Ray nor torch; a source loads its adapter when it
+first takes a snapshot.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..engine import PackOptions, Repository, SnapshotInfo
 from ..engine.packer import reuse_fraction
 from ..format.config import parse_duration
 from .api import RepoLike, open_repo
+from .sources import SnapshotSource, as_source
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ class ScheduledResult:
     detail: Any = None  # the adapter's own result (a TQSnapshotResult for TransferQueue)
 
     @property
-    def dedup_ratio(self) -> float:
+    def reused_fraction(self) -> float:
+        """Fraction of this snapshot's bytes that were already in the repository (0..1)."""
         return reuse_fraction(self.new_bytes, self.reused_bytes)
 
     def to_json(self) -> dict[str, Any]:
@@ -55,24 +58,16 @@ class ScheduledResult:
             "new_bytes": self.new_bytes,
             "reused_bytes": self.reused_bytes,
             "stored_bytes": self.stored_bytes,
-            "dedup_ratio": round(self.dedup_ratio, 4),
+            "reused_fraction": round(self.reused_fraction, 4),
         }
-
-
-def _is_transferqueue(source: Any) -> bool:
-    if source is None or source == "transferqueue":
-        return True
-    if getattr(source, "__name__", None) == "transfer_queue":  # the module itself: Snapshotter(tq, ...)
-        return True
-    return type(source).__name__ == "TransferQueueSystem"
 
 
 class Snapshotter:
     """Take a snapshot of ``source`` into ``url`` every ``every`` seconds, in the background.
 
     ``source`` is a TransferQueue (the ``transfer_queue`` module, ``"transferqueue"``, or a
-    :class:`~tqsnap.adapters.transferqueue.TransferQueueSystem`) or a callable returning a state
-    dict (tensors, bytes, JSON values). ``metadata`` may be a dict or a callable returning one,
+    :class:`~tqsnap.adapters.transferqueue.TransferQueueSystem`), a callable returning a state
+    dict (tensors, bytes, JSON values), or a :class:`~tqsnap.faces.sources.SnapshotSource`. ``metadata`` may be a dict or a callable returning one,
     evaluated per snapshot. ``retention`` runs after each successful snapshot.
     """
 
@@ -92,7 +87,7 @@ class Snapshotter:
         start: bool = True,
         run_immediately: bool = False,
     ) -> None:
-        self.source = source
+        self.source: SnapshotSource = as_source(source)
         self.stream = stream
         self.every = parse_duration(every)
         if self.every <= 0:
@@ -111,7 +106,6 @@ class Snapshotter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._run_immediately = run_immediately
-        self._tq_system: Any = None
         if start:
             self.start()
 
@@ -192,7 +186,6 @@ class Snapshotter:
         except Exception as exc:  # noqa: BLE001 - logged and kept; the schedule goes on
             self.failed += 1
             self.last_error = exc
-            self._tq_system = None  # the TransferQueue may have been restarted: look it up again
             log.error("snapshot of %s failed: %s", self.stream, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             return None
         result.started_at = started
@@ -208,42 +201,7 @@ class Snapshotter:
         return result
 
     def _snapshot(self, metadata: dict[str, Any] | None) -> ScheduledResult:
-        if _is_transferqueue(self.source):
-            from ..adapters.transferqueue import TransferQueueSystem, snapshot_system
-
-            if type(self.source).__name__ == "TransferQueueSystem":
-                system = self.source
-            else:
-                system = self._tq_system = self._tq_system or TransferQueueSystem.attached()
-            r = snapshot_system(
-                system,
-                self.repo,
-                self.stream,
-                metadata=metadata,
-                allow_pickle=self.allow_pickle,
-                options=self.options,
-            )
-            return ScheduledResult(r.info, 0.0, 0.0, r.new_bytes, r.reused_bytes, r.stored_bytes, r)
-        if not callable(self.source):
-            raise TypeError(
-                f"cannot snapshot a {type(self.source).__name__}: pass a TransferQueue or a callable"
-            )
-        from ..adapters.state_dict import save_state
-
-        info = save_state(
-            self.repo,
-            self.source(),
-            stream=self.stream,
-            metadata=metadata,
-            allow_pickle=self.allow_pickle,
-            options=self.options,
+        r = self.source.snapshot(
+            self.repo, self.stream, metadata=metadata, allow_pickle=self.allow_pickle, options=self.options
         )
-        s = info.stats
-        return ScheduledResult(
-            info,
-            0.0,
-            0.0,
-            int(s.get("new_bytes", 0)),
-            int(s.get("reused_bytes", 0)),
-            int(s.get("stored_bytes", 0)),
-        )
+        return ScheduledResult(r.info, 0.0, 0.0, r.new_bytes, r.reused_bytes, r.stored_bytes, r.detail)

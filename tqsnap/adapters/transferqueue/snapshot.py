@@ -62,7 +62,7 @@ class TQSnapshotResult:
     total_s: float = 0.0
 
     @property
-    def dedup_ratio(self) -> float:
+    def reused_fraction(self) -> float:
         """Fraction of this snapshot's bytes that were already in the repository."""
         return reuse_fraction(self.new_bytes, self.reused_bytes)
 
@@ -77,7 +77,7 @@ class TQSnapshotResult:
             "reused_bytes": self.reused_bytes,
             "stored_bytes": self.stored_bytes,
             "item_bytes": self.item_bytes,
-            "dedup_ratio": round(self.dedup_ratio, 4),
+            "reused_fraction": round(self.reused_fraction, 4),
             "controller_stall_s": self.controller_stall_s,
             "unit_stall_s": self.unit_stall_s,
             "unit_memcpy_s": self.unit_memcpy_s,

@@ -1,0 +1,94 @@
+"""Snapshots of a running TransferQueue: ``tqsnap.tq.snapshot`` / ``restore`` / ``Snapshotter``.
+
+Call these from any process attached to the Ray cluster that runs TransferQueue (after
+``tq.init()``). Each storage unit hashes and uploads its own data, so a snapshot moves no bulk
+data through this process; restore stages every sample on the target units and verifies it
+before it changes anything. See docs/transferqueue.md.
+
+Users import it as ``tqsnap.tq`` (a re-export of this module).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..adapters.transferqueue import (
+    DEFAULT_BLOCK_SIZE,
+    TQRestoreResult,
+    TQSnapshotResult,
+    TransferQueueSystem,
+    restore_system,
+    snapshot_system,
+)
+from ..engine import PackOptions, Repository
+from .api import RepoLike, open_repo
+from .scheduler import Snapshotter
+
+
+def snapshot(
+    url: RepoLike,
+    *,
+    stream: str,
+    metadata: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    system: TransferQueueSystem | None = None,
+    options: PackOptions | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> TQSnapshotResult:
+    """Snapshot the TransferQueue this process is attached to as the next snapshot of ``stream``.
+
+    Only blocks of samples that changed since the stream's latest snapshot are uploaded. A first
+    snapshot creates the repository with default settings. ``system`` picks another
+    TransferQueue than the attached one.
+    """
+    repo = open_repo(url, create=True, storage_options=storage_options)
+    return snapshot_system(
+        system or TransferQueueSystem.attached(),
+        repo,
+        stream,
+        metadata=metadata,
+        allow_pickle=allow_pickle,
+        options=options,
+        block_size=block_size,
+    )
+
+
+def restore(
+    url: RepoLike,
+    *,
+    stream: str,
+    snapshot: str | int = "latest",
+    force: bool = False,
+    allow_pickle: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    system: TransferQueueSystem | None = None,
+    hold_lease_s: float = 60.0,
+) -> TQRestoreResult:
+    """Restore a TransferQueue snapshot into the attached TransferQueue (any unit count).
+
+    The target must be empty unless ``force=True``, which replaces all it holds. Everything is
+    validated and staged before the target changes, so a failed restore changes nothing.
+    Requests that reach the target while the restore installs wait for it (at most
+    ``hold_lease_s``, should this process die mid-install) and then see the restored state.
+    """
+    repo: Repository = open_repo(url, storage_options=storage_options)
+    return restore_system(
+        system or TransferQueueSystem.attached(),
+        repo,
+        stream,
+        snapshot,
+        force=force,
+        allow_pickle=allow_pickle,
+        hold_lease_s=hold_lease_s,
+    )
+
+
+__all__ = [
+    "Snapshotter",
+    "TQRestoreResult",
+    "TQSnapshotResult",
+    "TransferQueueSystem",
+    "restore",
+    "snapshot",
+]

@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from .base import Buffer, ObjectInfo, ObjectStore
+from .base import Buffer, ObjectInfo, ObjectStore, PendingUpload
 
 
 class CountingStore(ObjectStore):
@@ -69,6 +69,14 @@ class CountingStore(ObjectStore):
 
     def now(self) -> float:
         return self.inner.now()
+
+    def list_uploads(self, prefix: str = "") -> Iterator[PendingUpload]:
+        self._tally("list_uploads")
+        return self.inner.list_uploads(prefix)
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        self._tally("abort_upload")
+        self.inner.abort_upload(upload)
 
     def close(self) -> None:
         self.inner.close()

@@ -11,16 +11,23 @@ Choices that matter:
   on how to surface it. Objects above ``multipart_threshold`` go up in parts
   (:mod:`.s3_multipart`) with the condition on the complete; callers that need a race-proof
   commit keep the object below the threshold: no tested server makes that complete atomic.
+- **A commit is never guessed.** A conditional create is repeated only while no earlier
+  attempt can have been applied; once one may have been (its reply was lost), the result is
+  True if a retry creates the key, and otherwise
+  :class:`~tqsnap.errors.CommitOutcomeUnknownError`, never a False that may hide the
+  writer's own commit (:meth:`.s3_request.S3Requests.create`).
 - **Conditional modes.** ``"if-none-match"`` (AWS and most S3 servers), ``"obs"`` (Huawei OBS,
   which documents no ``If-None-Match`` on PUT: the header ``x-obs-forbid-overwrite: true`` is
   sent instead and 409 ``ObjectAlreadyExists`` means "exists"), and ``"none"`` (no conditional
   create at all: refused unless the caller promises a single writer).
 - **No checksums, no payload signing** (:mod:`.s3_client`): each is a full pass over every byte.
-- **One retry budget.** botocore's own retries are switched off and this module retries
-  throttling, 5xx, timeouts, dropped connections (including ones that break while a response
-  body streams, which botocore cannot retry), and 409 ``ConditionalRequestConflict`` on
-  conditional writes, with exponential backoff and full jitter. A single budget keeps the worst
-  case bounded instead of multiplying two retry layers.
+- **One retry budget** (:mod:`.retry`, :mod:`.s3_errors`): botocore's own retries are
+  switched off and every request that is safe to repeat is repeated on throttling, 5xx,
+  timeouts, resets, cut bodies and malformed replies, with exponential backoff and full
+  jitter, bounded by attempts and time. The attempts come from the ``retries`` option, a
+  botocore ``Config``, or botocore's ``AWS_MAX_ATTEMPTS``/profile settings, in that order.
+  A broken body resumes with a ranged GET from the first byte not received; a listing
+  retries the page it was on, with the same continuation token.
 - **No copies of upload buffers.** ``bytes`` go to botocore as they are; ``bytearray`` and
   ``memoryview`` are wrapped in a seekable read-only reader that hands out slices of the
   caller's buffer, so a 1 GiB tensor is never duplicated to be uploaded.
@@ -33,15 +40,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    IncompleteReadError,
-)
+from botocore.config import Config
+from botocore.exceptions import ClientError, IncompleteReadError
 
 from ..errors import (
     AccessDeniedError,
@@ -49,27 +52,23 @@ from ..errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, batched
-from .s3_bucket import denied_or_missing_bucket, ensure_bucket
+from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, PendingUpload, batched
+from .retry import RetryPolicy, policy_from_botocore
+from .s3_bucket import ensure_bucket
 from .s3_client import make_client
 from .s3_errors import (
     _DENIED_CODES,
     _NOT_FOUND_CODES,
     _PRECONDITION_CODES,
-    _TRANSIENT_EXCEPTIONS,
-    _describe,
+    MalformedReplyError,
     _error_code,
     _Retry,
-    backoff,
-    is_retryable,
-    translate,
 )
 from .s3_io import _body, _byte_view, _nbytes, _read_all, _read_into
-from .s3_multipart import MIN_PART, upload_in_parts
+from .s3_multipart import MIN_PART, abort_upload, list_uploads, upload_in_parts
+from .s3_request import S3Requests
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 CONDITIONAL_MODES = ("if-none-match", "obs", "none")
 
@@ -94,7 +93,13 @@ class S3Store(ObjectStore):
         multipart_threshold: objects of at least this many bytes are uploaded in parts.
         multipart_chunk: part size (raised if the object would need more than 10,000 parts).
         max_pool_connections: HTTP connections kept open; bounds concurrent requests.
-        retries: how many times a failed request is repeated before the error is raised.
+        retries: how failed requests are repeated: a number of retries after the first
+            attempt, botocore's dict (``{"total_max_attempts": 3}``, ``{"max_attempts": 2}``),
+            or a :class:`~tqsnap.store.retry.RetryPolicy`. Unset: the ``retries`` of
+            ``config``, else botocore's ``AWS_MAX_ATTEMPTS`` / profile ``max_attempts``, else 7
+            attempts.
+        retry_budget_s: no retry starts later than this after a request's first attempt.
+        config: a botocore ``Config`` merged over the store's client settings.
         create_bucket: create the bucket if it does not exist (tests, demos, first setup).
     """
 
@@ -112,7 +117,9 @@ class S3Store(ObjectStore):
         multipart_threshold: int = 64 * 2**20,
         multipart_chunk: int = 16 * 2**20,
         max_pool_connections: int = 32,
-        retries: int = 6,
+        retries: int | dict[str, Any] | RetryPolicy | None = None,
+        retry_budget_s: float | None = None,
+        config: Config | None = None,
         create_bucket: bool = False,
     ) -> None:
         if not bucket:
@@ -123,7 +130,6 @@ class S3Store(ObjectStore):
             raise ValueError(f"multipart_chunk must be at least {MIN_PART} bytes (S3's minimum part size)")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._root = self.prefix + "/" if self.prefix else ""
         scheme = "obs" if conditional_mode == "obs" else "s3"
         self.url = f"{scheme}://{bucket}/{self.prefix}" if self.prefix else f"{scheme}://{bucket}"
         self.conditional_mode = conditional_mode
@@ -131,21 +137,30 @@ class S3Store(ObjectStore):
         self.atomic_create = conditional_mode != "none"
         self.multipart_threshold = max(1, int(multipart_threshold))
         self.multipart_chunk = int(multipart_chunk)
-        self.retries = max(0, int(retries))
         self.endpoint_url = (
             endpoint_url
             or os.environ.get("AWS_ENDPOINT_URL_S3")
             or os.environ.get("AWS_ENDPOINT_URL")
             or None
         )
-
-        #: The boto3 client; public so tools and tests can hook its events.
-        self.client, self.region = make_client(
-            self.endpoint_url, region, aws_access_key_id, aws_secret_access_key, max_pool_connections
+        client, self.region, session = make_client(
+            self.endpoint_url, region, aws_access_key_id, aws_secret_access_key, max_pool_connections, config
         )
-        self._workers = max(1, min(8, max_pool_connections))
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        #: How failed requests are repeated (attempts, time budget, backoff).
+        self.retry_policy = policy_from_botocore(retries, config=config, session=session, budget_s=retry_budget_s)
+        self._s3 = S3Requests(
+            client,
+            bucket,
+            self.prefix,
+            self.url,
+            self.endpoint_url,
+            self.region,
+            self.retry_policy,
+            conditional_mode,
+            workers=max(1, min(8, max_pool_connections)),
+        )
+        #: The boto3 client; public so tools and tests can hook its events.
+        self.client = client
         self._tls = threading.local()
         self._clock_lock = threading.Lock()
         self._clock_offset: float | None = None
@@ -155,98 +170,55 @@ class S3Store(ObjectStore):
             for op in ("PutObject", "CreateMultipartUpload", "CompleteMultipartUpload"):
                 self.client.meta.events.register(f"before-sign.s3.{op}", self._add_obs_header)
         if create_bucket:
-            ensure_bucket(self)
+            ensure_bucket(self._s3)
             self._bucket_checked = True
 
-    # --- plumbing ------------------------------------------------------------------------
-
-    def _key(self, key: str) -> str:
-        if key.startswith("/"):
-            raise StoreError(f"refusing key {key!r}: keys are relative to {self.url}")
-        return self._root + key
-
-    def _where(self, key: str | None) -> str:
-        where = f"s3://{self.bucket}/{self._key(key)}" if key is not None else self.url
-        if self.endpoint_url:
-            where += f" (endpoint {self.endpoint_url})"
-        return where
+    @property
+    def retries(self) -> int:
+        """Retries after the first attempt (the policy's attempts minus one)."""
+        return self.retry_policy.max_attempts - 1
 
     def _add_obs_header(self, request: Any, **_: Any) -> None:
         """Mark conditional writes for OBS; only requests issued by ``put_if_absent`` carry it."""
         if getattr(self._tls, "forbid_overwrite", False):
             request.headers["x-obs-forbid-overwrite"] = "true"
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tqsnap-s3")
-            return self._pool
-
-    def _with_retries(
-        self, op: str, key: str | None, attempt_fn: Callable[[], T], conditional: bool = False
-    ) -> T:
-        """Run ``attempt_fn`` until it succeeds, the error is final, or the budget is spent.
-
-        Only request failures are caught and translated; anything else is a bug and surfaces
-        unchanged.
-        """
-        attempt = 0
-        while True:
-            try:
-                return attempt_fn()
-            except (ClientError, BotoCoreError, _Retry, *_TRANSIENT_EXCEPTIONS) as exc:
-                if attempt < self.retries and is_retryable(exc, conditional):
-                    delay = backoff(attempt)
-                    attempt += 1
-                    logger.info(
-                        "S3 %s of %s failed (%s); retry %d/%d in %.2fs",
-                        op,
-                        self._where(key),
-                        _describe(exc),
-                        attempt,
-                        self.retries,
-                        delay,
-                    )
-                    time.sleep(delay)
-                    continue
-                error = translate(
-                    exc,
-                    op,
-                    self._where(key),
-                    key,
-                    bucket=self.bucket,
-                    url=self.url,
-                    endpoint_url=self.endpoint_url,
-                    attempts=attempt + 1,
-                )
-                if isinstance(error, AccessDeniedError) and isinstance(exc, ClientError) and key is not None:
-                    error = denied_or_missing_bucket(self, error, op)
-                raise error from exc
-
-    def _probe_bucket(self) -> dict[str, Any]:
-        """A one-key listing under the prefix: proves the bucket exists and carries a ``Date``.
-
-        Not HeadBucket: AWS authorises HeadBucket as ``s3:ListBucket`` without an ``s3:prefix``,
-        which least-privilege roles scoped to the repository prefix do not grant.
-        """
-        return self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
-
     def _check_bucket(self) -> None:
         """Raise BucketNotFoundError if the bucket is missing (a HEAD 404 cannot tell by itself)."""
         if not self._bucket_checked:
-            self._with_retries("ListObjectsV2", None, self._probe_bucket)
+            self._s3.call("ListObjectsV2", None, self._s3.probe_bucket)
             self._bucket_checked = True
 
     # --- reads ---------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        full = self._key(key)
+        """The whole object; a body that breaks is completed by ranged GETs of the same version.
+
+        The first attempt reads the body in one piece (no extra copy). If it breaks, what it
+        read is lost (botocore drops a broken body), and the object is then filled into a
+        buffer of the size the server announced, each further break resuming with a ranged
+        GET from the first byte not yet received, pinned to the first reply's ETag.
+        """
+        full = self._s3.key(key)
+        state: dict[str, Any] = {"size": None, "etag": None}
 
         def attempt() -> bytes:
-            resp = self.client.get_object(Bucket=self.bucket, Key=full)
-            return _read_all(resp)
+            if state["size"] is None:
+                resp = self._s3.client.get_object(Bucket=self.bucket, Key=full)
+                size = resp.get("ContentLength")
+                if size is None:
+                    resp["Body"].close()
+                    raise MalformedReplyError(f"GetObject of {full!r} answered without a Content-Length")
+                try:
+                    return _read_all(resp)
+                except BaseException:
+                    state["size"], state["etag"] = int(size), resp.get("ETag")
+                    raise
+            buf = bytearray(state["size"])
+            self._fill(key, full, memoryview(buf), 0, state)
+            return bytes(buf)
 
-        return self._with_retries("GetObject", key, attempt)
+        return self._s3.call("GetObject", key, attempt)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:
@@ -255,11 +227,11 @@ class S3Store(ObjectStore):
             if self.head(key) is None:
                 raise ObjectNotFoundError(key, f"object {key!r} does not exist in {self.url}")
             return b""
-        full = self._key(key)
+        full = self._s3.key(key)
 
         def attempt() -> bytes:
             try:
-                resp = self.client.get_object(
+                resp = self._s3.client.get_object(
                     Bucket=self.bucket, Key=full, Range=f"bytes={start}-{start + length - 1}"
                 )
             except ClientError as exc:
@@ -268,7 +240,7 @@ class S3Store(ObjectStore):
                 raise
             return _read_all(resp)
 
-        return self._with_retries("GetObject", key, attempt)
+        return self._s3.call("GetObject", key, attempt)
 
     def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
         """Stream a range straight into ``buf``; a broken stream resumes where it stopped."""
@@ -278,76 +250,100 @@ class S3Store(ObjectStore):
         if len(view) == 0:
             self.get_range(key, start, 0)
             return 0
-        full = self._key(key)
-        done = 0
-        etag: str | None = None
+        full = self._s3.key(key)
+        state: dict[str, Any] = {"done": 0, "etag": None}
+        return self._s3.call("GetObject", key, lambda: self._fill(key, full, view, start, state))
 
-        def attempt() -> int:
-            nonlocal done, etag
-            kwargs: dict[str, Any] = {
-                "Bucket": self.bucket,
-                "Key": full,
-                "Range": f"bytes={start + done}-{start + len(view) - 1}",
-            }
-            if etag is not None:
-                kwargs["IfMatch"] = etag  # a resumed read must not splice two versions
-            try:
-                resp = self.client.get_object(**kwargs)
-            except ClientError as exc:
-                code, status = _error_code(exc)
-                if code == "InvalidRange":
-                    return done
-                if etag is not None and (status == 412 or code in _PRECONDITION_CODES):
-                    raise StoreError(
-                        f"{self._where(key)} was replaced while it was being read; read it again"
-                    ) from exc
-                raise
-            etag = resp.get("ETag") or etag
-            want = min(int(resp.get("ContentLength", 0)), len(view) - done)
-            got = _read_into(resp, view[done : done + want])
-            done += got
-            if got < want:
-                raise _Retry(IncompleteReadError(actual_bytes=got, expected_bytes=want))
-            return done
+    def _fill(self, key: str, full: str, view: memoryview, start: int, state: dict[str, Any]) -> int:
+        """One attempt at reading ``view``'s remaining bytes from ``start + state["done"]``.
 
-        return self._with_retries("GetObject", key, attempt)
+        ``state`` carries the bytes done and the ETag across attempts, so a retry asks only for
+        what is missing, and only of the version it began with.
+        """
+        done = state.setdefault("done", 0)
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": full,
+            "Range": f"bytes={start + done}-{start + len(view) - 1}",
+        }
+        if state.get("etag"):
+            kwargs["IfMatch"] = state["etag"]  # a resumed read must not splice two versions
+        try:
+            resp = self._s3.client.get_object(**kwargs)
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if code == "InvalidRange":
+                return done
+            if state.get("etag") and (status == 412 or code in _PRECONDITION_CODES):
+                raise StoreError(
+                    f"{self._s3.where(key)} was replaced while it was being read; read it again"
+                ) from exc
+            raise
+        state["etag"] = resp.get("ETag") or state.get("etag")
+        if resp.get("ContentLength") is None:
+            resp["Body"].close()
+            raise MalformedReplyError(f"GetObject of {full!r} answered without a Content-Length")
+        want = min(int(resp["ContentLength"]), len(view) - done)
+        got = _read_into(resp, view[done : done + want])
+        done += got
+        state["done"] = done
+        if got < want:
+            raise _Retry(IncompleteReadError(actual_bytes=got, expected_bytes=want))
+        return done
 
     def head(self, key: str) -> ObjectInfo | None:
-        full = self._key(key)
+        full = self._s3.key(key)
 
         def attempt() -> ObjectInfo | None:
             try:
-                resp = self.client.head_object(Bucket=self.bucket, Key=full)
+                resp = self._s3.client.head_object(Bucket=self.bucket, Key=full)
             except ClientError as exc:
                 code, status = _error_code(exc)
                 if status == 404 or code in _NOT_FOUND_CODES:
                     return None
                 raise
-            return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp())
+            size, modified = resp.get("ContentLength"), resp.get("LastModified")
+            if size is None or modified is None:
+                raise MalformedReplyError(f"HeadObject of {full!r} answered without its size or date")
+            return ObjectInfo(key, int(size), modified.timestamp())
 
-        info = self._with_retries("HeadObject", key, attempt)
+        info = self._s3.call("HeadObject", key, attempt)
         if info is None:
             self._check_bucket()
         return info
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = self._root + prefix
-        cut = len(self._root)
+    def list(self, prefix: str = "", *, page_size: int | None = None) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` in key order, one page (at most ``page_size``) per request.
+
+        A page that fails is asked for again with the same continuation token, so a long
+        listing survives faults without starting over. A page cut short (truncated without a
+        token, or naming keys outside the prefix) is a malformed reply, never an end.
+        """
+        full = self._s3.root + prefix
+        cut = len(self._s3.root)
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
             if token:
                 kwargs["ContinuationToken"] = token
+            if page_size:
+                kwargs["MaxKeys"] = int(page_size)
 
             def attempt(kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
-                return self.client.list_objects_v2(**kwargs)
+                page = self._s3.client.list_objects_v2(**kwargs)
+                if page.get("IsTruncated") and not page.get("NextContinuationToken"):
+                    raise MalformedReplyError(f"ListObjectsV2 of {full!r} is truncated without a continuation token")
+                for obj in page.get("Contents", ()):
+                    if not str(obj.get("Key", "")).startswith(full) or "Size" not in obj or "LastModified" not in obj:
+                        raise MalformedReplyError(f"ListObjectsV2 of {full!r} returned an unusable entry {obj!r}")
+                return page
 
-            page = self._with_retries("ListObjectsV2", prefix, attempt)
+            page = self._s3.call("ListObjectsV2", prefix, attempt)
             for obj in page.get("Contents", ()):
                 yield ObjectInfo(obj["Key"][cut:], int(obj["Size"]), obj["LastModified"].timestamp())
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+            if not page.get("IsTruncated"):
                 return
+            token = page["NextContinuationToken"]
 
     def now(self) -> float:
         """Server time: the local clock plus the offset to the server's ``Date`` header.
@@ -366,7 +362,7 @@ class S3Store(ObjectStore):
 
         def attempt() -> float:
             before = time.time()
-            resp = self._probe_bucket()
+            resp = self._s3.probe_bucket()
             after = time.time()
             date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
             if not date:
@@ -374,7 +370,7 @@ class S3Store(ObjectStore):
             server = email.utils.parsedate_to_datetime(date).timestamp() + 0.5
             return server - (before + after) / 2
 
-        offset = self._with_retries("ListObjectsV2", None, attempt)
+        offset = self._s3.call("ListObjectsV2", None, attempt)
         with self._clock_lock:
             self._clock_offset = offset
             self._clock_checked = mono
@@ -386,21 +382,21 @@ class S3Store(ObjectStore):
     def put(self, key: str, data: Buffer) -> None:
         size = _nbytes(data)
         if size >= self.multipart_threshold:
-            upload_in_parts(self, key, data, size, conditional=False)
+            upload_in_parts(self._s3, key, data, size, self.multipart_chunk, conditional=False)
             return
-        full = self._key(key)
+        full = self._s3.key(key)
 
         def attempt() -> None:
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=_body(data))
+            self._s3.client.put_object(Bucket=self.bucket, Key=full, Body=_body(data))
 
-        self._with_retries("PutObject", key, attempt)
+        self._s3.call("PutObject", key, attempt)
 
     def put_if_absent(self, key: str, data: Buffer) -> bool:
         """Create ``key`` unless it exists; exactly one of many racers gets True.
 
-        A retried request whose first attempt did succeed (and whose reply was lost) answers
-        False; callers that must tell the two apart store a unique id in the object and read
-        it back.
+        When a reply was lost and the outcome cannot be settled by a retry, raises
+        :class:`~tqsnap.errors.CommitOutcomeUnknownError` instead of answering (see the module
+        doc); the caller reads the key back to tell.
         """
         if self.conditional_mode == "none":
             if not self.single_writer:
@@ -422,43 +418,37 @@ class S3Store(ObjectStore):
                 # complete still decides any race that starts after this check.
                 if self.head(key) is not None:
                     return False
-                return upload_in_parts(self, key, data, size, conditional=True)
-            full = self._key(key)
+                return upload_in_parts(self._s3, key, data, size, self.multipart_chunk, conditional=True)
+            full = self._s3.key(key)
 
             def attempt() -> bool:
                 kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full, "Body": _body(data)}
                 if self.conditional_mode == "if-none-match":
                     kwargs["IfNoneMatch"] = "*"
                 try:
-                    self.client.put_object(**kwargs)
+                    self._s3.client.put_object(**kwargs)
                 except ClientError as exc:
-                    if self._lost_race(exc):
+                    if self._s3.lost_race(exc):
                         return False
                     raise
                 return True
 
-            return self._with_retries("PutObject", key, attempt, conditional=True)
+            return self._s3.create("PutObject", key, attempt)
         finally:
             self._tls.forbid_overwrite = False
-
-    def _lost_race(self, exc: ClientError) -> bool:
-        code, status = _error_code(exc)
-        if status == 412 or code in _PRECONDITION_CODES:
-            return True
-        return self.conditional_mode == "obs" and status == 409 and code == "ObjectAlreadyExists"
 
     def delete_many(self, keys: Iterable[str]) -> int:
         requests = 0
         for batch in batched(keys, DELETE_BATCH):
             requests += 1
-            objects = [{"Key": self._key(k)} for k in batch]
+            objects = [{"Key": self._s3.key(k)} for k in batch]
 
             def attempt(objects: list[dict[str, str]] = objects) -> dict[str, Any]:
-                return self.client.delete_objects(
+                return self._s3.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
                 )
 
-            resp = self._with_retries("DeleteObjects", batch[0], attempt)
+            resp = self._s3.call("DeleteObjects", batch[0], attempt)
             errors = resp.get("Errors") or []
             if errors:
                 shown = ", ".join(f"{e.get('Key')} ({e.get('Code')}: {e.get('Message')})" for e in errors[:5])
@@ -471,11 +461,17 @@ class S3Store(ObjectStore):
                 )
         return requests
 
+    # --- leftovers -----------------------------------------------------------------------
+
+    def list_uploads(self, prefix: str = "") -> Iterator[PendingUpload]:
+        """Incomplete multipart uploads under the repository prefix (key, upload id, initiated)."""
+        return list_uploads(self._s3, prefix)
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        abort_upload(self._s3, upload.key, upload.upload_id)
+
     def close(self) -> None:
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        self._s3.close()
         close = getattr(self.client, "close", None)
         if close is not None:
             close()

@@ -3,7 +3,12 @@
 - Path-style addressing, so bucket names need no DNS and any S3-compatible server works.
 - No payload signing and no request or response checksums: each is a full pass over every
   byte, which TLS already protects in transit.
-- botocore's own retries off (one attempt): the store has a single retry budget of its own.
+- botocore's own retries off (one attempt): the store retries under its own
+  :class:`~tqsnap.store.retry.RetryPolicy`, which reads the user's botocore retry settings
+  (:func:`~tqsnap.store.retry.policy_from_botocore`), so one budget bounds the worst case
+  instead of two retry layers multiplying.
+- A botocore ``Config`` the user passes is merged over these defaults (timeouts, pool size,
+  proxies, ...), except its retries, which the store's policy applies.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+
+#: botocore makes one attempt; the store's policy makes the rest.
+_ONE_ATTEMPT = Config(retries={"mode": "standard", "total_max_attempts": 1})
 
 
 def make_client(
@@ -20,18 +29,21 @@ def make_client(
     aws_access_key_id: str | None,
     aws_secret_access_key: str | None,
     max_pool_connections: int,
-) -> tuple[Any, str]:
-    """The client and the signing region it uses (``region``, the boto3 chain's, else us-east-1)."""
+    config: Config | None = None,
+) -> tuple[Any, str, Any]:
+    """The client, the signing region it uses (``region``, the boto3 chain's, else us-east-1),
+    and the botocore session whose settings (``AWS_MAX_ATTEMPTS``, profiles) it was made from."""
+    core = botocore.session.Session()
     session = boto3.session.Session(
         aws_access_key_id=aws_access_key_id,
         aws_secret_access_key=aws_secret_access_key,
+        botocore_session=core,
     )
     region = region or session.region_name or "us-east-1"
-    config = Config(
+    merged = Config(
         region_name=region,
         signature_version="s3v4",
         s3={"addressing_style": "path", "payload_signing_enabled": False},
-        retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=max_pool_connections,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -39,4 +51,7 @@ def make_client(
         read_timeout=120,
         tcp_keepalive=True,
     )
-    return session.client("s3", endpoint_url=endpoint_url, config=config), region
+    if config is not None:
+        merged = merged.merge(config)
+    merged = merged.merge(_ONE_ATTEMPT)
+    return session.client("s3", endpoint_url=endpoint_url, config=merged), region, core

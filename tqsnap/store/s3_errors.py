@@ -1,27 +1,44 @@
 """How the S3 store classifies errors: what to retry, what is "denied", "missing", "exists".
 
+Transient (repeated under the store's :class:`~tqsnap.store.retry.RetryPolicy`): throttling
+(503 SlowDown, 429), 500, 502, 503, 504, connection resets before or during a reply
+(botocore's ``ConnectionClosedError``, ``ResponseStreamingError``), timeouts (botocore's own,
+urllib3's and the copy of urllib3 vendored inside botocore, which share no base class),
+failed connects, bodies shorter than their Content-Length, and replies that are malformed or
+incomplete (:class:`MalformedReplyError`: a part upload whose ETag was lost or cut, a
+truncated listing without a continuation token).
+
 Also how a final failure becomes a tqsnap error whose message names the object and says what
 to do (:func:`translate`).
 """
 
 from __future__ import annotations
 
-import random
+import http.client
 
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
     IncompleteReadError,
     NoCredentialsError,
+    ReadTimeoutError,
     ResponseStreamingError,
+    SSLError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from ..errors import AccessDeniedError, BucketNotFoundError, ObjectNotFoundError, StoreError
 
-_BACKOFF_BASE = 0.05
-_BACKOFF_CAP = 5.0
+try:  # botocore still ships a vendored urllib3 whose errors match none of the real one's
+    from botocore.vendored.requests.packages.urllib3.exceptions import (
+        HTTPError as VendoredUrllib3HTTPError,
+    )
+except ImportError:  # pragma: no cover - a botocore without the vendored copy
+    VendoredUrllib3HTTPError = Urllib3HTTPError  # type: ignore[misc, assignment]
 
 
 class _Retry(Exception):
@@ -30,6 +47,12 @@ class _Retry(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class MalformedReplyError(Exception):
+    """The server's reply lacks what the request must return (an ETag, an UploadId, a
+    continuation token) or has it cut. Treated as a failure of that request, so it is retried,
+    and never passed on: a cut ETag would make the server reject the whole upload later."""
 
 
 _RETRY_CODES = frozenset(
@@ -46,7 +69,10 @@ _RETRY_CODES = frozenset(
         "OperationAborted",
     }
 )
-_RETRY_STATUS = frozenset({500, 502, 503, 504})
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Refusals that S3 documents as "not processed": repeating a conditional write after one of
+#: these cannot find the writer's own earlier attempt in place.
+_NOT_APPLIED_CODES = frozenset({"SlowDown", "TooManyRequests", "TooManyRequestsException", "Throttling"})
 _DENIED_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken"}
 )
@@ -55,12 +81,21 @@ _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
 #: Errors raised while a response body streams in; the request must be sent again.
 _TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     BotoConnectionError,
+    ConnectionClosedError,
+    ReadTimeoutError,
     IncompleteReadError,
     ResponseStreamingError,
     Urllib3HTTPError,
+    VendoredUrllib3HTTPError,
+    http.client.HTTPException,
     ConnectionError,
     TimeoutError,
+    MalformedReplyError,
 )
+#: What a request to S3 can raise that the store handles (anything else is a bug).
+REQUEST_ERRORS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError, _Retry, *_TRANSIENT_EXCEPTIONS)
+#: Failures before the request left the client: nothing can have been applied.
+_NEVER_SENT = (EndpointConnectionError, ConnectTimeoutError, ConnectionRefusedError)
 
 
 def _error_code(exc: ClientError) -> tuple[str, int]:
@@ -85,21 +120,41 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter: racing clients spread out instead of retrying together."""
-    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
-
-
-def is_retryable(exc: BaseException, conditional: bool) -> bool:
-    """Throttling, 5xx, dropped connections; and 409 ConditionalRequestConflict on conditional writes."""
+def is_retryable(exc: BaseException, conditional: bool = False) -> bool:
+    """Throttling, 5xx, dropped connections, timeouts, cut or malformed replies; and 409
+    ConditionalRequestConflict on conditional writes."""
     if isinstance(exc, _Retry):
         return True
+    if isinstance(exc, SSLError):
+        return False  # a certificate problem does not pass by itself
     if isinstance(exc, ClientError):
         code, status = _error_code(exc)
         if code in _RETRY_CODES or status in _RETRY_STATUS:
             return True
         return conditional and status == 409 and code == "ConditionalRequestConflict"
     return isinstance(exc, _TRANSIENT_EXCEPTIONS)
+
+
+def surely_not_applied(exc: BaseException) -> bool:
+    """True when the failed request certainly changed nothing on the server.
+
+    A connect that failed, throttling, and 409 ConditionalRequestConflict qualify. A reset or
+    timeout after sending, a 500 or a bare 503 do not: the server may have applied the
+    request and lost only the reply.
+    """
+    if isinstance(exc, _Retry):
+        exc = exc.cause
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        return code in _NOT_APPLIED_CODES or status == 429 or (status == 409 and code == "ConditionalRequestConflict")
+    cur: BaseException | None = exc
+    for _ in range(8):
+        if cur is None:
+            break
+        if isinstance(cur, _NEVER_SENT):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def translate(

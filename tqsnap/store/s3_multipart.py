@@ -4,25 +4,30 @@ An object of at least ``multipart_threshold`` bytes goes up in parts of ``multip
 bytes (more when it would need over 10,000 parts), each a zero-copy view of the caller's
 buffer. A conditional upload puts ``If-None-Match: *`` on ``CompleteMultipartUpload``. Any
 failure, and a lost race, aborts the upload, because pending parts are stored and billed
-until someone aborts them.
+until someone aborts them; uploads left by a killed process are found by
+:func:`list_uploads` and removed by :func:`abort_upload` (gc does both).
+
+Every reply is checked before it is used: an UploadPart reply without a well-formed ETag, or a
+CreateMultipartUpload reply without an UploadId, is a failed request (and retried), never an
+untyped ``KeyError`` or a cut ETag sent on to a completion the server would reject.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+from collections.abc import Iterator
 from concurrent.futures import Future, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from ..errors import StoreError
-from .base import Buffer
-from .s3_errors import _error_code
+from .base import Buffer, PendingUpload
+from .s3_errors import MalformedReplyError, _error_code
 from .s3_io import BufferReader, _byte_view
-
-if TYPE_CHECKING:
-    from .s3 import S3Store
+from .s3_request import S3Requests
 
 logger = logging.getLogger(__name__)
 
@@ -31,85 +36,144 @@ MAX_PARTS = 10_000
 #: ...and parts smaller than this, except the last.
 MIN_PART = 5 * 2**20
 
+#: A quoted entity tag without quotes or spaces inside (RFC 9110), or a bare MD5 in hex.
+_ETAG = re.compile(r'^(?:"[\x21\x23-\x7e]+"|[0-9a-fA-F]{32})$')
+_MD5_QUOTED = re.compile(r'^"[0-9a-fA-F]*"$')
 
-def upload_in_parts(store: S3Store, key: str, data: Buffer, size: int, *, conditional: bool) -> bool:
-    """Upload ``data`` to ``key`` in parallel parts; False when a conditional upload lost its race."""
-    full = store._key(key)
-    chunk = max(store.multipart_chunk, math.ceil(size / MAX_PARTS))
+
+def valid_etag(etag: object) -> bool:
+    """True for an ETag that can be sent back in a completion; a quoted hex one must be an MD5."""
+    if not isinstance(etag, str) or not _ETAG.match(etag):
+        return False
+    return not _MD5_QUOTED.match(etag) or len(etag) == 34
+
+
+def upload_in_parts(
+    s3: S3Requests, key: str, data: Buffer, size: int, chunk: int, *, conditional: bool
+) -> bool:
+    """Upload ``data`` to ``key`` in parallel parts; False when a conditional upload lost its race.
+
+    With ``conditional``, a completion whose outcome is unknown raises
+    :class:`~tqsnap.errors.CommitOutcomeUnknownError` (see :meth:`S3Requests.create`).
+    """
+    full = s3.key(key)
+    chunk = max(chunk, math.ceil(size / MAX_PARTS))
     view = _byte_view(data)
-    client, bucket = store.client, store.bucket
 
     def create() -> str:
-        return client.create_multipart_upload(Bucket=bucket, Key=full)["UploadId"]
+        resp = s3.client.create_multipart_upload(Bucket=s3.bucket, Key=full)
+        upload_id = resp.get("UploadId")
+        if not isinstance(upload_id, str) or not upload_id:
+            raise MalformedReplyError(f"CreateMultipartUpload of {full!r} answered without an UploadId")
+        return upload_id
 
-    upload_id = store._with_retries("CreateMultipartUpload", key, create)
+    upload_id = s3.call("CreateMultipartUpload", key, create)
     futures: list[Future[dict[str, Any]]] = []
     try:
-        pool = store._executor()
+        pool = s3.executor()
         for number, offset in enumerate(range(0, size, chunk), start=1):
             futures.append(
-                pool.submit(_upload_part, store, key, full, upload_id, number, view[offset : offset + chunk])
+                pool.submit(_upload_part, s3, key, full, upload_id, number, view[offset : offset + chunk])
             )
         parts = [f.result() for f in futures]
 
         def complete() -> bool:
             kwargs: dict[str, Any] = {
-                "Bucket": bucket,
+                "Bucket": s3.bucket,
                 "Key": full,
                 "UploadId": upload_id,
                 "MultipartUpload": {"Parts": parts},
             }
-            if conditional and store.conditional_mode == "if-none-match":
+            if conditional and s3.conditional_mode == "if-none-match":
                 kwargs["IfNoneMatch"] = "*"
             try:
-                client.complete_multipart_upload(**kwargs)
+                s3.client.complete_multipart_upload(**kwargs)
             except ClientError as exc:
-                if conditional and store._lost_race(exc):
+                if conditional and s3.lost_race(exc):
                     return False
                 raise
             return True
 
-        created = store._with_retries("CompleteMultipartUpload", key, complete, conditional=conditional)
+        if conditional:
+            created = s3.create("CompleteMultipartUpload", key, complete)
+        else:
+            created = s3.call("CompleteMultipartUpload", key, complete)
     except BaseException:
         # Stop the remaining parts first, or they would land after the abort and keep
         # an upload (and its storage) alive.
         for f in futures:
             f.cancel()
         wait(futures)
-        _abort(store, key, full, upload_id)
+        _abort_quietly(s3, key, upload_id)
         raise
     if not created:
-        _abort(store, key, full, upload_id)
+        _abort_quietly(s3, key, upload_id)
     return created
 
 
 def _upload_part(
-    store: S3Store, key: str, full: str, upload_id: str, number: int, part: memoryview
+    s3: S3Requests, key: str, full: str, upload_id: str, number: int, part: memoryview
 ) -> dict[str, Any]:
     def attempt() -> dict[str, Any]:
-        resp = store.client.upload_part(
-            Bucket=store.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=BufferReader(part)
+        resp = s3.client.upload_part(
+            Bucket=s3.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=BufferReader(part)
         )
-        return {"PartNumber": number, "ETag": resp["ETag"]}
+        etag = resp.get("ETag")
+        if not valid_etag(etag):
+            raise MalformedReplyError(f"UploadPart {number} of {full!r} answered with ETag {etag!r}")
+        return {"PartNumber": number, "ETag": etag}
 
-    return store._with_retries("UploadPart", key, attempt)
+    return s3.call("UploadPart", key, attempt)
 
 
-def _abort(store: S3Store, key: str, full: str, upload_id: str) -> None:
+def list_uploads(s3: S3Requests, prefix: str = "") -> Iterator[PendingUpload]:
+    """Incomplete uploads under the store's root whose key starts with ``prefix``, page by page."""
+    cut = len(s3.root)
+    markers: dict[str, str] = {}
+    for _page in range(1_000_000):
+        kwargs: dict[str, Any] = {"Bucket": s3.bucket, "Prefix": s3.root + prefix, **markers}
+
+        def attempt(kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
+            page = s3.client.list_multipart_uploads(**kwargs)
+            if page.get("IsTruncated") and not (page.get("NextKeyMarker") or page.get("NextUploadIdMarker")):
+                raise MalformedReplyError(f"ListMultipartUploads of {s3.url} was cut short without a marker")
+            return page
+
+        page = s3.call("ListMultipartUploads", prefix, attempt)
+        for upload in page.get("Uploads", ()):
+            full, upload_id = upload.get("Key"), upload.get("UploadId")
+            if not isinstance(full, str) or not full.startswith(s3.root) or not upload_id:
+                raise StoreError(f"ListMultipartUploads of {s3.url} returned an unusable entry {upload!r}")
+            initiated = upload.get("Initiated")
+            yield PendingUpload(full[cut:], upload_id, initiated.timestamp() if initiated else 0.0)
+        if not page.get("IsTruncated"):
+            return
+        markers = {"KeyMarker": page.get("NextKeyMarker", ""), "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+    raise StoreError(f"ListMultipartUploads of {s3.url} did not end after a million pages")
+
+
+def abort_upload(s3: S3Requests, key: str, upload_id: str) -> None:
+    """Abort one upload; one that is already gone (completed or aborted) is not an error."""
+    full = s3.key(key)
+
     def attempt() -> None:
         try:
-            store.client.abort_multipart_upload(Bucket=store.bucket, Key=full, UploadId=upload_id)
+            s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=full, UploadId=upload_id)
         except ClientError as exc:
             if _error_code(exc)[0] != "NoSuchUpload":
                 raise
 
+    s3.call("AbortMultipartUpload", key, attempt)
+
+
+def _abort_quietly(s3: S3Requests, key: str, upload_id: str) -> None:
     try:
-        store._with_retries("AbortMultipartUpload", key, attempt)
+        abort_upload(s3, key, upload_id)
     except StoreError as exc:
         logger.warning(
-            "could not abort multipart upload %s of %s; it keeps costing storage until a "
-            "lifecycle rule or `aws s3api abort-multipart-upload` removes it: %s",
+            "could not abort multipart upload %s of %s; gc removes it after its grace period, or "
+            "`aws s3api abort-multipart-upload` now: %s",
             upload_id,
-            store._where(key),
+            s3.where(key),
             exc,
         )

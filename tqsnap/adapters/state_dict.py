@@ -14,11 +14,15 @@ from typing import Any
 
 from ..engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
 from ..errors import FormatError, PickleNotAllowedError
+from ..format import typed_json
 from ..format.manifest import SnapshotId
 from .tensors import dtype_name, is_tensor, tensor_bytes, tensor_from_bytes
 
 KIND = "state_dict"
-TREE_VERSION = 1
+#: 2 writes non-finite floats, tuples and other-keyed dicts as typed JSON (format/typed_json.py);
+#: 1 spelled them ``float``, ``tuple`` and ``items``. Both are read.
+TREE_VERSION = 2
+READABLE_TREE_VERSIONS = (1, 2)
 
 
 def _escape(part: str) -> str:
@@ -48,7 +52,7 @@ class _TreeEncoder:
         if isinstance(value, int):
             return {"v": value}
         if isinstance(value, float):
-            return {"v": value} if math.isfinite(value) else {"float": repr(value)}
+            return {"v": value} if math.isfinite(value) else typed_json.encode_float(value)
         if is_tensor(value):
             view, owner = tensor_bytes(value)
             self.keepalive.append(owner)
@@ -65,15 +69,15 @@ class _TreeEncoder:
         if isinstance(value, dict):
             if all(isinstance(k, str) for k in value):
                 return {"dict": {k: self.encode(v, [*parts, k]) for k, v in value.items()}}
-            return {
-                "items": [
+            return typed_json.dict_node(
+                [
                     [self.encode(k, [*parts, f"k{i}"]), self.encode(v, [*parts, str(k)])]
                     for i, (k, v) in enumerate(value.items())
                 ]
-            }
+            )
         if isinstance(value, list | tuple) and type(value) in (list, tuple):
             nodes = [self.encode(v, [*parts, str(i)]) for i, v in enumerate(value)]
-            return {"list": nodes} if isinstance(value, list) else {"tuple": nodes}
+            return {"list": nodes} if isinstance(value, list) else typed_json.tuple_node(nodes)
         if not self.allow_pickle:
             raise PickleNotAllowedError(
                 f"value at {'/'.join(parts) or '<root>'} is a {type(value).__name__}, which only pickle can store; "
@@ -126,16 +130,17 @@ class _TreeDecoder:
         ((tag, body),) = node.items()
         if tag == "v":
             return body
-        if tag == "float":
-            return float(body)
+        typed = typed_json.tree_tag(tag)
+        if typed == typed_json.FLOAT:
+            return typed_json.decode_float(body, "state tree")
         if tag == "dict":
             return {k: self.decode(v) for k, v in body.items()}
-        if tag == "items":
-            return {self._key(k): self.decode(v) for k, v in body}
+        if typed == typed_json.DICT:
+            return {self._key(k): self.decode(v) for k, v in typed_json.pairs(body, "state tree")}
         if tag == "list":
             return [self.decode(v) for v in body]
-        if tag == "tuple":
-            return tuple(self.decode(v) for v in body)
+        if typed == typed_json.TUPLE:
+            return tuple(self.decode(v) for v in typed_json.sequence(body, "state tree"))
         item = self.kinds.get(body)
         if item is None:
             raise FormatError(f"state tree names item {body!r}, which the manifest lacks")
@@ -169,8 +174,12 @@ def load_state(
     """Load a ``state_dict`` snapshot; every shard is verified before anything is returned."""
     reader = repo.reader(stream, snapshot, kind=KIND)
     extra = reader.manifest.extra
-    if extra.get("tree_version") != TREE_VERSION or "tree" not in extra:
-        raise FormatError(f"snapshot {reader.name} has no state tree of version {TREE_VERSION}")
+    version = extra.get("tree_version")
+    if type(version) is not int or version not in READABLE_TREE_VERSIONS or "tree" not in extra:
+        raise FormatError(
+            f"snapshot {reader.name} has no state tree of a version this tqsnap reads "
+            f"({', '.join(map(str, READABLE_TREE_VERSIONS))}); a newer tqsnap wrote it?"
+        )
     if not allow_pickle:
         for item in reader.items.values():
             if item.kind == "pickle":

@@ -26,7 +26,6 @@ are refused with :class:`~tqsnap.errors.PickleNotAllowedError` instead of being 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +42,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 from ...errors import ManifestError, PickleNotAllowedError
+from ...format import typed_json
 from ..tensors import dtype_from_name, dtype_name
 
 #: Version of the layout above; a reader refuses any other.
@@ -59,17 +59,17 @@ def encode_value(value: Any, where: str = "planner_data") -> Any:
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return value if math.isfinite(value) else {"$float": repr(value)}
+        return typed_json.encode_float(value)
     if isinstance(value, torch.Size):
         return {"$size": [int(v) for v in value]}
     if isinstance(value, list):
         return [encode_value(v, where) for v in value]
     if isinstance(value, tuple):
-        return {"$tuple": [encode_value(v, where) for v in value]}
+        return typed_json.tuple_node([encode_value(v, where) for v in value])
     if isinstance(value, dict):
-        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+        if typed_json.has_plain_keys(value):
             return {k: encode_value(v, f"{where}.{k}") for k, v in value.items()}
-        return {"$dict": [[encode_value(k, where), encode_value(v, where)] for k, v in value.items()]}
+        return typed_json.dict_node([[encode_value(k, where), encode_value(v, where)] for k, v in value.items()])
     raise PickleNotAllowedError(
         f"DCP {where} holds a {type(value).__name__}, which only pickle can store; tqsnap.dcp keeps "
         "checkpoint metadata as JSON. Use a planner whose planner_data is plain dicts, lists, "
@@ -85,19 +85,19 @@ def decode_value(node: Any) -> Any:
         return node
     if len(node) == 1:
         ((tag, body),) = node.items()
-        if tag == "$float":
-            return float(body)
+        typed = typed_json.value_tag(tag)
+        if typed == typed_json.FLOAT:
+            return typed_json.decode_float(body, "DCP planner_data")
         if tag == "$size":
             return torch.Size(int(v) for v in body)
-        if tag == "$tuple":
-            return tuple(decode_value(v) for v in body)
-        if tag == "$dict":
-            return {_hashable(decode_value(k)): decode_value(v) for k, v in body}
+        if typed == typed_json.TUPLE:
+            return tuple(decode_value(v) for v in typed_json.sequence(body, "DCP planner_data"))
+        if typed == typed_json.DICT:
+            return {
+                typed_json.hashable(decode_value(k), "DCP planner_data"): decode_value(v)
+                for k, v in typed_json.pairs(body, "DCP planner_data")
+            }
     return {k: decode_value(v) for k, v in node.items()}
-
-
-def _hashable(key: Any) -> Any:
-    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
 
 
 # --- tensor properties -----------------------------------------------------------------------

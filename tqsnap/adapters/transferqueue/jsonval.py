@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import pickle
 from typing import Any
 
 from ...errors import FormatError, PickleNotAllowedError
+from ...format import typed_json
 
 
 def _b64(data: bytes | memoryview) -> str:
@@ -41,15 +41,15 @@ class Encoder:
         if t is str or t is int or t is bool or v is None:
             return v
         if t is float:
-            return v if math.isfinite(v) else {"$f": repr(v)}
+            return typed_json.encode_float(v)
         if t is list:
             return [self.encode(x) for x in v]
         if t is dict:
-            if all(isinstance(k, str) and not k.startswith("$") for k in v):
+            if typed_json.has_plain_keys(v):
                 return {k: self.encode(x) for k, x in v.items()}
-            return {"$d": [[self.encode(k), self.encode(x)] for k, x in v.items()]}
+            return typed_json.dict_node([[self.encode(k), self.encode(x)] for k, x in v.items()])
         if t is tuple:
-            return {"$t": [self.encode(x) for x in v]}
+            return typed_json.tuple_node([self.encode(x) for x in v])
         if t is bytes:
             return {"$b": _b64(v)}
         if t is bytearray:
@@ -124,12 +124,16 @@ class Decoder:
         return {k: self.decode(x) for k, x in node.items()}
 
     def _tagged(self, tag: str, body: Any) -> Any:
-        if tag == "$f":
-            return float(body)
-        if tag == "$d":
-            return {_hashable(self.decode(k)): self.decode(x) for k, x in body}
-        if tag == "$t":
-            return tuple(self.decode(x) for x in body)
+        typed = typed_json.value_tag(tag)
+        if typed == typed_json.FLOAT:
+            return typed_json.decode_float(body, self.where)
+        if typed == typed_json.DICT:
+            return {
+                typed_json.hashable(self.decode(k), self.where): self.decode(x)
+                for k, x in typed_json.pairs(body, self.where)
+            }
+        if typed == typed_json.TUPLE:
+            return tuple(self.decode(x) for x in typed_json.sequence(body, self.where))
         if tag == "$b":
             return _unb64(body)
         if tag == "$ba":

@@ -11,6 +11,7 @@ forwarded untouched or hit by one fault:
 - ``truncate``: forwarded, then the reply's body ends early (short against Content-Length);
 - ``latency``: forwarded after a pause of ``latency_s``;
 - ``apply_then_500``: forwarded (the server applies it), then answered 500;
+- ``cut_etag``: forwarded, and the reply's ETag header cut in half (a malformed reply);
 - ``apply_then_drop``: forwarded, the server's reply discarded and the client's connection reset;
 - ``apply_late``: the client's connection is reset at once, the request is forwarded
   ``late_s`` later, when the client has already given up on it.
@@ -19,7 +20,8 @@ Faults come from a rate (``rate=0.05``: each eligible request is hit with that p
 the kind drawn from those allowed for its class, from a seeded ``random.Random``) and from a
 script (``proxy.script("conditional_put", "apply_then_drop")``: the next conditional PUT gets
 that fault), the script first. ``proxy.injected`` counts what was injected per
-``(class, kind)``; ``proxy.requests`` counts every request per class.
+``(class, kind)``; ``proxy.requests`` counts every request per class; ``proxy.log`` keeps the
+last requests as ``(class, method, path, Range header, fault)``.
 
 Buffers are bounded: request bodies are held whole (``apply_late`` must replay them) up to
 ``max_body`` bytes; reply bodies stream through in chunks of 64 KiB. One thread per client
@@ -55,6 +57,7 @@ KINDS = (
     "truncate",
     "latency",
     "apply_then_500",
+    "cut_etag",
     "apply_then_drop",
     "apply_late",
 )
@@ -113,7 +116,12 @@ def classify(method: str, target: str, headers: Any) -> str:
     return "other"
 
 
+_ETAG_CLASSES = frozenset({"get", "head", "put", "conditional_put", "multipart"})
+
+
 def _eligible(kind: str, klass: str) -> bool:
+    if kind == "cut_etag":
+        return klass in _ETAG_CLASSES
     return kind not in _BODY_KINDS or klass in _BODY_CLASSES
 
 
@@ -159,6 +167,7 @@ class FaultProxy:
         self.max_body = max_body
         self.injected: Counter[tuple[str, str]] = Counter()
         self.requests: Counter[str] = Counter()
+        self.log: deque[tuple[str, str, str, str | None, str | None]] = deque(maxlen=10_000)
         self._random = random.Random(seed)
         self._script: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
@@ -188,7 +197,7 @@ class FaultProxy:
         with self._lock:
             return sum(self.injected.values())
 
-    def choose(self, klass: str) -> str | None:
+    def choose(self, klass: str, method: str = "", path: str = "", range_: str | None = None) -> str | None:
         """The fault for the next request of ``klass``, or None to forward it untouched."""
         with self._lock:
             self.requests[klass] += 1
@@ -202,6 +211,7 @@ class FaultProxy:
                 kind = None
             if kind is not None:
                 self.injected[(klass, kind)] += 1
+            self.log.append((klass, method, path, range_, kind))
             return kind
 
     def close(self) -> None:
@@ -272,12 +282,20 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("faultproxy: " + format, *args)
 
     def do_any(self) -> None:
+        try:
+            self._handle()
+        except OSError as exc:  # the client went away mid-reply: nothing more to tell it
+            logger.debug("faultproxy: client of %s %s went away: %s", self.command, self.path, exc)
+            self.close_connection = True
+            self._drop_upstream()
+
+    def _handle(self) -> None:
         body = self._read_body()
         if body is None:
             return
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS and k.lower() != "content-length"]
         klass = classify(self.command, self.path, self.headers)
-        kind = self.proxy.choose(klass)
+        kind = self.proxy.choose(klass, self.command, self.path, self.headers.get("Range"))
         if kind in _ERROR_REPLIES:
             status, payload = _ERROR_REPLIES[kind]
             self._reply_error(status, payload)
@@ -365,6 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response_only(resp.status, resp.reason)
         for name, value in resp.getheaders():
             if name.lower() not in _HOP_HEADERS and name.lower() != "content-length":
+                if kind == "cut_etag" and name.lower() == "etag":
+                    value = value[: len(value) // 2]
                 self.send_header(name, value)
         if length is not None:
             self.send_header("Content-Length", length)
@@ -419,8 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with contextlib.suppress(OSError):
-            self.rfile.close()
-            self.wfile.close()
+            self.rfile.close()  # drops the file's hold on the socket, so close() really closes
             self.connection.close()
 
     def finish(self) -> None:

@@ -64,7 +64,7 @@ from .s3_errors import (
     _error_code,
     _Retry,
 )
-from .s3_io import _body, _byte_view, _nbytes, _read_all, _read_into
+from .s3_io import _body, _byte_view, _nbytes, _read_all, _read_into, valid_etag
 from .s3_multipart import MIN_PART, abort_upload, list_uploads, upload_in_parts
 from .s3_request import S3Requests
 
@@ -209,14 +209,19 @@ class S3Store(ObjectStore):
                 if size is None:
                     resp["Body"].close()
                     raise MalformedReplyError(f"GetObject of {full!r} answered without a Content-Length")
+                etag = resp.get("ETag")
+                if etag is not None and not valid_etag(etag):
+                    resp["Body"].close()
+                    raise MalformedReplyError(f"GetObject of {full!r} answered with ETag {etag!r}")
                 try:
                     return _read_all(resp)
                 except BaseException:
-                    state["size"], state["etag"] = int(size), resp.get("ETag")
+                    state["size"], state["etag"] = int(size), etag
                     raise
-            buf = bytearray(state["size"])
-            self._fill(key, full, memoryview(buf), 0, state)
-            return bytes(buf)
+            if "buf" not in state:
+                state["buf"] = bytearray(state["size"])  # kept across attempts with "done"
+            self._fill(key, full, memoryview(state["buf"]), 0, state)
+            return bytes(state["buf"])
 
         return self._s3.call("GetObject", key, attempt)
 
@@ -279,10 +284,13 @@ class S3Store(ObjectStore):
                     f"{self._s3.where(key)} was replaced while it was being read; read it again"
                 ) from exc
             raise
-        state["etag"] = resp.get("ETag") or state.get("etag")
-        if resp.get("ContentLength") is None:
+        etag = resp.get("ETag")
+        if resp.get("ContentLength") is None or (etag is not None and not valid_etag(etag)):
             resp["Body"].close()
-            raise MalformedReplyError(f"GetObject of {full!r} answered without a Content-Length")
+            raise MalformedReplyError(
+                f"GetObject of {full!r} answered without a Content-Length or with a malformed ETag {etag!r}"
+            )
+        state["etag"] = etag or state.get("etag")
         want = min(int(resp["ContentLength"]), len(view) - done)
         got = _read_into(resp, view[done : done + want])
         done += got

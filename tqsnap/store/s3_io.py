@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 from botocore.exceptions import IncompleteReadError
@@ -19,6 +20,19 @@ from .s3_errors import _TRANSIENT_EXCEPTIONS, _describe, _Retry
 logger = logging.getLogger(__name__)
 
 _READ_CHUNK = 1 << 20
+
+#: A quoted entity tag without quotes or spaces inside (RFC 9110), or a bare MD5 in hex.
+_ETAG = re.compile(r'^(?:"[\x21\x23-\x7e]+"|[0-9a-fA-F]{32})$')
+_MD5_QUOTED = re.compile(r'^"[0-9a-fA-F]*"$')
+
+
+def valid_etag(etag: object) -> bool:
+    """True for an ETag that can be sent back in a completion; a quoted hex one must be an MD5."""
+    if not isinstance(etag, str) or not _ETAG.match(etag):
+        return False
+    return not _MD5_QUOTED.match(etag) or len(etag) == 34
+
+
 
 
 class BufferReader:

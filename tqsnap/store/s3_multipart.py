@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from typing import Any
@@ -26,7 +25,7 @@ from botocore.exceptions import ClientError
 from ..errors import StoreError
 from .base import Buffer, PendingUpload
 from .s3_errors import MalformedReplyError, _error_code
-from .s3_io import BufferReader, _byte_view
+from .s3_io import BufferReader, _byte_view, valid_etag
 from .s3_request import S3Requests
 
 logger = logging.getLogger(__name__)
@@ -35,18 +34,6 @@ logger = logging.getLogger(__name__)
 MAX_PARTS = 10_000
 #: ...and parts smaller than this, except the last.
 MIN_PART = 5 * 2**20
-
-#: A quoted entity tag without quotes or spaces inside (RFC 9110), or a bare MD5 in hex.
-_ETAG = re.compile(r'^(?:"[\x21\x23-\x7e]+"|[0-9a-fA-F]{32})$')
-_MD5_QUOTED = re.compile(r'^"[0-9a-fA-F]*"$')
-
-
-def valid_etag(etag: object) -> bool:
-    """True for an ETag that can be sent back in a completion; a quoted hex one must be an MD5."""
-    if not isinstance(etag, str) or not _ETAG.match(etag):
-        return False
-    return not _MD5_QUOTED.match(etag) or len(etag) == 34
-
 
 def upload_in_parts(
     s3: S3Requests, key: str, data: Buffer, size: int, chunk: int, *, conditional: bool

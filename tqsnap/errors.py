@@ -39,6 +39,21 @@ class AccessDeniedError(StoreError):
     """The store refused the credentials or the operation (HTTP 401/403)."""
 
 
+class IncompleteListingError(StoreError):
+    """A listing could not see every key under its prefix (an unreadable directory, a symlink
+    in the tree, a LIST that failed or was cut short). Never read as "fewer keys": gc and
+    forget abort on it, because a key they did not see is a key they might wrongly delete."""
+
+
+class UnsafeObjectError(StoreError):
+    """A key names something that is not a plain object inside the store: a symlink, a
+    directory, a FIFO or device. It is refused, never followed or read."""
+
+
+class InvalidKeyError(StoreError, ValueError):
+    """A key is not a legal store key (NUL, absolute, ``..``, backslash, empty segment)."""
+
+
 class GcConflictError(StoreError):
     """Live manifests kept vanishing while gc read them: another gc is finalising; retry later."""
 

@@ -3,158 +3,494 @@
 Objects are plain files under the root directory. ``put_if_absent`` writes a temporary file,
 fsyncs it, and ``os.link``s it into place: the link fails if the key exists, and a reader can
 never see a half-written object. LastModified is the file's mtime.
+
+The store is a box (docs/security.md). A repository may come from someone else, so:
+
+- every path below the root is walked one component at a time from a directory descriptor,
+  each opened with ``O_NOFOLLOW``: a symlink anywhere below the root is refused, never
+  followed, for reads, lists, writes and deletes (the root itself may be a symlink: that is
+  the user's own choice);
+- only regular files are objects; a directory, FIFO, socket or device named as a key is a
+  typed error, and files are opened ``O_NONBLOCK`` so a FIFO cannot block the open;
+- every read is bounded by the file's real size (``fstat``), never by what a caller expects;
+- a listing that cannot see everything raises :class:`~tqsnap.errors.IncompleteListingError`
+  instead of yielding fewer keys;
+- nothing is created until the first write, so reading a mistyped path or a read-only
+  medium changes nothing.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..errors import BucketNotFoundError, ObjectNotFoundError, StoreError
+from ..errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    IncompleteListingError,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    StoreError,
+    UnsafeObjectError,
+)
 from .base import Buffer, ObjectInfo, ObjectStore, batched
 
 _TMP_DIR = ".tmp"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_MAX_SEGMENT = 255  # bytes in one file name on every common Linux file system
+#: Errors of the medium rather than of the key: reported as a StoreError naming the key.
+_DENIED = (errno.EACCES, errno.EPERM)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 class LocalStore(ObjectStore):
-    """Objects as files below ``root``; temp files live in ``root/.tmp`` and are never listed."""
+    """Objects as files below ``root``; temp files live in ``root/.tmp`` and are never listed.
+
+    ``create=False`` refuses a missing root at once; with ``create=True`` (the default) the
+    root and ``.tmp/`` are made by the first write, never by a read.
+    """
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, fsync: bool = True) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = self.root.as_uri()
         self.fsync = fsync
-        if not self.root.exists():
-            if not create:
-                raise BucketNotFoundError(
-                    f"directory {self.root} does not exist; create it or pass create=True"
-                )
-            self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / _TMP_DIR).mkdir(exist_ok=True)
+        self.create = create
+        if self.root.exists() and not self.root.is_dir():
+            raise BucketNotFoundError(f"{self.root} is not a directory; a local repository is a directory")
+        if not create and not self.root.exists():
+            raise BucketNotFoundError(f"directory {self.root} does not exist; create it or pass create=True")
+
+    # --- keys and paths ----------------------------------------------------------------------
+
+    def _parts(self, key: str) -> list[str]:
+        """The path segments of a legal key; anything that could leave its place is refused."""
+        if not isinstance(key, str) or not key:
+            raise InvalidKeyError(f"invalid store key {key!r}: keys are non-empty strings")
+        bad = (
+            "\x00" in key
+            or "\\" in key
+            or key.startswith("/")
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key)
+        )
+        parts = key.split("/")
+        if (
+            bad
+            or any(p in ("", ".", "..") for p in parts)
+            or parts[0] == _TMP_DIR
+            or any(len(p.encode("utf-8", "surrogateescape")) > _MAX_SEGMENT for p in parts)
+        ):
+            raise InvalidKeyError(
+                f"refusing store key {key!r}: it is absolute, has an empty, '.', '..', NUL, "
+                "backslash or control-character segment, or names the temp directory"
+            )
+        return parts
 
     def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/") or key.startswith(_TMP_DIR):
-            raise StoreError(f"refusing key {key!r}: it would leave the store root")
-        return self.root / key
+        return self.root.joinpath(*self._parts(key))
+
+    def _fail(self, exc: OSError, key: str, action: str) -> StoreError:
+        """A typed error for an OSError met while doing ``action`` on ``key``."""
+        where = f"{key!r} in {self.url}"
+        if exc.errno in _DENIED:
+            return AccessDeniedError(f"permission denied to {action} {where}: {exc.strerror}")
+        if exc.errno == errno.ELOOP:
+            return UnsafeObjectError(f"refusing to {action} {where}: a path segment is a symlink")
+        if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+            return StoreError(f"cannot {action} {where}: the file system is full ({exc.strerror})")
+        if exc.errno == errno.EROFS:
+            return StoreError(f"cannot {action} {where}: the file system is read-only")
+        return StoreError(f"cannot {action} {where}: {exc.strerror or exc}")
+
+    def _open_root(self) -> int | None:
+        try:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise BucketNotFoundError(f"{self.root} is not a directory") from None
+
+    def _open_dirs(self, parts: list[str], key: str, action: str, *, make: bool = False) -> int | None:
+        """A descriptor of the directory ``parts`` below the root, every segment ``O_NOFOLLOW``.
+
+        Returns None when a segment is missing (and ``make`` is false) or is a regular file
+        (then nothing can exist below it, as on S3).
+        """
+        if make:
+            self._make_root(key)
+        fd = self._open_root()
+        if fd is None:
+            return None
+        try:
+            for part in parts:
+                if make:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError) as exc:
+                    st = self._lstat_at(fd, part)
+                    if st is not None and stat.S_ISLNK(st.st_mode):
+                        raise UnsafeObjectError(
+                            f"refusing to {action} {key!r} in {self.url}: {part!r} is a symlink"
+                        ) from None
+                    if make:
+                        raise self._fail(exc, key, action) from None
+                    return None
+                except OSError as exc:
+                    raise self._fail(exc, key, action) from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _make_root(self, key: str) -> None:
+        if self.root.is_dir():
+            return
+        if not self.create:
+            raise BucketNotFoundError(f"directory {self.root} does not exist; create it or pass create=True")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._fail(exc, key, "create the repository directory for") from None
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def _open_object(self, key: str) -> tuple[int, os.stat_result]:
+        """An open descriptor of the regular file ``key`` and its ``fstat``."""
+        parts = self._parts(key)
+        parent = self._open_dirs(parts[:-1], key, "read")
+        if parent is None:
+            raise ObjectNotFoundError(key)
+        try:
+            try:
+                fd = os.open(parts[-1], _READ_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                raise ObjectNotFoundError(key) from None
+            except OSError as exc:
+                raise self._fail(exc, key, "read") from None
+        finally:
+            os.close(parent)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise UnsafeObjectError(
+                f"refusing to read {key!r} in {self.url}: it is {_kind(st.st_mode)}, not a regular file"
+            )
+        return fd, st
+
+    def _pread(self, fd: int, key: str, buf: memoryview, start: int) -> int:
+        done = 0
+        while done < len(buf):
+            try:
+                n = os.preadv(fd, [buf[done:]], start + done)
+            except OSError as exc:
+                raise self._fail(exc, key, "read") from None
+            if not n:
+                break
+            done += n
+        return done
 
     def get(self, key: str) -> bytes:
+        fd, st = self._open_object(key)
         try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise ObjectNotFoundError(key) from None
+            buf = bytearray(st.st_size)
+            got = self._pread(fd, key, memoryview(buf), 0)
+        finally:
+            os.close(fd)
+        del buf[got:]  # the file shrank under us: return what it holds now, never more
+        return bytes(buf)
+
+    @staticmethod
+    def _check_range(key: str, start: int, length: int) -> None:
+        if start < 0 or length < 0:
+            raise InvalidKeyError(f"invalid range of {key!r}: start {start}, length {length}")
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
+        self._check_range(key, start, length)
+        fd, st = self._open_object(key)
         try:
-            with open(self._path(key), "rb") as f:
-                f.seek(start)
-                return f.read(length)
-        except FileNotFoundError:
-            raise ObjectNotFoundError(key) from None
+            want = max(0, min(length, st.st_size - start))
+            buf = bytearray(want)
+            got = self._pread(fd, key, memoryview(buf), start)
+        finally:
+            os.close(fd)
+        del buf[got:]
+        return bytes(buf)
 
     def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
+        self._check_range(key, start, len(buf))
+        fd, st = self._open_object(key)
         try:
-            with open(self._path(key), "rb", buffering=0) as f:
-                f.seek(start)
-                done = 0
-                while done < len(buf):
-                    n = f.readinto(buf[done:])
-                    if not n:
-                        break
-                    done += n
-                return done
-        except FileNotFoundError:
-            raise ObjectNotFoundError(key) from None
-
-    def _write_temp(self, data: Buffer) -> Path:
-        tmp = self.root / _TMP_DIR / uuid.uuid4().hex
-        with open(tmp, "wb", buffering=0) as f:
-            view = memoryview(data).cast("B")
-            while view:
-                n = f.write(view)
-                view = view[n:]
-            if self.fsync:
-                os.fsync(f.fileno())
-        return tmp
-
-    def _fsync_dir(self, path: Path) -> None:
-        if not self.fsync:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
+            want = max(0, min(len(buf), st.st_size - start))
+            return self._pread(fd, key, memoryview(buf).cast("B")[:want], start)
         finally:
             os.close(fd)
 
-    def put(self, key: str, data: Buffer) -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._write_temp(data)
-        os.replace(tmp, target)
-        self._fsync_dir(target.parent)
-
-    def put_if_absent(self, key: str, data: Buffer) -> bool:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._write_temp(data)
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return False
-        except OSError as exc:  # pragma: no cover - file systems without hard links
-            if exc.errno in (errno.EPERM, errno.ENOTSUP):
-                raise StoreError(
-                    f"{self.root} does not support hard links; exclusive create is impossible"
-                ) from exc
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._fsync_dir(target.parent)
-        return True
-
     def head(self, key: str) -> ObjectInfo | None:
-        try:
-            st = self._path(key).stat()
-        except FileNotFoundError:
+        parts = self._parts(key)
+        parent = self._open_dirs(parts[:-1], key, "stat")
+        if parent is None:
             return None
+        try:
+            st = self._lstat_at(parent, parts[-1])
+        except OSError as exc:
+            raise self._fail(exc, key, "stat") from None
+        finally:
+            os.close(parent)
+        if st is None:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeObjectError(
+                f"refusing {key!r} in {self.url}: it is {_kind(st.st_mode)}, not a regular file"
+            )
         return ObjectInfo(key, st.st_size, st.st_mtime)
 
+    # --- listing -----------------------------------------------------------------------------
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        # Walk only the directory that can contain the prefix, then filter by the full prefix.
-        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root / base_dir if base_dir else self.root
-        if not start.is_dir():
+        """Every regular file under ``prefix``, sorted; raises instead of skipping anything."""
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        parts = self._parts(base) if base else []
+        fd = self._open_dirs(parts, prefix, "list")
+        if fd is None:
             return
         found: list[ObjectInfo] = []
-        for dirpath, dirnames, filenames in os.walk(start):
-            rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
-            rel_dir = "" if rel_dir == "." else rel_dir + "/"
-            if rel_dir == "":
-                dirnames[:] = [d for d in dirnames if d != _TMP_DIR]
-            for name in filenames:
-                key = rel_dir + name
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    st = os.stat(os.path.join(dirpath, name))
-                except FileNotFoundError:
-                    continue
-                found.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        try:
+            self._walk(fd, base + "/" if base else "", prefix, found)
+        finally:
+            os.close(fd)
         found.sort(key=lambda info: info.key)
         yield from found
 
+    def _walk(self, fd: int, rel: str, prefix: str, found: list[ObjectInfo]) -> None:
+        """Collect the files below directory ``fd`` (key prefix ``rel``) whose keys match."""
+
+        def incomplete(what: str) -> IncompleteListingError:
+            return IncompleteListingError(
+                f"listing {prefix!r} in {self.url} is incomplete: {what}. Nothing was read as "
+                "absent; fix the repository (or its permissions) and retry"
+            )
+
+        try:
+            with os.scandir(fd) as entries:
+                names = [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+        except FileNotFoundError:
+            return  # removed while we walked: it held nothing then
+        except OSError as exc:
+            raise incomplete(f"directory {rel or '/'!r} cannot be read ({exc.strerror})") from None
+        for name, st in names:
+            key = rel + name
+            if not rel and name == _TMP_DIR:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                sub = key + "/"
+                if not (sub.startswith(prefix) or prefix.startswith(sub)):
+                    continue
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise incomplete(f"directory {key!r} cannot be opened ({exc.strerror})") from None
+                try:
+                    self._walk(child, sub, prefix, found)
+                finally:
+                    os.close(child)
+            elif not key.startswith(prefix):
+                continue
+            elif stat.S_ISREG(st.st_mode):
+                found.append(ObjectInfo(key, st.st_size, st.st_mtime))
+            else:
+                raise incomplete(f"{key!r} is {_kind(st.st_mode)}, which a store never holds")
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def _write_temp(self, data: Buffer, key: str) -> tuple[int, str]:
+        """Write ``data`` to a new file in ``.tmp/``; return (descriptor of .tmp, file name)."""
+        tmp_dir = self._open_dirs([_TMP_DIR], key, "write", make=True)
+        assert tmp_dir is not None
+        name = uuid.uuid4().hex
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=tmp_dir)
+        except OSError as exc:
+            os.close(tmp_dir)
+            raise self._fail(exc, key, "write") from None
+        try:
+            view = memoryview(data).cast("B")
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            self._remove_temp(tmp_dir, name)
+            raise self._fail(exc, key, "write") from None
+        except BaseException:
+            self._remove_temp(tmp_dir, name)
+            raise
+        finally:
+            os.close(fd)
+        return tmp_dir, name
+
+    @staticmethod
+    def _remove_temp(tmp_dir: int, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=tmp_dir)
+        except OSError:
+            pass
+
+    def _fsync_dir(self, fd: int) -> None:
+        if self.fsync:
+            os.fsync(fd)
+
+    def _store(self, key: str, data: Buffer, *, exclusive: bool) -> bool:
+        parts = self._parts(key)
+        parent = self._open_dirs(parts[:-1], key, "write", make=True)
+        assert parent is not None
+        try:
+            tmp_dir, name = self._write_temp(data, key)
+            try:
+                if exclusive:
+                    os.link(name, parts[-1], src_dir_fd=tmp_dir, dst_dir_fd=parent, follow_symlinks=False)
+                else:
+                    st = self._lstat_at(parent, parts[-1])
+                    if st is not None and not stat.S_ISREG(st.st_mode):
+                        raise UnsafeObjectError(
+                            f"refusing to overwrite {key!r} in {self.url}: it is {_kind(st.st_mode)}"
+                        )
+                    os.replace(name, parts[-1], src_dir_fd=tmp_dir, dst_dir_fd=parent)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno in (errno.EPERM, errno.ENOTSUP) and exclusive:
+                    raise StoreError(
+                        f"{self.root} does not support hard links; exclusive create of {key!r} is impossible"
+                    ) from exc
+                raise self._fail(exc, key, "write") from None
+            finally:
+                self._remove_temp(tmp_dir, name)
+                os.close(tmp_dir)
+            self._fsync_dir(parent)
+            return True
+        finally:
+            os.close(parent)
+
+    def put(self, key: str, data: Buffer) -> None:
+        self._store(key, data, exclusive=False)
+
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        return self._store(key, data, exclusive=True)
+
     def delete_many(self, keys: Iterable[str]) -> int:
+        """Unlink regular files only; a symlink, directory or special file is refused."""
         requests = 0
         for batch in batched(keys):
             requests += 1
             for key in batch:
+                self._delete(key)
+        return requests
+
+    def _delete(self, key: str) -> None:
+        parts = self._parts(key)
+        parent = self._open_dirs(parts[:-1], key, "delete")
+        if parent is None:
+            return
+        try:
+            st = self._lstat_at(parent, parts[-1])
+            if st is None:
+                return
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafeObjectError(
+                    f"refusing to delete {key!r} in {self.url}: it is {_kind(st.st_mode)}"
+                )
+            os.unlink(parts[-1], dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._fail(exc, key, "delete") from None
+        finally:
+            os.close(parent)
+
+    # --- local temporaries -------------------------------------------------------------------
+
+    def stale_temporaries(self, older_than: float) -> list[ObjectInfo]:
+        """Files in ``.tmp/`` last modified before ``older_than``: left by killed or failed writes.
+
+        Keys are ``.tmp/<name>``; only :meth:`remove_temporaries` accepts them.
+        """
+        tmp_dir = self._open_dirs([_TMP_DIR], _TMP_DIR, "list")
+        if tmp_dir is None:
+            return []
+        out: list[ObjectInfo] = []
+        try:
+            with os.scandir(tmp_dir) as entries:
+                for e in entries:
+                    st = e.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < older_than:
+                        out.append(ObjectInfo(f"{_TMP_DIR}/{e.name}", st.st_size, st.st_mtime))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._fail(exc, _TMP_DIR, "list") from None
+        finally:
+            os.close(tmp_dir)
+        return sorted(out, key=lambda i: i.key)
+
+    def remove_temporaries(self, temporaries: Iterable[ObjectInfo]) -> int:
+        """Unlink the given ``.tmp/`` files (regular files only); return how many were removed."""
+        tmp_dir = self._open_dirs([_TMP_DIR], _TMP_DIR, "delete")
+        if tmp_dir is None:
+            return 0
+        removed = 0
+        try:
+            for info in temporaries:
+                name = info.key.removeprefix(f"{_TMP_DIR}/")
+                if "/" in name or name in ("", ".", ".."):
+                    raise InvalidKeyError(f"{info.key!r} is not a temporary file of {self.url}")
+                st = self._lstat_at(tmp_dir, name)
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    continue
                 try:
-                    self._path(key).unlink()
+                    os.unlink(name, dir_fd=tmp_dir)
+                    removed += 1
                 except FileNotFoundError:
                     pass
-        return requests
+                except OSError as exc:
+                    raise self._fail(exc, info.key, "delete") from None
+        finally:
+            os.close(tmp_dir)
+        return removed
 
     def now(self) -> float:
         return time.time()

@@ -204,18 +204,29 @@ TRANSIENT_ERRNOS = frozenset(
 )
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    cur: BaseException | None = exc
+    for _ in range(8):
+        if cur is None:
+            return
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def refused_os_error(exc: BaseException) -> bool:
+    """True when the request was refused before it reached the store (nothing was applied)."""
+    return any(
+        isinstance(e, ConnectionRefusedError) or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED)
+        for e in _chain(exc)
+    )
+
+
 def transient_os_error(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a connection or NFS failure that may pass."""
-    seen = 0
-    cur: BaseException | None = exc
-    while cur is not None and seen < 8:
-        if isinstance(cur, ConnectionError | TimeoutError):
-            return True
-        if isinstance(cur, OSError) and cur.errno in TRANSIENT_ERRNOS:
-            return True
-        cur = cur.__cause__ or cur.__context__
-        seen += 1
-    return False
+    return any(
+        isinstance(e, ConnectionError | TimeoutError) or (isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS)
+        for e in _chain(exc)
+    )
 
 
 class RetryingStore(ObjectStore):
@@ -227,10 +238,11 @@ class RetryingStore(ObjectStore):
     on failures ``retryable`` accepts. A list that fails part-way resumes after the last key
     it yielded, because listings are in key order.
 
-    ``put_if_absent`` is the commit and is never repeated blindly: a failure before the
-    store could have acted is repeated, but an attempt that may have been applied makes the
-    outcome unknown, and a later "exists" cannot tell the writer's own object from a rival's,
-    so :class:`~tqsnap.errors.CommitOutcomeUnknownError` is raised for the caller to resolve.
+    ``put_if_absent`` is the commit and is never repeated blindly: a failure that
+    ``not_applied`` says changed nothing (a refused connection) is repeated freely, but after
+    an attempt that may have been applied a later "exists" cannot tell the writer's own object
+    from a rival's, so :class:`~tqsnap.errors.CommitOutcomeUnknownError` is raised for the
+    caller to resolve. A True is always definite.
     """
 
     def __init__(
@@ -239,10 +251,12 @@ class RetryingStore(ObjectStore):
         policy: RetryPolicy | None = None,
         *,
         retryable: Callable[[BaseException], bool] = transient_os_error,
+        not_applied: Callable[[BaseException], bool] = refused_os_error,
     ) -> None:
         self.inner = inner
         self.policy = policy or RetryPolicy()
         self.retryable = retryable
+        self.not_applied = not_applied
         self.url = inner.url
         self.atomic_create = inner.atomic_create
 
@@ -269,7 +283,8 @@ class RetryingStore(ObjectStore):
             except Exception as exc:
                 if not self.retryable(exc):
                     raise
-                uncertain = exc
+                if not self.not_applied(exc):
+                    uncertain = exc
                 logger.info("put_if_absent of %r in %s failed (%r); retrying", key, self.url, exc)
                 continue
             if created or uncertain is None:
@@ -279,6 +294,11 @@ class RetryingStore(ObjectStore):
                 f"put_if_absent of {key!r} in {self.url} failed ({uncertain!r}) and a retry found the "
                 "object existing: it may be this writer's own or a rival's. Read it back to tell",
             ) from uncertain
+        if uncertain is None:
+            raise StoreError(
+                f"put_if_absent of {key!r} in {self.url} was refused on every attempt; nothing was "
+                "written. Check that the store is reachable and run it again"
+            )
         raise CommitOutcomeUnknownError(
             key,
             f"put_if_absent of {key!r} in {self.url} failed on every attempt (last: {uncertain!r}); "
@@ -289,9 +309,15 @@ class RetryingStore(ObjectStore):
         return self._run("head", key, lambda: self.inner.head(key))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The inner listing; after a failure it starts again and skips the keys already yielded.
+
+        Each stretch of progress earns a fresh budget, as each page of an S3 listing does, so
+        a long listing on a flaky mount finishes as long as it keeps advancing.
+        """
         last: str | None = None
-        failure: BaseException | None = None
-        for attempt in self.policy.attempts():
+        failures, started = 0, self.policy.clock()
+        while True:
+            before = last
             try:
                 for info in self.inner.list(prefix):
                     if last is not None and info.key <= last:
@@ -300,13 +326,16 @@ class RetryingStore(ObjectStore):
                     last = info.key
                 return
             except Exception as exc:
-                if not self.retryable(exc) or attempt >= self.policy.max_attempts:
+                if not self.retryable(exc):
                     raise
-                failure = exc
+                if last != before:
+                    failures, started = 0, self.policy.clock()
+                delay = self.policy.backoff(failures)
+                failures += 1
+                if failures >= self.policy.max_attempts or self.policy.clock() + delay - started > self.policy.budget_s:
+                    raise
                 logger.info("list of %r in %s failed after %r (%r); resuming", prefix, self.url, last, exc)
-        raise StoreError(
-            f"listing {prefix!r} in {self.url} failed and ran out of its retry time budget; run it again"
-        ) from failure
+                self.policy.sleep(delay)
 
     def delete_many(self, keys: Iterable[str]) -> int:
         keys = list(keys)

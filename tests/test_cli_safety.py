@@ -7,6 +7,7 @@ would, against a repository crafted on disk (or on the moto S3 server).
 
 from __future__ import annotations
 
+import argparse
 import errno
 import io
 import json
@@ -15,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -279,13 +281,37 @@ def test_every_exception_becomes_one_line_and_its_exit_code(exc: BaseException, 
     def command(_args: object) -> int:
         raise exc
 
-    assert cli_errors.run_command(command, object()) == code
+    args = argparse.Namespace(command="show", url="/the/repo")
+    assert cli_errors.run_command(command, args) == code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("tqsnap: ") and ESC not in err
     if isinstance(exc, OSError):
         assert exc.filename in err
+    if not isinstance(exc, tqsnap.errors.TqsnapError | KeyboardInterrupt):
+        assert "show /the/repo" in err  # Python's own messages name no object: say where
     if code == EXIT_INTERNAL:
         assert "-vv" in err
+
+
+def test_a_worker_thread_that_dies_prints_no_traceback(capsys) -> None:
+    def command(_args: object) -> int:
+        def work() -> None:
+            raise RuntimeError("worker broke on " + CLEAR_SCREEN)
+
+        t = threading.Thread(target=work, name="shard-fetch")
+        t.start()
+        t.join(30)
+        return EXIT_OK
+
+    cli_logging.configure_logging(0)
+    try:
+        assert cli_errors.run_command(command, argparse.Namespace(command="verify")) == EXIT_OK
+    finally:
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, "_tqsnap_cli", False)]:
+            root.removeHandler(h)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ESC not in err and "shard-fetch failed" in err
 
 
 def test_the_traceback_is_logged_only_at_vv(repo: Path) -> None:

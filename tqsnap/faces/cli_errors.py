@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 
 from .. import errors
@@ -62,8 +63,12 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
-def describe(exc: BaseException) -> str:
-    """One line for stderr: what failed and, where Python's message lacks it, on what."""
+def describe(exc: BaseException, where: str = "") -> str:
+    """One line for stderr: what failed and, where Python's message lacks it, on what.
+
+    tqsnap's own errors name their object. Python's do not always ("embedded null byte"),
+    so those are prefixed with ``where``: the subcommand and the repository it ran on.
+    """
     if isinstance(exc, errors.TqsnapError):
         text = str(exc)
     elif isinstance(exc, RecursionError):
@@ -80,9 +85,26 @@ def describe(exc: BaseException) -> str:
             text += " (the disk is full; a re-run after freeing space is safe)"
     else:
         text = f"{type(exc).__name__}: {exc}"
+    if where and not isinstance(exc, errors.TqsnapError):
+        text = f"{where}: {text}"
     if exit_code_for(exc) == EXIT_INTERNAL:
         text = f"internal error: {text} (run with -vv for the traceback, and please report it)"
     return terminal_safe(" ".join(text.split("\n")))
+
+
+def _where(args: argparse.Namespace) -> str:
+    parts = [getattr(args, "command", None), getattr(args, "url", None)]
+    return " ".join(str(p) for p in parts if p)
+
+
+def _thread_exception(hook_args: threading.ExceptHookArgs) -> None:
+    """A worker thread that dies must not print a traceback either: log it, escaped."""
+    if hook_args.exc_type is SystemExit or hook_args.exc_value is None:
+        return
+    name = hook_args.thread.name if hook_args.thread is not None else "a worker thread"
+    exc_info = (hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback)
+    log.debug("%s failed", name, exc_info=exc_info)
+    log.error("%s failed: %s", name, describe(hook_args.exc_value))
 
 
 def _silence_stdout() -> None:
@@ -104,6 +126,7 @@ def _say(message: str) -> None:
 
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run one subcommand; turn whatever it raises into a message and an exit code."""
+    previous_hook, threading.excepthook = threading.excepthook, _thread_exception
     try:
         code = int(func(args) or 0)
         sys.stdout.flush()  # a broken pipe surfaces here rather than at interpreter exit
@@ -117,5 +140,7 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
         return EXIT_BROKEN_PIPE
     except Exception as exc:  # noqa: BLE001 - the point of this function
         log.debug("%s failed", getattr(args, "command", "tqsnap"), exc_info=True)
-        _say(f"error: {describe(exc)}")
+        _say(f"error: {describe(exc, _where(args))}")
         return exit_code_for(exc)
+    finally:
+        threading.excepthook = previous_hook

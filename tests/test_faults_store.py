@@ -200,3 +200,25 @@ def test_a_multipart_commit_whose_reply_was_lost_is_unknown(faulty_s3: Callable[
         store.put_if_absent("big-commit", data)
     assert _direct(bucket).get("big-commit") == data
     assert list(store.list_uploads()) == []
+
+
+def test_incomplete_uploads_under_the_prefix_are_listed_and_aborted(s3_server: Any) -> None:
+    url, options = s3_server.make_bucket("repo")
+    store = open_store(url, **options)
+    raw = s3_server.client()
+    bucket = url.split("/")[2]
+    before = store.now()
+    inside = raw.create_multipart_upload(Bucket=bucket, Key="repo/shards/ab/left.1")["UploadId"]
+    outside = raw.create_multipart_upload(Bucket=bucket, Key="elsewhere/x")["UploadId"]
+    (pending,) = store.list_uploads()
+    assert (pending.key, pending.upload_id) == ("shards/ab/left.1", inside)
+    if s3_server.name == "moto":  # moto answers a fixed Initiated date (2010-11-10) for every upload
+        assert pending.initiated < before
+    else:
+        assert abs(pending.initiated - before) < 60
+    assert list(store.list_uploads("snapshots/")) == []
+    store.abort_upload(pending)
+    store.abort_upload(pending)  # already gone: not an error
+    assert list(store.list_uploads()) == []
+    remaining = raw.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in remaining] == [("elsewhere/x", outside)]

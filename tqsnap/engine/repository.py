@@ -7,6 +7,7 @@ tombstones, each a put-if-absent of an immutable object.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,10 +36,25 @@ from ..format.keys import (
     validate_name,
 )
 from ..format.manifest import Manifest, SnapshotId, Tag, Tombstone
+from ..format.strict import MAX_MANIFEST_BYTES, MAX_SEQ, MAX_SMALL_DOC_BYTES
 from ..store import ObjectStore, open_store
 from .reader import SnapshotReader, VerifyReport
 
 log = logging.getLogger(__name__)
+
+#: A seq given as text: ASCII digits only, nothing around them (no sign, space or '.').
+_SEQ_TEXT = re.compile(r"[0-9]{1,20}", re.ASCII)
+_TAG_FILE = re.compile(r"tags/([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json", re.ASCII)
+
+
+def read_document(store: ObjectStore, key: str, limit: int) -> bytes:
+    """Read a JSON object of the repository, at most ``limit + 1`` bytes of it.
+
+    One ranged GET bounds the allocation by the limit whatever the object's real size (a
+    longer object comes back cut, one byte over the limit, and the parser refuses it by
+    size), so a crafted multi-gigabyte manifest costs nothing to refuse.
+    """
+    return store.get_range(key, 0, limit + 1)
 
 
 @dataclass
@@ -142,7 +158,7 @@ class Repository:
         """Open an existing repository; with ``create=True`` a missing one is made with defaults."""
         store = open_store(url, **(storage_options or {}))
         try:
-            raw = store.get(CONFIG_KEY)
+            raw = read_document(store, CONFIG_KEY, MAX_SMALL_DOC_BYTES)
         except ObjectNotFoundError:
             if create:
                 return cls.init(store, storage_options=storage_options)
@@ -184,7 +200,7 @@ class Repository:
     def load_manifest(self, stream: str, seq: int) -> Manifest:
         key = snapshot_key(stream, seq)
         try:
-            raw = self.store.get(key)
+            raw = read_document(self.store, key, MAX_MANIFEST_BYTES)
         except ObjectNotFoundError:
             raise SnapshotNotFoundError(
                 f"snapshot {stream}@{seq} does not exist ({key} is missing)"
@@ -230,7 +246,8 @@ class Repository:
             if parse_stream_key(info.key, TOMBSTONES_PREFIX) is None:
                 continue
             try:
-                out.append((Tombstone.decode(self.store.get(info.key), info.key), info.last_modified))
+                raw = read_document(self.store, info.key, MAX_SMALL_DOC_BYTES)
+                out.append((Tombstone.decode(raw, info.key), info.last_modified))
             except ObjectNotFoundError:
                 continue  # finalised by a concurrent gc
         return out
@@ -238,7 +255,11 @@ class Repository:
     # --- resolving ---------------------------------------------------------------------------
 
     def resolve(self, stream: str, snapshot: str | int = "latest") -> SnapshotId:
-        """Turn ``latest``, a seq (int or digits) or ``tag:<name>`` into a visible snapshot id."""
+        """Turn ``latest``, a seq (int or digits) or ``tag:<name>`` into a visible snapshot id.
+
+        Strict: a seq is an ``int`` (not a bool or float) or a string of ASCII digits; ``1.9``,
+        ``True``, ``" 1 "``, ``"٩"`` and ``inf`` are refused, never rounded or coerced.
+        """
         validate_name(stream)
         if isinstance(snapshot, str) and snapshot.startswith("tag:"):
             target = self.read_tag(snapshot[4:]).target
@@ -252,12 +273,15 @@ class Repository:
             if not visible:
                 raise SnapshotNotFoundError(f"stream {stream!r} has no snapshots in {self.url}")
             return SnapshotId(stream, visible[-1])
-        try:
+        if isinstance(snapshot, int) and not isinstance(snapshot, bool) and 0 <= snapshot <= MAX_SEQ:
+            seq = snapshot
+        elif isinstance(snapshot, str) and _SEQ_TEXT.fullmatch(snapshot):
             seq = int(snapshot)
-        except (TypeError, ValueError):
+        else:
             raise SnapshotNotFoundError(
-                f"cannot resolve snapshot {snapshot!r}: use 'latest', a seq number or 'tag:<name>'"
-            ) from None
+                f"cannot resolve snapshot {snapshot!r:.60} of stream {stream!r}: use 'latest', "
+                "a seq number (ASCII digits) or 'tag:<name>'"
+            )
         if seq not in visible:
             raise SnapshotNotFoundError(
                 f"snapshot {stream}@{seq} does not exist or was forgotten in {self.url}"
@@ -292,15 +316,15 @@ class Repository:
     def read_tag(self, name: str) -> Tag:
         key = tag_key(name)
         try:
-            return Tag.decode(self.store.get(key), key)
+            return Tag.decode(read_document(self.store, key, MAX_SMALL_DOC_BYTES), key)
         except ObjectNotFoundError:
             raise SnapshotNotFoundError(f"tag {name!r} does not exist in {self.url}") from None
 
     def tags(self) -> list[Tag]:
         out = []
         for info in self.store.list(TAGS_PREFIX):
-            if info.key.endswith(".json"):
-                out.append(Tag.decode(self.store.get(info.key), info.key))
+            if _TAG_FILE.fullmatch(info.key):
+                out.append(Tag.decode(read_document(self.store, info.key, MAX_SMALL_DOC_BYTES), info.key))
         return out
 
     def write_tombstone(self, stream: str, seq: int, reason: str = "") -> bool:

@@ -17,15 +17,17 @@ TOMBSTONES_PREFIX = "tombstones/"
 TAGS_PREFIX = "tags/"
 
 SEQ_DIGITS = 20
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SHARD_RE = re.compile(r"^shards/([0-9a-f]{2})/([0-9a-f]{32})\.([0-9a-z]+)(?:\.([a-z0-9]+))?$")
+# Matched with ``fullmatch`` only: ``$`` would also match before a trailing newline.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
+_SHARD_RE = re.compile(r"shards/([0-9a-f]{2})/([0-9a-f]{32})\.([0-9a-z]{1,64})(?:\.([a-z0-9]{1,16}))?", re.ASCII)
+_SEQ_FILE_RE = re.compile(rf"([0-9]{{{SEQ_DIGITS}}})\.json", re.ASCII)
 
 
 def validate_name(name: str, what: str = "stream") -> str:
     """Return ``name`` if it is a legal stream or tag name, else raise :class:`InvalidNameError`."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise InvalidNameError(
-            f"invalid {what} name {name!r}: use 1-128 characters from [A-Za-z0-9._-], "
+            f"invalid {what} name {name!r:.80}: use 1-128 characters from [A-Za-z0-9._-], "
             "starting with a letter or digit, without '..' or '/'"
         )
     return name
@@ -38,9 +40,13 @@ def shard_key(digest: str, upload_id: str, codec: str = "raw") -> str:
 
 
 def parse_shard_key(key: str) -> tuple[str, str, str] | None:
-    """Return (hash, upload_id, codec) of a shard key, or None if the key is not a shard."""
-    m = _SHARD_RE.match(key)
-    if not m:
+    """Return (hash, upload_id, codec) of a shard key, or None if the key is not a shard.
+
+    The fan-out directory must be the hash's first two digits: a key filed under another
+    prefix is not one this writer made.
+    """
+    m = _SHARD_RE.fullmatch(key) if isinstance(key, str) else None
+    if not m or m.group(2)[:2] != m.group(1):
         return None
     return m.group(2), m.group(3), m.group(4) or "raw"
 
@@ -72,10 +78,10 @@ def tag_key(name: str) -> str:
 
 def parse_seq_key(key: str, prefix: str) -> int | None:
     """The seq of ``<prefix><seq:020d>.json``, or None for any other key under the prefix."""
-    rest = key[len(prefix) :]
-    if len(rest) != SEQ_DIGITS + 5 or not rest.endswith(".json") or not rest[:SEQ_DIGITS].isdigit():
+    if not key.startswith(prefix):
         return None
-    return int(rest[:SEQ_DIGITS])
+    m = _SEQ_FILE_RE.fullmatch(key, len(prefix))  # ASCII digits: str.isdigit takes '²' and '٩'
+    return None if m is None else int(m.group(1))
 
 
 def parse_stream_key(key: str, kind_prefix: str) -> tuple[str, int] | None:
@@ -84,7 +90,7 @@ def parse_stream_key(key: str, kind_prefix: str) -> tuple[str, int] | None:
         return None
     rest = key[len(kind_prefix) :]
     stream, sep, _ = rest.partition("/")
-    if not sep or not _NAME_RE.match(stream):
+    if not sep or not _NAME_RE.fullmatch(stream) or ".." in stream:
         return None
     seq = parse_seq_key(key, f"{kind_prefix}{stream}/")
     return None if seq is None else (stream, seq)

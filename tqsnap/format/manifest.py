@@ -10,13 +10,22 @@ code. A large body (the item table and the adapter's ``extra``) moves into a con
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ManifestError
+from . import strict
+from .keys import parse_shard_key, validate_name
+from .shard import CODECS
+from .strict import MAX_BYTES, MAX_EXTENTS, MAX_ITEMS, MAX_SEQ, MAX_SHARDS
 from .version import FORMAT_VERSION, check_version
 
 ITEM_KINDS = ("tensor", "bytes", "pickle", "blob")
+
+_HASH_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
+#: Tensor dimensions a reader accepts (a dimension past this is a crafted value).
+MAX_DIMS = 64
 
 
 @dataclass(frozen=True)
@@ -39,10 +48,34 @@ class ShardRef:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ShardRef:
-        return cls(
-            str(d["key"]), str(d["hash"]), int(d["size"]), int(d["stored_size"]), str(d.get("codec", "raw"))
+    def from_json(cls, d: Any, key: str = "?", what: str = "manifest") -> ShardRef:
+        """Strict: the key must be a shard key of this hash and codec, sizes exact integers."""
+        d = strict.obj(d, key, what, "shards[]")
+        ref = cls(
+            strict.string(d, "key", key, what, max_len=256),
+            strict.string(d, "hash", key, what, max_len=32),
+            strict.integer(d, "size", key, what, hi=MAX_BYTES),
+            strict.integer(d, "stored_size", key, what, hi=MAX_BYTES),
+            strict.string(d, "codec", key, what, default="raw", max_len=16),
         )
+        parsed = parse_shard_key(ref.key)
+        if parsed is None:
+            raise ManifestError(
+                f"{what} {key!r} references {ref.key!r:.120} as a shard, but it is not a shard key "
+                "(shards/<h2>/<hash>.<upload-id>[.<codec>])"
+            )
+        if not _HASH_RE.fullmatch(ref.hash) or parsed[0] != ref.hash or parsed[2] != ref.codec:
+            raise ManifestError(
+                f"{what} {key!r}: shard {ref.key!r} does not match its hash {ref.hash!r:.40} "
+                f"and codec {ref.codec!r}"
+            )
+        if ref.codec not in CODECS:
+            raise ManifestError(f"{what} {key!r}: shard {ref.key!r} has unknown codec {ref.codec!r}")
+        if ref.codec == "raw" and ref.size != ref.stored_size:
+            raise ManifestError(
+                f"{what} {key!r}: raw shard {ref.key!r} stores {ref.stored_size} bytes but holds {ref.size}"
+            )
+        return ref
 
 
 @dataclass(frozen=True)
@@ -89,16 +122,38 @@ class Item:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Item:
+    def from_json(cls, d: Any, key: str = "?", what: str = "manifest") -> Item:
+        """Strict: exact JSON types, extents as ``[shard, offset, length]`` integer triples."""
+        d = strict.obj(d, key, what, "items[]")
+        path = strict.string(d, "path", key, what, max_len=4096)
+        where = f"{what} {key!r}: item {path!r:.200}"
+        extents = []
+        for e in strict.array(d, "extents", key, what, max_len=MAX_EXTENTS):
+            if type(e) is not list or len(e) != 3:
+                raise ManifestError(f"{where}: an extent must be [shard, offset, length], not {e!r:.60}")
+            extents.append(
+                Extent(
+                    strict.check_int(e[0], f"{where}: extent shard", hi=MAX_SHARDS),
+                    strict.check_int(e[1], f"{where}: extent offset"),
+                    strict.check_int(e[2], f"{where}: extent length"),
+                )
+            )
+        shape = None
+        if d.get("shape") is not None:
+            dims = strict.array(d, "shape", key, what, max_len=MAX_DIMS)
+            shape = [strict.check_int(x, f"{where}: shape dimension") for x in dims]
+        item_hash = strict.optional_string(d, "hash", key, what)
+        if item_hash is not None and not _HASH_RE.fullmatch(item_hash):
+            raise ManifestError(f"{where}: hash {item_hash!r:.40} is not 32 lowercase hex digits")
         return cls(
-            path=str(d["path"]),
-            kind=str(d["kind"]),
-            size=int(d["size"]),
-            extents=[Extent(int(s), int(o), int(n)) for s, o, n in d["extents"]],
-            dtype=d.get("dtype"),
-            shape=[int(x) for x in d["shape"]] if d.get("shape") is not None else None,
-            meta=dict(d.get("meta") or {}),
-            hash=d.get("hash"),
+            path=path,
+            kind=strict.string(d, "kind", key, what, max_len=256),
+            size=strict.integer(d, "size", key, what, hi=MAX_BYTES),
+            extents=extents,
+            dtype=strict.optional_string(d, "dtype", key, what),
+            shape=shape,
+            meta=strict.mapping(d, "meta", key, what),
+            hash=item_hash,
         )
 
 
@@ -116,8 +171,16 @@ class SnapshotId:
         return {"stream": self.stream, "seq": self.seq}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> SnapshotId | None:
-        return None if d is None else cls(str(d["stream"]), int(d["seq"]))
+    def from_json(cls, d: Any, key: str = "?", what: str = "manifest") -> SnapshotId | None:
+        if d is None:
+            return None
+        d = strict.obj(d, key, what, "stream/seq")
+        stream = strict.string(d, "stream", key, what, max_len=256)
+        try:
+            validate_name(stream)
+        except ValueError as exc:
+            raise ManifestError(f"{what} {key!r}: {exc}") from None
+        return cls(stream, strict.integer(d, "seq", key, what, hi=MAX_SEQ))
 
 
 @dataclass
@@ -170,33 +233,41 @@ class Manifest:
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> Manifest:
-        """Parse and validate a manifest; every failure is a typed error naming ``key``."""
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"manifest {key!r} is not valid JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise ManifestError(f"manifest {key!r} is not a JSON object")
+        """Parse and validate a manifest; every failure is a typed error naming ``key``.
+
+        Strict (format/strict.py): no NaN, no duplicate keys, exact JSON types, bounded
+        sizes, counts and nesting, shard keys that are shard keys, unique item paths.
+        """
+        what = "manifest"
+        doc = strict.obj(strict.load_json(data, key, what, max_bytes=strict.MAX_MANIFEST_BYTES), key, what)
         check_version(doc, key)
+        stream = strict.string(doc, "stream", key, what, max_len=256)
         try:
-            manifest = cls(
-                kind=str(doc["kind"]),
-                stream=str(doc["stream"]),
-                seq=int(doc["seq"]),
-                parent=SnapshotId.from_json(doc.get("parent")),
-                write_id=str(doc["write_id"]),
-                started_at=float(doc["started_at"]),
-                committed_at=float(doc["committed_at"]),
-                shards=[ShardRef.from_json(s) for s in doc["shards"]],
-                items=[Item.from_json(i) for i in doc.get("items", [])],
-                metadata=dict(doc.get("metadata") or {}),
-                extra=dict(doc.get("extra") or {}),
-                stats=dict(doc.get("stats") or {}),
-                body_shard=int(doc["body_shard"]) if doc.get("body_shard") is not None else None,
-                format_version=str(doc["format_version"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"manifest {key!r} is malformed: {type(exc).__name__}: {exc}") from exc
+            validate_name(stream)
+        except ValueError as exc:
+            raise ManifestError(f"manifest {key!r}: {exc}") from None
+        body_shard = None
+        if doc.get("body_shard") is not None:
+            body_shard = strict.integer(doc, "body_shard", key, what, hi=MAX_SHARDS)
+        manifest = cls(
+            kind=strict.string(doc, "kind", key, what, max_len=256),
+            stream=stream,
+            seq=strict.integer(doc, "seq", key, what, hi=MAX_SEQ),
+            parent=SnapshotId.from_json(doc.get("parent"), key, what),
+            write_id=strict.string(doc, "write_id", key, what, max_len=256),
+            started_at=strict.timestamp(doc, "started_at", key, what),
+            committed_at=strict.timestamp(doc, "committed_at", key, what),
+            shards=[ShardRef.from_json(s, key) for s in strict.array(doc, "shards", key, what, max_len=MAX_SHARDS)],
+            items=[
+                Item.from_json(i, key)
+                for i in strict.array(doc, "items", key, what, max_len=MAX_ITEMS, default=[])
+            ],
+            metadata=strict.mapping(doc, "metadata", key, what),
+            extra=strict.mapping(doc, "extra", key, what),
+            stats=strict.mapping(doc, "stats", key, what),
+            body_shard=body_shard,
+            format_version=strict.string(doc, "format_version", key, what, max_len=32),
+        )
         manifest.validate(key)
         return manifest
 
@@ -205,7 +276,13 @@ class Manifest:
         n = len(self.shards)
         if self.body_shard is not None and not 0 <= self.body_shard < n:
             raise ManifestError(f"manifest {key!r}: body_shard {self.body_shard} out of range")
+        if len(self.items) > MAX_ITEMS:
+            raise ManifestError(f"manifest {key!r} lists {len(self.items)} items, more than {MAX_ITEMS}")
+        paths: set[str] = set()
         for item in self.items:
+            if item.path in paths:
+                raise ManifestError(f"manifest {key!r} lists item {item.path!r:.200} twice")
+            paths.add(item.path)
             if sum(e.length for e in item.extents) != item.size:
                 raise ManifestError(f"manifest {key!r}: item {item.path!r} extents do not add up to its size")
             for e in item.extents:
@@ -227,11 +304,12 @@ def encode_body(items: list[Item], extra: dict[str, Any]) -> bytes:
 
 
 def decode_body(data: bytes, key: str) -> tuple[list[Item], dict[str, Any]]:
-    try:
-        doc = json.loads(data)
-        return [Item.from_json(i) for i in doc["items"]], dict(doc["extra"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ManifestError(f"body shard {key!r} is malformed: {exc}") from exc
+    """Parse a body shard strictly (the same rules and limits as a manifest's inline body)."""
+    what = "body shard"
+    doc = strict.obj(strict.load_json(data, key, what, max_bytes=strict.MAX_BODY_BYTES), key, what)
+    items = [Item.from_json(i, key, what) for i in strict.array(doc, "items", key, what, max_len=MAX_ITEMS)]
+    extra = doc.get("extra")
+    return items, strict.obj(extra, key, what, "extra")
 
 
 @dataclass(frozen=True)
@@ -257,18 +335,18 @@ class Tombstone:
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> Tombstone:
-        try:
-            doc = json.loads(data)
-            check_version(doc, key)
-            return cls(
-                str(doc["stream"]),
-                int(doc["seq"]),
-                float(doc["created_at"]),
-                str(doc.get("reason", "")),
-                str(doc["format_version"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ManifestError(f"tombstone {key!r} is malformed: {exc}") from exc
+        what = "tombstone"
+        doc = strict.obj(strict.load_json(data, key, what, max_bytes=strict.MAX_SMALL_DOC_BYTES), key, what)
+        check_version(doc, key)
+        target = SnapshotId.from_json(doc, key, what)
+        assert target is not None
+        return cls(
+            target.stream,
+            target.seq,
+            strict.timestamp(doc, "created_at", key, what),
+            strict.string(doc, "reason", key, what, default=""),
+            strict.string(doc, "format_version", key, what, max_len=32),
+        )
 
 
 @dataclass(frozen=True)
@@ -292,11 +370,19 @@ class Tag:
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> Tag:
+        what = "tag"
+        doc = strict.obj(strict.load_json(data, key, what, max_bytes=strict.MAX_SMALL_DOC_BYTES), key, what)
+        check_version(doc, key)
+        name = strict.string(doc, "name", key, what, max_len=256)
         try:
-            doc = json.loads(data)
-            check_version(doc, key)
-            target = SnapshotId.from_json(doc["target"])
-            assert target is not None
-            return cls(str(doc["name"]), target, float(doc["created_at"]), str(doc["format_version"]))
-        except (ValueError, KeyError, TypeError, AssertionError) as exc:
-            raise ManifestError(f"tag {key!r} is malformed: {exc}") from exc
+            validate_name(name, "tag")
+        except ValueError as exc:
+            raise ManifestError(f"tag {key!r}: {exc}") from None
+        target = SnapshotId.from_json(strict.obj(doc.get("target"), key, what, "target"), key, what)
+        assert target is not None
+        return cls(
+            name,
+            target,
+            strict.timestamp(doc, "created_at", key, what),
+            strict.string(doc, "format_version", key, what, max_len=32),
+        )

@@ -7,6 +7,7 @@ not know (additions only).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import ManifestError, UnsupportedFormatError
@@ -15,16 +16,21 @@ FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 
+#: ``MAJOR[.MINOR]`` in ASCII digits only (``str.isdigit`` would take '¹' and then ``int`` fail).
+_VERSION_RE = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,9}))?", re.ASCII)
+
 
 def check_version(doc: dict[str, Any], key: str) -> None:
     """Raise unless ``doc['format_version']`` has a major version this reader understands."""
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{key} is not a JSON object")
     version = doc.get("format_version")
     if not isinstance(version, str):
         raise ManifestError(f"{key}: missing or non-string 'format_version'")
-    major_text, _, minor_text = version.partition(".")
-    if not major_text.isdigit() or (minor_text and not minor_text.isdigit()):
-        raise ManifestError(f"{key}: malformed format_version {version!r}")
-    if int(major_text) != FORMAT_MAJOR:
+    m = _VERSION_RE.fullmatch(version)
+    if m is None:
+        raise ManifestError(f"{key}: malformed format_version {version[:40]!r}; expected MAJOR.MINOR")
+    if int(m.group(1)) != FORMAT_MAJOR:
         raise UnsupportedFormatError(
             f"{key} has format_version {version}, but this tqsnap reads major version "
             f"{FORMAT_MAJOR} only; upgrade tqsnap to read it"

@@ -98,7 +98,7 @@ class RetryPolicy:
         retryable: Callable[[BaseException], bool],
         catch: tuple[type[BaseException], ...] = (Exception,),
         final: Callable[[BaseException, int], BaseException] | None = None,
-        what: str = "request",
+        what: str | Callable[[], str] = "request",
         describe: Callable[[BaseException], str] = repr,
     ) -> T:
         """Call ``fn`` until it returns, fails with a non-retryable error, or a bound is reached.
@@ -106,6 +106,7 @@ class RetryPolicy:
         Only exceptions of types in ``catch`` are considered; anything else is a bug and surfaces
         unchanged at once. The last failure is passed to ``final(exc, attempts)`` and what that
         returns is raised (chained to the original); without ``final`` it is re-raised as is.
+        ``what`` names the request in log lines; a callable is called only when one is written.
         """
         started = self.clock()
         attempt = 0
@@ -122,7 +123,7 @@ class RetryPolicy:
                 ):
                     logger.info(
                         "%s failed (%s); retry %d/%d in %.2fs",
-                        what,
+                        what() if callable(what) else what,
                         describe(exc),
                         attempt,
                         self.max_attempts - 1,
@@ -261,7 +262,7 @@ class RetryingStore(ObjectStore):
         self.atomic_create = inner.atomic_create
 
     def _run(self, verb: str, key: str | None, fn: Callable[[], T]) -> T:
-        return self.policy.run(fn, retryable=self.retryable, what=f"{verb} of {key!r} in {self.url}")
+        return self.policy.run(fn, retryable=self.retryable, what=lambda: f"{verb} of {key!r} in {self.url}")
 
     def get(self, key: str) -> bytes:
         return self._run("get", key, lambda: self.inner.get(key))

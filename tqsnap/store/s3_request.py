@@ -107,7 +107,7 @@ class S3Requests:
             retryable=lambda exc: is_retryable(exc, conditional),
             catch=REQUEST_ERRORS,
             final=final,
-            what=f"S3 {op} of {self.where(key)}",
+            what=lambda: f"S3 {op} of {self.where(key)}",
             describe=_describe,
         )
 
@@ -155,7 +155,7 @@ class S3Requests:
             retryable=lambda exc: is_retryable(exc, True),
             catch=REQUEST_ERRORS,
             final=final,
-            what=f"S3 {op} of {self.where(key)}",
+            what=lambda: f"S3 {op} of {self.where(key)}",
             describe=_describe,
         )
 

@@ -9,7 +9,14 @@ One run at server time ``T`` (``store.now()`` when the run starts):
 3. delete every listed shard that no live manifest references and whose LastModified is before
    ``T - grace``, with batched deletes (at most 1000 keys per request);
 4. delete the manifests whose Tombstones are older than ``grace``, and only then those
-   Tombstones (a crash in between must never make a forgotten manifest visible again).
+   Tombstones (a crash in between must never make a forgotten manifest visible again);
+5. abort incomplete uploads (S3 multipart uploads, the local store's ``.tmp/`` files) started
+   before ``T - grace``: left by killed or failed saves, never by a writer within its deadline.
+
+A listing that cannot see everything (an unreadable directory, a symlink in a local tree, a
+LIST that fails or is cut short) raises before anything is deleted: the store raises
+:class:`~tqsnap.errors.IncompleteListingError` (or another StoreError), and gc never catches
+it. A key gc did not see is a key it could wrongly judge unreferenced.
 
 Why this is safe beside writers that commit during the sweep is proved in docs/protocol.md; the
 two rules the sweep itself contributes (the age check of step 3 and the young tombstones of
@@ -29,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import GcConflictError, ObjectNotFoundError
+from ..errors import GcConflictError, ManifestError, ObjectNotFoundError
 from ..format.keys import (
     SNAPSHOTS_PREFIX,
     TOMBSTONES_PREFIX,
@@ -40,7 +47,8 @@ from ..format.keys import (
     tombstone_key,
 )
 from ..format.manifest import Manifest, SnapshotId
-from ..store.base import DELETE_BATCH, ObjectInfo, batched
+from ..format.strict import MAX_MANIFEST_BYTES
+from ..store.base import DELETE_BATCH, ObjectInfo, PendingUpload, batched
 from .repository import Repository
 
 log = logging.getLogger(__name__)
@@ -73,6 +81,8 @@ class GcReport:
     manifests_finalised: list[str] = field(default_factory=list)
     tombstones_deleted: int = 0
     foreign_keys: int = 0
+    uploads_aborted: list[str] = field(default_factory=list)
+    young_uploads: int = 0
     requests: Counter[str] = field(default_factory=Counter)
     duration_s: float = 0.0
     deleted_shard_keys: list[str] = field(default_factory=list, repr=False)
@@ -106,6 +116,8 @@ class GcReport:
             "manifests_finalised": self.manifests_finalised,
             "tombstones_deleted": self.tombstones_deleted,
             "foreign_keys": self.foreign_keys,
+            "uploads_aborted": self.uploads_aborted,
+            "young_uploads": self.young_uploads,
             "requests": dict(self.requests) | {"total": self.total_requests},
             "duration_s": round(self.duration_s, 6),
         }
@@ -267,6 +279,12 @@ class GarbageCollector:
             if sid in cache:
                 return cache[sid]  # manifests are immutable: one read per run is enough
             key = snapshot_key(*sid)
+            if manifests[sid].size > MAX_MANIFEST_BYTES:  # refused by its listed size, never read
+                raise ManifestError(
+                    f"manifest {key!r} is {manifests[sid].size} bytes, more than the "
+                    f"{MAX_MANIFEST_BYTES}-byte limit; gc cannot tell what it references, so "
+                    "nothing was deleted"
+                )
             try:
                 raw = self.store.get(key)
             except ObjectNotFoundError:
@@ -339,6 +357,30 @@ class GarbageCollector:
         if refs.finalise_tombstones:
             self._count("delete", self.store.delete_many(refs.finalise_tombstones))
 
+    # --- step 5 ------------------------------------------------------------------------------
+
+    def stale_uploads(self) -> list[PendingUpload]:
+        """Incomplete uploads started before ``T - grace``; younger ones may belong to a live writer."""
+        stale: list[PendingUpload] = []
+        self._count("list_uploads")
+        for upload in self.store.list_uploads(""):
+            if upload.initiated < self.cutoff:
+                stale.append(upload)
+            else:
+                self.report.young_uploads += 1
+        return stale
+
+    def abort_uploads(self, uploads: Sequence[PendingUpload]) -> None:
+        """Step 5: free the parts (or temp files) of uploads no writer can still complete."""
+        self.report.uploads_aborted = [u.key for u in uploads]
+        if self.dry_run:
+            return
+        for upload in uploads:
+            self.store.abort_upload(upload)
+            self._count("abort_upload")
+        if uploads:
+            log.info("gc: aborted %d incomplete uploads older than the grace period", len(uploads))
+
     # --- all of it ---------------------------------------------------------------------------
 
     def run(self) -> GcReport:
@@ -346,6 +388,7 @@ class GarbageCollector:
         refs = self.list_references()
         self.delete_shards(self.garbage(shards, refs))
         self.finalise(refs)
+        self.abort_uploads(self.stale_uploads())
         return self.finish()
 
     def finish(self) -> GcReport:

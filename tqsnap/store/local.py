@@ -38,7 +38,7 @@ from ..errors import (
     StoreError,
     UnsafeObjectError,
 )
-from .base import Buffer, ObjectInfo, ObjectStore, batched
+from .base import Buffer, ObjectInfo, ObjectStore, PendingUpload, batched
 
 _TMP_DIR = ".tmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -442,55 +442,56 @@ class LocalStore(ObjectStore):
         finally:
             os.close(parent)
 
-    # --- local temporaries -------------------------------------------------------------------
+    # --- local temporaries: this store's incomplete uploads ------------------------------------
 
-    def stale_temporaries(self, older_than: float) -> list[ObjectInfo]:
-        """Files in ``.tmp/`` last modified before ``older_than``: left by killed or failed writes.
+    def list_uploads(self, prefix: str = "") -> Iterator[PendingUpload]:
+        """Files in ``.tmp/``: writes that never became objects (a killed or failed save).
 
-        Keys are ``.tmp/<name>``; only :meth:`remove_temporaries` accepts them.
+        A temp file is the local form of an incomplete multipart upload, so gc treats both
+        alike: it removes those older than its grace period. Keys are ``.tmp/<name>``.
         """
         tmp_dir = self._open_dirs([_TMP_DIR], _TMP_DIR, "list")
         if tmp_dir is None:
-            return []
-        out: list[ObjectInfo] = []
+            return iter(())
+        out: list[PendingUpload] = []
         try:
             with os.scandir(tmp_dir) as entries:
                 for e in entries:
+                    key = f"{_TMP_DIR}/{e.name}"
                     st = e.stat(follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode) and st.st_mtime < older_than:
-                        out.append(ObjectInfo(f"{_TMP_DIR}/{e.name}", st.st_size, st.st_mtime))
+                    if stat.S_ISREG(st.st_mode) and key.startswith(prefix):
+                        out.append(PendingUpload(key, e.name, st.st_mtime))
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise self._fail(exc, _TMP_DIR, "list") from None
+            raise IncompleteListingError(
+                f"listing {_TMP_DIR!r} in {self.url} is incomplete: {exc.strerror}"
+            ) from None
         finally:
             os.close(tmp_dir)
-        return sorted(out, key=lambda i: i.key)
+        return iter(sorted(out, key=lambda u: u.key))
 
-    def remove_temporaries(self, temporaries: Iterable[ObjectInfo]) -> int:
-        """Unlink the given ``.tmp/`` files (regular files only); return how many were removed."""
-        tmp_dir = self._open_dirs([_TMP_DIR], _TMP_DIR, "delete")
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Remove one temp file (a regular file directly in ``.tmp/``); one already gone is fine."""
+        name = upload.upload_id
+        if upload.key != f"{_TMP_DIR}/{name}" or "/" in name or name in ("", ".", ".."):
+            raise InvalidKeyError(f"{upload.key!r} is not a temporary file of {self.url}")
+        tmp_dir = self._open_dirs([_TMP_DIR], upload.key, "delete")
         if tmp_dir is None:
-            return 0
-        removed = 0
+            return
         try:
-            for info in temporaries:
-                name = info.key.removeprefix(f"{_TMP_DIR}/")
-                if "/" in name or name in ("", ".", ".."):
-                    raise InvalidKeyError(f"{info.key!r} is not a temporary file of {self.url}")
-                st = self._lstat_at(tmp_dir, name)
-                if st is None or not stat.S_ISREG(st.st_mode):
-                    continue
-                try:
-                    os.unlink(name, dir_fd=tmp_dir)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise self._fail(exc, info.key, "delete") from None
+            st = self._lstat_at(tmp_dir, name)
+            if st is None:
+                return
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafeObjectError(f"refusing to delete {upload.key!r} in {self.url}: it is {_kind(st.st_mode)}")
+            os.unlink(name, dir_fd=tmp_dir)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._fail(exc, upload.key, "delete") from None
         finally:
             os.close(tmp_dir)
-        return removed
 
     def now(self) -> float:
         return time.time()

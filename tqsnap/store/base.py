@@ -81,6 +81,10 @@ class ObjectStore(abc.ABC):
         """Create the object only if the key is absent; return False if it already existed.
 
         A concurrent racer sees exactly one True. On S3 this is ``If-None-Match: *``.
+
+        When the store cannot tell (a reply was lost after the request may have been applied),
+        it raises :class:`~tqsnap.errors.CommitOutcomeUnknownError` rather than answer: a False
+        could hide the caller's own create. True is always definite.
         """
 
     @abc.abstractmethod

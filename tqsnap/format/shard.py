@@ -41,16 +41,17 @@ def encode(data: Buffer, codec: str, level: int = 1) -> Buffer:
     raise FormatError(f"unknown shard codec {codec!r}; known codecs: {', '.join(CODECS)}")
 
 
-def decode(stored: Buffer, codec: str, size: int) -> Buffer:
+def decode(stored: Buffer, codec: str, size: int, out: memoryview | None = None) -> Buffer:
     """Decode a stored shard back to its ``size`` uncompressed bytes.
 
-    A zstd shard decompresses straight into a fresh writable buffer, so tensors can be built
-    over it without a copy (read-only ``bytes`` would need one).
+    A zstd shard decompresses straight into a fresh writable buffer (or ``out``, a writable
+    buffer of ``size`` bytes), so tensors can be built over it without a copy (read-only
+    ``bytes`` would need one). Raw shards are returned as they are; ``out`` is for zstd.
     """
     if codec == "raw":
         return stored
     if codec == "zstd":
-        out = writable_buffer(size)
+        out = writable_buffer(size) if out is None else out
         try:
             reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False)
             done = 0

@@ -1,0 +1,419 @@
+"""The shard layer: the only code that turns shard bytes into store requests and back.
+
+Everything above it (packer, writer, reader, copy, verify, the DCP and TransferQueue adapters)
+hands it :class:`~tqsnap.format.manifest.ShardRef` s and buffers; everything below it is an
+:class:`~tqsnap.store.base.ObjectStore` moving opaque bytes. Keeping the rules of
+docs/format.md §4 in one object means each is written, and each safety check made, once:
+
+- **Fresh keys.** Every upload goes to ``shard_key(hash, <new upload id>, codec)``; the upload
+  id is drawn in :func:`_fresh_ref` and nowhere else (why: docs/protocol.md, gc safety).
+- **Reading.** Check the declared sizes before allocating anything, read exactly the stored
+  size and refuse an object that is shorter or longer, decode (bounded by the declared size),
+  compare the xxh3-128 with the name, and only then hand out a byte.
+- **Zero copy.** A raw shard can be read straight into a caller's buffer (a destination
+  tensor); large buffers are anonymous mappings (:mod:`tqsnap.store.buffers`); large shards
+  are read as parallel ranged GETs.
+- **Bounded memory.** :meth:`Shards.get_many` fetches many shards in parallel while keeping
+  at most about ``window_bytes`` in flight.
+
+A :class:`Shards` pickles as its store's spec and settings, so it can be sent to a Ray actor
+or a DCP rank and reopened there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import zstandard
+
+from ..errors import CorruptShardError, FormatError, ManifestError, MissingShardError, ObjectNotFoundError
+from ..format.keys import shard_key
+from ..format.manifest import Extent, Item, ShardRef
+from ..format.shard import CODECS, content_hash, content_hash_parts, decode, encode
+from ..store.base import Buffer, ObjectStore
+from ..store.buffers import writable_buffer
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+MiB = 1 << 20
+
+#: The largest shard, in declared ``size`` or ``stored_size``, that this code reads or writes.
+#: tqsnap cuts shards of 16 MiB by default; the limit exists so that a crafted manifest
+#: declaring a terabyte is refused before anything is allocated (docs/format.md §4).
+MAX_SHARD_SIZE = 2 << 30
+
+#: No zstd frame decodes to more than this many times its own length: a block holds at most
+#: 128 KiB and takes at least 4 bytes (an RLE block). A declared ``size`` beyond it is a lie.
+ZSTD_MAX_EXPANSION = 32 * 1024
+
+
+@dataclass(frozen=True)
+class EncodedShard:
+    """A shard ready to upload: its reference (fresh key included) and the bytes to store.
+
+    ``owned`` is True when ``payload`` was allocated by encoding (a compressed copy) rather
+    than being the caller's own buffer; packers count owned bytes against their memory budget.
+    """
+
+    ref: ShardRef
+    payload: Buffer
+    owned: bool
+
+
+def _fresh_ref(digest: str, size: int, stored_size: int, codec: str) -> ShardRef:
+    """A reference at a key no upload has used: the one place an upload id is drawn.
+
+    Two uploads of the same bytes land at two keys, so gc never deletes a key that a writer
+    may be re-uploading at that moment (docs/protocol.md).
+    """
+    return ShardRef(shard_key(digest, secrets.token_hex(8), codec), digest, size, stored_size, codec)
+
+
+def _byte_view(buf: Buffer) -> memoryview:
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+class Shards:
+    """Shard I/O over one store: put, adopt, get, get_many. Safe to use from many threads.
+
+    Args:
+        store: where the shard objects live.
+        threads: parallel requests of :meth:`get_many` (and ranged reads per big shard);
+            0 runs every request in the calling thread, in order (deterministic simulations).
+        range_size: shards stored larger than this are read as parallel ranges of this size.
+        zstd_level: compression level of :meth:`encode`.
+        max_shard_size: declared sizes above this are refused (see :data:`MAX_SHARD_SIZE`).
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        threads: int = 16,
+        range_size: int = 32 * MiB,
+        zstd_level: int = 1,
+        max_shard_size: int = MAX_SHARD_SIZE,
+    ) -> None:
+        self.store = store
+        self.threads = max(0, int(threads))
+        self.range_size = max(1, int(range_size))
+        self.zstd_level = zstd_level
+        self.max_shard_size = int(max_shard_size)
+
+    def __repr__(self) -> str:
+        return f"Shards({self.store!r})"
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def encode(self, parts: Sequence[Buffer], codec: str, *, digest: str | None = None) -> EncodedShard:
+        """Hash (unless ``digest`` is given), encode and name one shard; nothing is uploaded.
+
+        ``parts`` are concatenated; a single part is not copied for the raw codec. A
+        compressed shard that would not be smaller is stored raw.
+        """
+        if codec not in CODECS:
+            raise FormatError(f"unknown shard codec {codec!r}; known codecs: {', '.join(CODECS)}")
+        views = [_byte_view(p) for p in parts]
+        size = sum(v.nbytes for v in views)
+        if size > self.max_shard_size:
+            raise ValueError(
+                f"a shard of {size} bytes exceeds the {self.max_shard_size}-byte limit readers accept; "
+                "cut smaller shards (PackOptions.chunk_size)"
+            )
+        digest = digest or content_hash_parts(views)
+        body: Buffer = views[0] if len(views) == 1 else b"".join(views)
+        stored = encode(body, codec, self.zstd_level)
+        stored_size = memoryview(stored).nbytes
+        if codec != "raw" and stored_size >= size:  # incompressible: keep it raw
+            codec, stored, stored_size = "raw", body, size
+        owned = not (len(views) == 1 and stored is views[0])
+        return EncodedShard(_fresh_ref(digest, size, stored_size, codec), stored, owned)
+
+    def upload(self, shard: EncodedShard) -> ShardRef:
+        """Store an encoded shard at its fresh key (a plain PUT: no one else writes that key)."""
+        self.store.put(shard.ref.key, shard.payload)
+        return shard.ref
+
+    def put(self, parts: Sequence[Buffer], codec: str, *, digest: str | None = None) -> ShardRef:
+        """Encode and upload one shard; return its reference."""
+        return self.upload(self.encode(parts, codec, digest=digest))
+
+    def adopt(self, source: Shards, ref: ShardRef, *, snapshot: str = "") -> ShardRef:
+        """Copy ``ref`` from ``source`` (another repository) to a fresh key here.
+
+        The stored bytes are verified (decoded and hashed) before they are uploaded, so a
+        damaged shard is never spread; they are uploaded as stored, without re-encoding.
+        """
+        return self._adopt(source, ref, snapshot, None)
+
+    def adopt_many(
+        self,
+        source: Shards,
+        refs: Mapping[K, ShardRef] | Iterable[tuple[K, ShardRef]],
+        *,
+        window_bytes: int = 256 * MiB,
+        snapshot: str = "",
+    ) -> Iterator[tuple[K, ShardRef]]:
+        """:meth:`adopt` for many shards in parallel, in the given order, bounded by ``window_bytes``."""
+        pairs = list(refs.items()) if isinstance(refs, Mapping) else list(refs)
+
+        def one(_key: K, ref: ShardRef, ranges: ThreadPoolExecutor | None) -> ShardRef:
+            return self._adopt(source, ref, snapshot, ranges)
+
+        return self._windowed(pairs, one, window_bytes, False)
+
+    def _adopt(self, source: Shards, ref: ShardRef, snapshot: str, ranges: ThreadPoolExecutor | None) -> ShardRef:
+        stored = source._read_stored(ref, snapshot, ranges)
+        source._decode(ref, stored, None, verify=True)
+        new = _fresh_ref(ref.hash, ref.size, ref.stored_size, ref.codec)
+        self.store.put(new.key, stored)
+        return new
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def check_ref(self, ref: ShardRef) -> None:
+        """Refuse a reference whose declared sizes are negative, absurd or inconsistent.
+
+        Made before any allocation or request, so a crafted manifest cannot make a reader
+        allocate more than :attr:`max_shard_size` per shard.
+        """
+        for name in ("size", "stored_size"):
+            value = getattr(ref, name)
+            if type(value) is not int or not 0 <= value <= self.max_shard_size:
+                raise ManifestError(
+                    f"shard {ref.key!r} declares {name} {value!r:.40}: sizes must be integers from 0 to "
+                    f"{self.max_shard_size}; the manifest referencing it is damaged or crafted"
+                )
+        if ref.codec not in CODECS:
+            raise ManifestError(f"shard {ref.key!r} has unknown codec {ref.codec!r:.40}")
+        if ref.codec == "raw" and ref.size != ref.stored_size:
+            raise ManifestError(
+                f"raw shard {ref.key!r} declares size {ref.size} but stored_size {ref.stored_size}; "
+                "for raw shards they are equal"
+            )
+        if ref.codec == "zstd" and ref.size > ref.stored_size * ZSTD_MAX_EXPANSION:
+            raise ManifestError(
+                f"zstd shard {ref.key!r} declares {ref.size} bytes from {ref.stored_size} stored: more than "
+                f"zstd's {ZSTD_MAX_EXPANSION}x maximum expansion"
+            )
+
+    def get(
+        self, ref: ShardRef, into: memoryview | None = None, *, verify: bool = True, snapshot: str = ""
+    ) -> memoryview:
+        """One shard's uncompressed bytes, checked (docs/format.md §4).
+
+        With ``into`` (a writable buffer of exactly ``ref.size`` bytes), the bytes land there
+        and ``into`` is returned: a raw shard is read straight into it, with no other buffer.
+        ``verify=False`` skips only the hash; sizes and decoding are always checked.
+        """
+        big = self.threads > 0 and ref.stored_size > self.range_size
+        with ThreadPoolExecutor(self.threads, "tqsnap-range") if big else contextlib.nullcontext() as ranges:
+            return self._get(ref, into, verify, snapshot, ranges)
+
+    def get_many(
+        self,
+        refs: Mapping[K, ShardRef] | Iterable[tuple[K, ShardRef]],
+        *,
+        into: Mapping[K, memoryview] | None = None,
+        window_bytes: int = 256 * MiB,
+        verify: bool = True,
+        snapshot: str = "",
+        return_exceptions: bool = False,
+    ) -> Iterator[tuple[K, Any]]:
+        """Fetch shards in parallel; yield ``(key, view)`` in the order given.
+
+        At most about ``window_bytes`` of shards are being fetched or wait to be yielded (at
+        least one shard, however large). ``into`` maps keys to caller buffers, as for
+        :meth:`get`. With ``return_exceptions``, a shard that fails yields ``(key, error)``
+        (a :class:`~tqsnap.errors.TqsnapError`) and the others go on; otherwise the first
+        failure stops the fetch and is raised. Closing the iterator early cancels the rest.
+        """
+        pairs = list(refs.items()) if isinstance(refs, Mapping) else list(refs)
+        targets = dict(into or {})
+
+        def one(key: K, ref: ShardRef, ranges: ThreadPoolExecutor | None) -> memoryview:
+            return self._get(ref, targets.get(key), verify, snapshot, ranges)
+
+        return self._windowed(pairs, one, window_bytes, return_exceptions)
+
+    def _get(
+        self,
+        ref: ShardRef,
+        into: memoryview | None,
+        verify: bool,
+        snapshot: str,
+        ranges: ThreadPoolExecutor | None,
+    ) -> memoryview:
+        self.check_ref(ref)
+        if into is not None:
+            into = _byte_view(into)
+            if into.nbytes != ref.size or into.readonly:
+                raise ValueError(f"reading shard {ref.key!r} needs a writable buffer of {ref.size} bytes")
+            if ref.codec == "raw":
+                self._read_exact(ref, into, snapshot, ranges)
+                return self._decode(ref, into, None, verify)
+        stored = self._read_stored(ref, snapshot, ranges)
+        return self._decode(ref, stored, into, verify)
+
+    def _read_stored(self, ref: ShardRef, snapshot: str, ranges: ThreadPoolExecutor | None) -> memoryview:
+        """The stored object in a buffer of ours; one byte more is asked for, to see a longer object."""
+        self.check_ref(ref)
+        buf = writable_buffer(ref.stored_size + 1)
+        got = self._read(ref, buf, snapshot, ranges)
+        self._check_length(ref, got, got > ref.stored_size)
+        return buf[: ref.stored_size]
+
+    def _read_exact(self, ref: ShardRef, into: memoryview, snapshot: str, ranges: ThreadPoolExecutor | None) -> None:
+        """Read a raw shard into the caller's buffer; a one-byte probe past its end sees a longer object."""
+        probe: Future[bytes] | None = None
+        if ranges is not None:
+            probe = ranges.submit(self._probe_past_end, ref, snapshot)
+        got = self._read(ref, into, snapshot, ranges)
+        longer = probe.result() if probe is not None else self._probe_past_end(ref, snapshot)
+        self._check_length(ref, got, bool(longer))
+
+    def _probe_past_end(self, ref: ShardRef, snapshot: str) -> bytes:
+        try:
+            return self.store.get_range(ref.key, ref.stored_size, 1)
+        except ObjectNotFoundError:
+            raise MissingShardError(ref.key, snapshot) from None
+
+    def _read(self, ref: ShardRef, buf: memoryview, snapshot: str, ranges: ThreadPoolExecutor | None) -> int:
+        """Fill ``buf`` from the object's start, in parallel ranges when large; return the bytes read."""
+        try:
+            if ranges is None or len(buf) <= self.range_size:
+                return self.store.get_into(ref.key, buf, 0)
+            starts = range(0, len(buf), self.range_size)
+            futures = [ranges.submit(self.store.get_into, ref.key, buf[s : s + self.range_size], s) for s in starts]
+            return sum(f.result() for f in futures)
+        except ObjectNotFoundError:
+            raise MissingShardError(ref.key, snapshot) from None
+
+    @staticmethod
+    def _check_length(ref: ShardRef, got: int, longer: bool) -> None:
+        if longer:
+            raise CorruptShardError(
+                ref.key, ref.hash, f"an object longer than its stored_size of {ref.stored_size} bytes"
+            )
+        if got != ref.stored_size:
+            raise CorruptShardError(ref.key, ref.hash, f"a truncated object ({got} of {ref.stored_size} bytes)")
+
+    @staticmethod
+    def _decode(ref: ShardRef, stored: memoryview, into: memoryview | None, verify: bool) -> memoryview:
+        """Decode (into ``into`` when given) and verify; the zstd frame header is checked first."""
+        if ref.codec == "zstd":
+            try:
+                declared = zstandard.frame_content_size(stored)
+            except zstandard.ZstdError:
+                raise CorruptShardError(ref.key, ref.hash, "an object that is not a zstd frame") from None
+            if declared >= 0 and declared != ref.size:
+                raise CorruptShardError(
+                    ref.key, ref.hash, f"a zstd frame of {declared} bytes where {ref.size} were declared"
+                )
+        try:
+            data = memoryview(decode(stored, ref.codec, ref.size, out=into))
+        except FormatError as exc:
+            raise CorruptShardError(ref.key, ref.hash, f"undecodable ({exc})") from None
+        if data.nbytes != ref.size:
+            raise CorruptShardError(ref.key, ref.hash, f"{data.nbytes} decoded bytes, not {ref.size}")
+        if verify:
+            actual = content_hash(data)
+            if actual != ref.hash:
+                raise CorruptShardError(ref.key, ref.hash, actual)
+        return data
+
+    # --- parallel, bounded ---------------------------------------------------------------------
+
+    def _windowed(
+        self,
+        pairs: list[tuple[K, ShardRef]],
+        fn: Callable[[K, ShardRef, ThreadPoolExecutor | None], Any],
+        window_bytes: int,
+        return_exceptions: bool,
+    ) -> Iterator[tuple[K, Any]]:
+        """Run ``fn`` over ``pairs`` in parallel, in order, with about ``window_bytes`` in flight.
+
+        Two pools, as shard tasks wait on their range reads: one pool could fill up with
+        waiters and deadlock.
+        """
+        if self.threads == 0:
+            for key, ref in pairs:
+                yield key, _call(fn, key, ref, None, return_exceptions)
+            return
+        pending: deque[tuple[K, int, Future[Any]]] = deque()
+        inflight = 0
+        todo = iter(pairs)
+        nxt = next(todo, None)
+        with (
+            ThreadPoolExecutor(self.threads, "tqsnap-shard") as pool,
+            ThreadPoolExecutor(self.threads, "tqsnap-range") as ranges,
+        ):
+            try:
+                while nxt is not None or pending:
+                    while nxt is not None and (not pending or inflight + _cost(nxt[1]) <= window_bytes):
+                        key, ref = nxt
+                        pending.append((key, _cost(ref), pool.submit(_call, fn, key, ref, ranges, return_exceptions)))
+                        inflight += _cost(ref)
+                        nxt = next(todo, None)
+                    key, cost, fut = pending.popleft()
+                    inflight -= cost
+                    yield key, fut.result()
+            finally:  # a failure or an early close: drop what has not started
+                for _, _, fut in pending:
+                    fut.cancel()
+
+
+def _cost(ref: ShardRef) -> int:
+    """Bytes a fetch of ``ref`` holds: the decoded shard (the stored one, when larger)."""
+    size = ref.size if type(ref.size) is int else 0
+    stored = ref.stored_size if type(ref.stored_size) is int else 0
+    return max(size, stored, 1)
+
+
+def _call(fn: Callable[..., Any], key: Any, ref: ShardRef, ranges: Any, return_exceptions: bool) -> Any:
+    try:
+        return fn(key, ref, ranges)
+    except (FormatError, ObjectNotFoundError) as exc:
+        if not return_exceptions:
+            raise
+        return exc
+
+
+# --- the shard table of a subset of items --------------------------------------------------------
+
+
+def remap_items(items: Iterable[Item], new_index: Mapping[int, int] | Sequence[int]) -> list[Item]:
+    """Copies of ``items`` whose extents point at shard ``new_index[old]`` instead of ``old``."""
+    return [
+        dataclasses.replace(item, extents=[Extent(new_index[e.shard], e.offset, e.length) for e in item.extents])
+        for item in items
+    ]
+
+
+def select_shards(shards: Sequence[ShardRef], items: Iterable[Item]) -> tuple[list[ShardRef], list[Item]]:
+    """The shards ``items`` use (in the order first used) and the items renumbered into that list.
+
+    How a job that needs only some items (one TransferQueue unit's samples) is handed exactly
+    the shards it must fetch.
+    """
+    new_index: dict[int, int] = {}
+    table: list[ShardRef] = []
+    items = list(items)
+    for item in items:
+        for e in item.extents:
+            if e.shard not in new_index:
+                new_index[e.shard] = len(table)
+                table.append(shards[e.shard])
+    return table, remap_items(items, new_index)

@@ -276,6 +276,11 @@ class Manifest:
         n = len(self.shards)
         if self.body_shard is not None and not 0 <= self.body_shard < n:
             raise ManifestError(f"manifest {key!r}: body_shard {self.body_shard} out of range")
+        if self.body_shard is not None and self.shards[self.body_shard].size > strict.MAX_BODY_BYTES:
+            raise ManifestError(
+                f"manifest {key!r}: its body shard declares {self.shards[self.body_shard].size} bytes, "
+                f"more than the {strict.MAX_BODY_BYTES}-byte limit for a body"
+            )
         if len(self.items) > MAX_ITEMS:
             raise ManifestError(f"manifest {key!r} lists {len(self.items)} items, more than {MAX_ITEMS}")
         paths: set[str] = set()

@@ -26,15 +26,19 @@ from ..errors import ManifestError
 #: A manifest object (the commit) is at most this long; larger bodies live in a body shard.
 MAX_MANIFEST_BYTES = 64 << 20
 #: A body shard (items + extra) decodes to at most this many bytes.
-MAX_BODY_BYTES = 256 << 20
+MAX_BODY_BYTES = 64 << 20
 #: Tombstones, tags and ``tqsnap.json`` are small fixed objects.
 MAX_SMALL_DOC_BYTES = 1 << 20
 #: Arrays and objects nest at most this deep anywhere in a document.
 MAX_DEPTH = 128
 #: Items and shards one snapshot may list, and extents one item may have.
-MAX_ITEMS = 4_000_000
-MAX_SHARDS = 4_000_000
+MAX_ITEMS = 1_000_000
+MAX_SHARDS = 1_000_000
 MAX_EXTENTS = 1_000_000
+#: JSON values (arrays, objects and array/object members) one document may hold. Bytes alone do
+#: not bound memory: ``[[],[],...]`` costs ~64 bytes of Python objects per 3 bytes of JSON. At
+#: this count the worst document stays under about 600 MB of parsed objects.
+MAX_JSON_VALUES = 8_000_000
 #: The largest byte count (object size, offset, length) a reader accepts: 256 TiB.
 MAX_BYTES = 1 << 48
 #: The largest seq: the key layout has 20 decimal digits.
@@ -78,9 +82,18 @@ def load_json(data: bytes | bytearray | memoryview, key: str, what: str, *, max_
         raise ManifestError(
             f"{what} {key!r} is larger than the {max_bytes}-byte limit for a {what}; it was not parsed"
         )
+    data = bytes(data)
+    # An upper bound on the values the parser would create, counted at C speed before it runs
+    # (brackets and commas inside strings only make the bound looser, never unsafe).
+    values = data.count(b",") + data.count(b"[") + data.count(b"{")
+    if values > MAX_JSON_VALUES:
+        raise ManifestError(
+            f"{what} {key!r} holds up to {values} JSON values, more than the limit of "
+            f"{MAX_JSON_VALUES}; it was not parsed"
+        )
     try:
         doc = json.loads(
-            bytes(data),
+            data,
             parse_constant=_no_constants,
             parse_float=_finite_float,
             object_pairs_hook=_no_duplicates,

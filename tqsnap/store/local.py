@@ -197,6 +197,11 @@ class LocalStore(ObjectStore):
             except FileNotFoundError:
                 raise ObjectNotFoundError(key) from None
             except OSError as exc:
+                st = self._lstat_at(parent, parts[-1])  # a socket answers ENXIO, a link ELOOP
+                if st is not None and not stat.S_ISREG(st.st_mode):
+                    raise UnsafeObjectError(
+                        f"refusing to read {key!r} in {self.url}: it is {_kind(st.st_mode)}, not a regular file"
+                    ) from None
                 raise self._fail(exc, key, "read") from None
         finally:
             os.close(parent)
@@ -281,7 +286,10 @@ class LocalStore(ObjectStore):
         """Every regular file under ``prefix``, sorted; raises instead of skipping anything."""
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         parts = self._parts(base) if base else []
-        fd = self._open_dirs(parts, prefix, "list")
+        try:
+            fd = self._open_dirs(parts, prefix, "list")
+        except (UnsafeObjectError, AccessDeniedError) as exc:
+            raise IncompleteListingError(f"listing {prefix!r} in {self.url} is incomplete: {exc}") from None
         if fd is None:
             return
         found: list[ObjectInfo] = []
@@ -376,10 +384,15 @@ class LocalStore(ObjectStore):
 
     def _store(self, key: str, data: Buffer, *, exclusive: bool) -> bool:
         parts = self._parts(key)
-        parent = self._open_dirs(parts[:-1], key, "write", make=True)
+        tmp_dir, name = self._write_temp(data, key)  # first: a failed write leaves no directories
+        try:
+            parent = self._open_dirs(parts[:-1], key, "write", make=True)
+        except BaseException:
+            self._remove_temp(tmp_dir, name)
+            os.close(tmp_dir)
+            raise
         assert parent is not None
         try:
-            tmp_dir, name = self._write_temp(data, key)
             try:
                 if exclusive:
                     os.link(name, parts[-1], src_dir_fd=tmp_dir, dst_dir_fd=parent, follow_symlinks=False)

@@ -6,15 +6,15 @@ import os
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, PendingUpload
+from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, PendingUpload, StoreSpec
 from .counting import CountingStore
 from .local import LocalStore
 from .memory import MemoryStore
 from .retry import RetryingStore, RetryPolicy
 
 
-def open_store(url: str | ObjectStore, **options: Any) -> ObjectStore:
-    """Open the store a URL names.
+def open_store(url: str | StoreSpec | ObjectStore, **options: Any) -> ObjectStore:
+    """Open the store a URL (or a :class:`StoreSpec`, from ``store.spec()``) names.
 
     - ``file:///abs/path`` or a bare path: :class:`LocalStore`.
     - ``s3://bucket/prefix``: :class:`~tqsnap.store.s3.S3Store` (endpoint from ``endpoint_url``
@@ -26,6 +26,8 @@ def open_store(url: str | ObjectStore, **options: Any) -> ObjectStore:
     """
     if isinstance(url, ObjectStore):
         return url
+    if isinstance(url, StoreSpec):
+        url, options = url.url, {**url.options, **options}
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
@@ -53,5 +55,6 @@ __all__ = [
     "PendingUpload",
     "RetryPolicy",
     "RetryingStore",
+    "StoreSpec",
     "open_store",
 ]

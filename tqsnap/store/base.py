@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 Buffer = bytes | bytearray | memoryview
 
@@ -27,6 +28,44 @@ class ObjectInfo:
     key: str
     size: int
     last_modified: float  # seconds since the epoch, in the store's clock
+
+
+#: Option names whose values a spec's repr never shows.
+_SECRET_WORDS = ("secret", "token", "password", "access_key")
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """How to open a store again, in another process: its URL and constructor options.
+
+    fsspec's ``to_json``/``from_json`` is the model. A spec may hold credentials that were
+    passed explicitly (an S3 secret key), because the store it reopens needs them: its repr
+    masks them, and it must be handled like the credentials themselves (never logged).
+    """
+
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"url": ..., "options": {...}}``; options that are not JSON values stay as they are."""
+        return {"url": self.url, "options": dict(self.options)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoreSpec:
+        return cls(str(data["url"]), dict(data.get("options") or {}))
+
+    def __repr__(self) -> str:
+        shown = {
+            name: "***" if any(w in name.lower() for w in _SECRET_WORDS) and value is not None else value
+            for name, value in self.options.items()
+        }
+        return f"StoreSpec({self.url!r}, {shown!r})"
+
+
+def _reopen(spec: StoreSpec) -> ObjectStore:
+    from . import open_store  # the package's opener knows every backend
+
+    return open_store(spec)
 
 
 @dataclass(frozen=True)
@@ -53,6 +92,10 @@ class ObjectStore(abc.ABC):
 
     #: True when :meth:`put_if_absent` is an atomic create that exactly one racer can win.
     atomic_create: bool = True
+
+    #: True when another process (a Ray actor, a DCP rank) that reopens :meth:`spec` sees the
+    #: same objects. An in-process store cannot be shared; wrappers are not shared by default.
+    shareable_across_processes: bool = False
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
@@ -118,6 +161,19 @@ class ObjectStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Safe to call twice."""
+
+    def spec(self) -> StoreSpec:
+        """How to open this store in another process (``open_store(spec)``).
+
+        Only stores that are :attr:`shareable_across_processes` have one.
+        """
+        raise TypeError(
+            f"{self!r} cannot be reopened in another process; use a local path or an s3:// URL"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the store's spec: connections and locks are not sent, the store is reopened."""
+        return (_reopen, (self.spec(),))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

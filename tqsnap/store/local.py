@@ -38,7 +38,7 @@ from ..errors import (
     StoreError,
     UnsafeObjectError,
 )
-from .base import Buffer, ObjectInfo, ObjectStore, PendingUpload, batched
+from .base import Buffer, ObjectInfo, ObjectStore, PendingUpload, StoreSpec, batched
 
 _TMP_DIR = ".tmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -69,6 +69,9 @@ class LocalStore(ObjectStore):
     root and ``.tmp/`` are made by the first write, never by a read.
     """
 
+    #: Another process on this machine (or one mounting the same file system) sees the same files.
+    shareable_across_processes = True
+
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, fsync: bool = True) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = self.root.as_uri()
@@ -78,6 +81,9 @@ class LocalStore(ObjectStore):
             raise BucketNotFoundError(f"{self.root} is not a directory; a local repository is a directory")
         if not create and not self.root.exists():
             raise BucketNotFoundError(f"directory {self.root} does not exist; create it or pass create=True")
+
+    def spec(self) -> StoreSpec:
+        return StoreSpec(self.url, {"create": self.create, "fsync": self.fsync})
 
     # --- keys and paths ----------------------------------------------------------------------
 

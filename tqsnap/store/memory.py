@@ -18,7 +18,12 @@ _REGISTRY_LOCK = threading.Lock()
 
 
 class MemoryStore(ObjectStore):
-    """Objects in a dict, guarded by a lock; LastModified comes from ``clock``."""
+    """Objects in a dict, guarded by a lock; LastModified comes from ``clock``.
+
+    It lives in one process: it has no spec and cannot be sent to another process.
+    """
+
+    shareable_across_processes = False
 
     def __init__(self, name: str = "", clock: Callable[[], float] = time.time) -> None:
         self.url = f"memory://{name}"

@@ -52,7 +52,7 @@ from ..errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, PendingUpload, batched
+from .base import DELETE_BATCH, Buffer, ObjectInfo, ObjectStore, PendingUpload, StoreSpec, batched
 from .retry import RetryPolicy, policy_from_botocore
 from .s3_bucket import ensure_bucket
 from .s3_client import make_client
@@ -103,6 +103,9 @@ class S3Store(ObjectStore):
         create_bucket: create the bucket if it does not exist (tests, demos, first setup).
     """
 
+    #: Every process that reopens :meth:`spec` reaches the same bucket.
+    shareable_across_processes = True
+
     def __init__(
         self,
         bucket: str,
@@ -148,6 +151,22 @@ class S3Store(ObjectStore):
         )
         #: How failed requests are repeated (attempts, time budget, backoff).
         self.retry_policy = policy_from_botocore(retries, config=config, session=session, budget_s=retry_budget_s)
+        self._spec = StoreSpec(  # what another process needs to reopen this store (see spec())
+            self.url,
+            {
+                "endpoint_url": self.endpoint_url,
+                "region": self.region,
+                "aws_access_key_id": aws_access_key_id,
+                "aws_secret_access_key": aws_secret_access_key,
+                "conditional_mode": conditional_mode,
+                "single_writer": single_writer,
+                "multipart_threshold": self.multipart_threshold,
+                "multipart_chunk": self.multipart_chunk,
+                "max_pool_connections": max_pool_connections,
+                "retries": self.retry_policy,
+                "config": config,
+            },
+        )
         self._s3 = S3Requests(
             client,
             bucket,
@@ -172,6 +191,12 @@ class S3Store(ObjectStore):
         if create_bucket:
             ensure_bucket(self._s3)
             self._bucket_checked = True
+
+    def spec(self) -> StoreSpec:
+        """URL, endpoint, region, conditional mode, retry policy, client config, and credentials
+        only if they were passed explicitly (otherwise the other process uses its own boto3
+        chain). The spec's repr masks the secret key; never log its options."""
+        return self._spec
 
     @property
     def retries(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from typing import Any
@@ -11,7 +12,8 @@ import torch
 from tensordict import TensorDict
 from tensordict.tensorclass import NonTensorStack
 
-from tqsnap.adapters.transferqueue.capture import capture_controller
+from tqsnap.adapters.transferqueue.controller_capture import capture_controller
+from tqsnap.adapters.transferqueue.controller_state import PartitionState
 from tqsnap.adapters.transferqueue.system import unwrap
 
 FIELDS = ["dense", "jag", "txt"]
@@ -109,21 +111,23 @@ def _canon(v: Any) -> Any:
     return v
 
 
-def canon_partition(p: dict[str, Any]) -> dict[str, Any]:
-    out = {k: _canon(v) for k, v in p.items() if k not in ("production", "consumption")}
-    out["production"] = p["production"].tolist()
-    out["consumption"] = {t: c.tolist() for t, c in p["consumption"].items()}
+def canon_partition(p: PartitionState) -> dict[str, Any]:
+    out = {f.name: _canon(getattr(p, f.name)) for f in dataclasses.fields(p) if f.name != "status"}
+    out["field_metadata"] = {name: _canon(dataclasses.asdict(m)) for name, m in p.field_metadata.items()}
+    out["production"] = p.status.production.tolist()
+    out["consumption"] = {t: c.tolist() for t, c in p.status.consumption.items()}
+    out["field_name_mapping"] = p.status.field_name_mapping
     return out
 
 
 def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Two dumps hold the same TransferQueue state, whatever their unit counts."""
     sa, sb = a["state"], b["state"]
-    assert sorted(sa["partitions"]) == sorted(sb["partitions"])
-    for pid in sa["partitions"]:
-        assert canon_partition(sa["partitions"][pid]) == canon_partition(sb["partitions"][pid]), pid
-    assert sa["index_manager"] == sb["index_manager"]
-    assert _canon(sa["sampler"]["state"]) == _canon(sb["sampler"]["state"])
+    assert sorted(sa.partitions) == sorted(sb.partitions)
+    for pid in sa.partitions:
+        assert canon_partition(sa.partitions[pid]) == canon_partition(sb.partitions[pid]), pid
+    assert sa.index_manager == sb.index_manager
+    assert _canon(sa.sampler.state) == _canon(sb.sampler.state)
     assert sorted(a["data"]) == sorted(b["data"])
     for f in a["data"]:
         assert sorted(a["data"][f]) == sorted(b["data"][f]), f

@@ -95,7 +95,7 @@ def test_corrupt_shard_into_empty_target_leaves_it_empty(tq_main, tq_two, repo_u
         tqsnap.tq.restore(repo_url, stream="s", system=tq_two.system)
 
     assert_same(before, dump(tq_two.system))
-    assert not before["data"] and not before["state"]["partitions"]
+    assert not before["data"] and not before["state"].partitions
 
 
 def test_missing_snapshot_is_refused_and_target_unchanged(tq_main, tq_two, repo_url):

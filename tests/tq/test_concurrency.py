@@ -27,9 +27,9 @@ def _workload(client, stop: threading.Event, errors: list[BaseException]) -> Non
 
 def _assert_consistent(d: dict) -> None:
     """Every produced (sample, field) has its value, values belong to produced samples, no torn sample."""
-    p = d["state"]["partitions"]["live"]
-    cols = p["field_name_mapping"]
-    prod = p["production"]
+    p = d["state"].partitions["live"]
+    cols = p.status.field_name_mapping
+    prod = p.status.production
     by_gi: dict[int, dict] = {}
     for name, col in cols.items():
         produced = {int(g) for g in prod[:, col].nonzero().flatten().tolist()}
@@ -39,9 +39,9 @@ def _assert_consistent(d: dict) -> None:
             by_gi.setdefault(gi, {})[name] = d["data"][name][gi]
     for gi, values in by_gi.items():
         assert len(sample_uid(values)) == 1, f"sample {gi} is torn: {values}"
-    assert set(by_gi) <= p["global_indexes"]
-    for key, gi in p["keys_mapping"].items():
-        assert p["revert_keys_mapping"][gi] == key
+    assert set(by_gi) <= p.global_indexes
+    for key, gi in p.keys_mapping.items():
+        assert p.revert_keys_mapping[gi] == key
 
 
 def test_snapshots_under_concurrent_put_get_clear_restore_consistently(tq_main, tq_two, repo_url):

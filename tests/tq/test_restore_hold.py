@@ -10,7 +10,7 @@ from helpers import assert_same, dump, fill, put
 
 import tqsnap
 import tqsnap.tq
-from tqsnap.adapters.transferqueue import capture, unit_restore
+from tqsnap.adapters.transferqueue import controller_restore, unit_restore
 from tqsnap.adapters.transferqueue.system import TransferQueueSystem
 from tqsnap.errors import RestoreError, TargetNotEmptyError
 
@@ -42,7 +42,7 @@ def test_put_landing_while_staging_refuses_the_restore_and_changes_nothing(
 
     monkeypatch.undo()
     after = dump(tq_two.system)
-    assert sorted(after["state"]["partitions"]) == ["late"]
+    assert sorted(after["state"].partitions) == ["late"]
     assert {k: sorted(v) for k, v in after["data"].items()} == {f: [0, 1] for f in ("dense", "jag", "txt")}
     t0 = time.monotonic()
     put(tq_two.client, "later", [79])  # no hold was left behind
@@ -70,7 +70,7 @@ def test_put_issued_during_the_install_waits_and_lands_after_it(tq_main, tq_two,
 
     # Every unit and the controller are held by now; the controller is not yet installed.
     _before_call(
-        monkeypatch, "call_controller", capture.install_staged_controller, start_put_and_watch_it_wait
+        monkeypatch, "call_controller", controller_restore.install_staged_controller, start_put_and_watch_it_wait
     )
 
     result = tqsnap.tq.restore(repo_url, stream="s", system=tq_two.system)
@@ -79,13 +79,13 @@ def test_put_issued_during_the_install_waits_and_lands_after_it(tq_main, tq_two,
     assert done.wait(30) and not errors
     assert result.hold_s >= 1.0
     after = dump(tq_two.system)
-    late = after["state"]["partitions"].pop("late")
-    restored_gis = set().union(*(p["global_indexes"] for p in source["state"]["partitions"].values()))
-    assert len(late["global_indexes"]) == 2 and not (late["global_indexes"] & restored_gis)
+    late = after["state"].partitions.pop("late")
+    restored_gis = set().union(*(p.global_indexes for p in source["state"].partitions.values()))
+    assert len(late.global_indexes) == 2 and not (late.global_indexes & restored_gis)
     for f in ("dense", "jag", "txt"):
-        for gi in late["global_indexes"]:
+        for gi in late.global_indexes:
             after["data"][f].pop(gi)
-    after["state"]["index_manager"] = source["state"]["index_manager"]  # the late put moved it on
+    after["state"].index_manager = source["state"].index_manager  # the late put moved it on
     assert_same(source, after)
 
 

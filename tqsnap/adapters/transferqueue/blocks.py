@@ -26,7 +26,7 @@ from typing import Any
 from ...errors import FormatError
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
 from . import jsonval
-from .layout import decode_runs, encode_runs
+from .layout import MAX_BLOCK_SIZE, MAX_INDEXES, count_runs, encode_runs, read_runs
 
 
 @dataclass
@@ -129,8 +129,32 @@ def encode_block(gis: list[int], values: list[Any], *, allow_pickle: bool, where
     return EncodedBlock("blob", [memoryview(body)], None, None, meta)
 
 
-def block_gis(meta: dict[str, Any]) -> list[int]:
-    return decode_runs(meta.get("gi") or [])
+def block_gis(meta: dict[str, Any], where: str = "a data item") -> list[int]:
+    """The global indexes of a block's samples, refused before expansion above :data:`MAX_BLOCK_SIZE`."""
+    return read_runs(meta.get("gi", []), f"{where}: meta.gi", hi=MAX_INDEXES, limit=MAX_BLOCK_SIZE)
+
+
+def block_units(meta: dict[str, Any], units: int, where: str = "a data item") -> set[int]:
+    """The units ``gi % units`` of a block's samples, read from its runs without expanding them.
+
+    The residues of an arithmetic run repeat after at most ``units`` elements, so no run is
+    walked further than that.
+    """
+    runs = meta.get("gi", [])
+    count_runs(runs, f"{where}: meta.gi", hi=MAX_INDEXES)
+    out: set[int] = set()
+    for run in runs:
+        start, count = run[0], run[1]
+        step = run[2] if len(run) == 3 else 1
+        out.update((start + i * step) % units for i in range(min(count, units)))
+    return out
+
+
+def _sample_count(meta: dict[str, Any], where: str) -> int:
+    count = count_runs(meta.get("gi", []), f"{where}: meta.gi", hi=MAX_INDEXES)
+    if count > MAX_BLOCK_SIZE:
+        raise FormatError(f"{where}: a block declares {count} samples, more than {MAX_BLOCK_SIZE}")
+    return count
 
 
 def decode_block(
@@ -147,25 +171,31 @@ def decode_block(
 
     Dense values come back as row views of one tensor (as a unit stores a put). When only
     some rows are wanted they are copied out, so the shard buffer is not kept alive.
+
+    Every count the item declares is checked against what it really holds (its byte size,
+    its shape, its list of lengths) before anything is made for it, so a hostile item gets
+    a :class:`~tqsnap.errors.FormatError` naming ``where`` instead of exhausting memory.
     """
     import torch
 
-    gis = block_gis(meta)
+    count = _sample_count(meta, where)
     enc = meta.get("enc")
-    picks = list(range(len(gis))) if wanted is None else [i for i, g in enumerate(gis) if g in wanted]
+    nbytes = memoryview(data).nbytes
     if enc == "dense":
-        if dtype is None or shape is None or shape[0] != len(gis):
-            raise FormatError(f"{where}: dense block has shape {shape} for {len(gis)} samples")
+        if type(dtype) is not str or type(shape) is not list or not shape or shape[0] != count:
+            raise FormatError(f"{where}: dense block has dtype {dtype!r:.40} and shape {shape!r:.80} for {count} samples")
         t = tensor_from_bytes(data, dtype, shape)
+        gis = block_gis(meta, where)
+        picks = _picks(gis, wanted)
         if len(picks) != len(gis):
             t = t.index_select(0, torch.tensor(picks, dtype=torch.long)) if picks else t[:0].clone()
         return [gis[i] for i in picks], list(t.unbind(0))
     if enc == "jagged":
         # 1-d samples list their lengths (``lens``, layout 2); others their shapes.
         lens = meta.get("lens")
-        shapes = meta.get("shapes") or [] if lens is None else lens
-        if dtype is None or not isinstance(shapes, list) or len(shapes) != len(gis):
-            raise FormatError(f"{where}: jagged block lists {len(shapes)} shapes for {len(gis)} samples")
+        shapes = (meta.get("shapes") or []) if lens is None else lens
+        if type(dtype) is not str or type(shapes) is not list or len(shapes) != count:
+            raise FormatError(f"{where}: jagged block lists {len(shapes) if isinstance(shapes, list) else 0} shapes for {count} samples")
         try:
             numels = list(lens) if lens is not None else [_numel(s) for s in shapes]
         except (TypeError, ValueError):
@@ -173,6 +203,8 @@ def decode_block(
         if not all(type(n) is int and n >= 0 for n in numels):
             raise FormatError(f"{where}: jagged block has a negative or non-integer length")
         flat = tensor_from_bytes(data, dtype, [sum(numels)])
+        gis = block_gis(meta, where)
+        picks = _picks(gis, wanted)
         copy = len(picks) != len(gis)
         # One native split makes every sample's view; 1-d samples need no reshape.
         parts = flat.split(numels)
@@ -181,20 +213,34 @@ def decode_block(
         values = [parts[i].clone() if copy else parts[i] for i in picks]
         return [gis[i] for i in picks], values
     if enc == "json":
+        if 2 * count + 1 > max(nbytes, 2):  # "[]" or "[v,...]": each value takes a byte and a comma
+            raise FormatError(f"{where}: JSON block of {nbytes} bytes cannot hold the {count} values it declares")
         decoded = jsonval.loads(data, allow_pickle=allow_pickle, where=where)
-        if not isinstance(decoded, list) or len(decoded) != len(gis):
-            raise FormatError(f"{where}: JSON block does not hold {len(gis)} values")
+        if not isinstance(decoded, list) or len(decoded) != count:
+            raise FormatError(f"{where}: JSON block does not hold {count} values")
+        gis = block_gis(meta, where)
+        picks = _picks(gis, wanted)
         return [gis[i] for i in picks], [decoded[i] for i in picks]
-    raise FormatError(f"{where}: unknown block encoding {enc!r}")
+    raise FormatError(f"{where}: unknown block encoding {enc!r:.40}")
+
+
+def _picks(gis: list[int], wanted: set[int] | None) -> list[int]:
+    return list(range(len(gis))) if wanted is None else [i for i, g in enumerate(gis) if g in wanted]
 
 
 def _numel(shape: list[int]) -> int:
-    """Elements in ``shape``; ValueError for anything but a list of non-negative ints."""
-    if not isinstance(shape, list):
+    """Elements in ``shape``; ValueError for anything but a short list of non-negative ints."""
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
         raise ValueError(f"shape {shape!r} is not a list")
     n = 1
     for d in shape:
-        if type(d) is not int or d < 0:
+        if type(d) is not int or not 0 <= d <= _MAX_DIM:
             raise ValueError(f"shape {shape!r} has a bad dimension")
         n *= d
     return n
+
+
+#: Sample shapes in a jagged block: at most this many dimensions, each at most this long (the
+#: block's bytes bound their product; these keep the arithmetic small).
+_MAX_DIMS = 64
+_MAX_DIM = 1 << 48

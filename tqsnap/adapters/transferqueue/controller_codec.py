@@ -4,6 +4,18 @@ One JSON item per partition (so an untouched partition dedups), one int8 tensor 
 production status and one per consumer task for consumption status (zstd shrinks these to
 almost nothing), and one JSON item each for the index manager and the sampler. Sets of global
 indexes are written as sorted runs; ``reusable_indexes`` keeps its FIFO order.
+
+:func:`encode` makes the JSON items of a :class:`.ControllerState`; :func:`controller_items`
+adds the status tensors, in save order; :func:`decode` rebuilds the state from item bytes.
+
+A snapshot may come from a hostile bucket, and a run of indexes costs a few bytes of JSON
+however many indexes it stands for. So :func:`decode` counts every declared set, map and list
+before it makes one, against bounds it has already checked: every index lies below the
+index manager's ``global_index_counter`` (at most :data:`.layout.MAX_INDEXES`), the
+partitions together hold at most that many indexes (TransferQueue gives each index to one
+partition), and a partition's per-field and per-sample maps hold at most as many entries as
+the partition has indexes. Anything beyond is a :class:`~tqsnap.errors.FormatError` naming the
+snapshot and item, raised before the allocation.
 """
 
 from __future__ import annotations
@@ -13,9 +25,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import FormatError
+from ...format import strict
+from ...format.manifest import Item
 from ..tensors import tensor_bytes, tensor_from_bytes
 from . import jsonval, layout
-from .layout import decode_runs, encode_runs
+from .controller_state import (
+    ControllerState,
+    FieldState,
+    IndexManagerState,
+    PartitionState,
+    PartitionStatus,
+    SamplerState,
+)
+from .layout import MAX_INDEXES, count_runs, encode_runs, read_runs
 
 
 @dataclass
@@ -29,6 +51,9 @@ class ItemSpec:
     shape: list[int] | None = None
     meta: dict[str, Any] | None = None
     owner: Any = None  # keeps a tensor alive while its view is packed
+
+
+# --- encode ------------------------------------------------------------------------------------
 
 
 def _runs(s: set[int]) -> list[list[int]]:
@@ -76,35 +101,33 @@ def _int_map(d: dict[int, Any], enc: jsonval.Encoder) -> dict[str, Any]:
     return out
 
 
-def _partition_doc(p: dict[str, Any], enc: jsonval.Encoder) -> dict[str, Any]:
+def _field_doc(m: FieldState, enc: jsonval.Encoder) -> dict[str, Any]:
     return {
-        "partition_id": p["partition_id"],
-        "created_at": enc.encode(p["created_at"]),
-        "global_indexes": _runs(p["global_indexes"]),
-        "pre_allocated": _runs(p["pre_allocated"]),
-        "field_name_mapping": [[k, v] for k, v in p["field_name_mapping"].items()],
-        "field_metadata": [
-            [
-                name,
-                {
-                    "global_indexes": _runs(m["global_indexes"]),
-                    "dtype": enc.encode(m["dtype"]),
-                    "shape": enc.encode(m["shape"]),
-                    "is_nested": enc.encode(m["is_nested"]),
-                    "is_non_tensor": enc.encode(m["is_non_tensor"]),
-                    "per_sample_shapes": _int_map(m["per_sample_shapes"], enc),
-                },
-            ]
-            for name, m in p["field_metadata"].items()
-        ],
-        "field_custom_backend_meta": _int_map(p["field_custom_backend_meta"], enc),
-        "custom_meta": _int_map(p["custom_meta"], enc),
+        "global_indexes": _runs(m.global_indexes),
+        "dtype": enc.encode(m.dtype),
+        "shape": enc.encode(m.shape),
+        "is_nested": enc.encode(m.is_nested),
+        "is_non_tensor": enc.encode(m.is_non_tensor),
+        "per_sample_shapes": _int_map(m.per_sample_shapes, enc),
+    }
+
+
+def _partition_doc(p: PartitionState, enc: jsonval.Encoder) -> dict[str, Any]:
+    return {
+        "partition_id": p.partition_id,
+        "created_at": enc.encode(p.created_at),
+        "global_indexes": _runs(p.global_indexes),
+        "pre_allocated": _runs(p.pre_allocated),
+        "field_name_mapping": [[k, v] for k, v in p.status.field_name_mapping.items()],
+        "field_metadata": [[name, _field_doc(m, enc)] for name, m in p.field_metadata.items()],
+        "field_custom_backend_meta": _int_map(p.field_custom_backend_meta, enc),
+        "custom_meta": _int_map(p.custom_meta, enc),
         "keys_mapping": {
-            "k": [enc.encode(k) for k in p["keys_mapping"]],
-            "gi": list(p["keys_mapping"].values()),
+            "k": [enc.encode(k) for k in p.keys_mapping],
+            "gi": list(p.keys_mapping.values()),
         },
-        "revert_keys_mapping": _int_map(p["revert_keys_mapping"], enc),
-        "consumption_tasks": list(p["consumption"]),
+        "revert_keys_mapping": _int_map(p.revert_keys_mapping, enc),
+        "consumption_tasks": list(p.status.consumption),
     }
 
 
@@ -112,85 +135,261 @@ def _json(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
-def encode_controller_json(state: dict[str, Any], *, allow_pickle: bool) -> dict[str, ItemSpec]:
-    """The JSON items (partition docs, index manager, sampler), by path; no status tensors.
+def _blob(path: str, body: bytes, pickled: bool) -> ItemSpec:
+    return ItemSpec(path, body, "blob", meta={"enc": "json", **({"pickle": True} if pickled else {})})
 
-    Raises PickleNotAllowedError before any upload. Runs in the controller actor during a
-    snapshot (:func:`.capture.capture_encoded`), so only bytes travel to the coordinator.
+
+def encode(state: ControllerState, *, allow_pickle: bool) -> dict[str, ItemSpec]:
+    """The JSON items of ``state`` (partition documents, index manager, sampler), by path.
+
+    Raises PickleNotAllowedError before any upload, and FormatError for a controller with
+    more global indexes than a restore accepts (:data:`.layout.MAX_INDEXES`). Runs in the
+    controller actor during a snapshot (:func:`.controller_capture.capture_encoded`), so only
+    bytes travel to the coordinator.
     """
-    specs: dict[str, ItemSpec] = {}
-    for pid in sorted(state["partitions"]):
-        p = state["partitions"][pid]
+    im = state.index_manager
+    if not 0 <= im.global_index_counter <= MAX_INDEXES:
+        raise FormatError(
+            f"the TransferQueue has allocated {im.global_index_counter} global indexes; a snapshot holds "
+            f"at most {MAX_INDEXES}"
+        )
+    items: dict[str, ItemSpec] = {}
+    for pid in sorted(state.partitions):
         enc = jsonval.Encoder(allow_pickle, f"partition {pid!r} metadata")
-        body = _json(_partition_doc(p, enc))
-        meta: dict[str, Any] = {"enc": "json"}
-        if enc.pickled:
-            meta["pickle"] = True
+        body = _json(_partition_doc(state.partitions[pid], enc))
         path = layout.partition_state_path(pid)
-        specs[path] = ItemSpec(path, body, "blob", meta=meta)
-    im = state["index_manager"]
+        items[path] = _blob(path, body, enc.pickled)
     im_doc = {
-        "partition_to_indexes": [[pid, _runs(s)] for pid, s in im["partition_to_indexes"].items()],
-        "reusable_indexes": encode_runs(im["reusable_indexes"]),
-        "global_index_counter": im["global_index_counter"],
-        "allocated_indexes": _runs(im["allocated_indexes"]),
+        "partition_to_indexes": [[pid, _runs(s)] for pid, s in im.partition_to_indexes.items()],
+        "reusable_indexes": encode_runs(im.reusable_indexes),
+        "global_index_counter": im.global_index_counter,
+        "allocated_indexes": _runs(im.allocated_indexes),
     }
     path = layout.index_manager_path()
-    specs[path] = ItemSpec(path, _json(im_doc), "blob", meta={"enc": "json"})
+    items[path] = _blob(path, _json(im_doc), False)
     enc = jsonval.Encoder(allow_pickle, "sampler state")
-    sampler = _json(enc.encode(state["sampler"]))
+    sampler = _json(enc.encode({"class": state.sampler.class_name, "state": state.sampler.state}))
     path = layout.sampler_path()
-    specs[path] = ItemSpec(
-        path, sampler, "blob", meta={"enc": "json", **({"pickle": True} if enc.pickled else {})}
-    )
-    return specs
+    items[path] = _blob(path, sampler, enc.pickled)
+    return items
 
 
-def controller_specs(partitions: dict[str, Any], json_specs: dict[str, ItemSpec]) -> list[ItemSpec]:
-    """Every controller item in save order: ``json_specs`` plus the status tensors.
+def controller_items(json_items: dict[str, ItemSpec], statuses: dict[str, PartitionStatus]) -> list[ItemSpec]:
+    """Every controller item in save order: ``json_items`` plus the status tensors of ``statuses``.
 
-    ``partitions`` maps each partition to a dict holding at least its ``production`` tensor
-    and its ``consumption`` tensors by task. The tensor items are views, so a change to
-    those tensors before the items are packed (the reconcile) is what gets saved.
+    The tensor items are views of the tensors in ``statuses``: make them from the final
+    statuses (after the reconcile), and pack them before changing those tensors again.
     """
     specs: list[ItemSpec] = []
-    for pid in sorted(partitions):
-        p = partitions[pid]
-        specs.append(json_specs[layout.partition_state_path(pid)])
-        specs.append(_tensor_item(layout.production_path(pid), p["production"]))
-        for task, t in p["consumption"].items():
+    for pid in sorted(statuses):
+        status = statuses[pid]
+        specs.append(json_items[layout.partition_state_path(pid)])
+        specs.append(_tensor_item(layout.production_path(pid), status.production))
+        for task, t in status.consumption.items():
             specs.append(_tensor_item(layout.consumption_path(pid, task), t))
-    specs += [json_specs[layout.index_manager_path()], json_specs[layout.sampler_path()]]
+    specs += [json_items[layout.index_manager_path()], json_items[layout.sampler_path()]]
     return specs
 
 
-def encode_controller(state: dict[str, Any], *, allow_pickle: bool) -> list[ItemSpec]:
-    """All controller items of a snapshot; raises PickleNotAllowedError before any upload."""
-    return controller_specs(state["partitions"], encode_controller_json(state, allow_pickle=allow_pickle))
-
-
-def controller_paths(partitions: list[str], tasks: dict[str, list[str]] | None = None) -> list[str]:
-    """The item paths :func:`decode_controller` reads (consumption paths need ``tasks``)."""
+def controller_paths(partitions: list[str], tasks: dict[str, list[str]]) -> list[str]:
+    """The item paths :func:`decode` reads."""
     paths = [layout.index_manager_path(), layout.sampler_path()]
     for pid in partitions:
         paths += [layout.partition_state_path(pid), layout.production_path(pid)]
-        paths += [layout.consumption_path(pid, t) for t in (tasks or {}).get(pid, [])]
+        paths += [layout.consumption_path(pid, t) for t in tasks.get(pid, [])]
     return paths
 
 
-def _load_json(data: Any, where: str) -> Any:
-    try:
-        return json.loads(bytes(data))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{where}: not valid JSON: {exc}") from exc
+# --- decode ------------------------------------------------------------------------------------
 
 
-def decode_partition_doc(data: Any, pid: str, *, allow_pickle: bool) -> dict[str, Any]:
-    """Parse one partition item; typed values are decoded later, by :func:`decode_controller`."""
-    doc = _load_json(data, f"partition {pid!r} metadata")
-    if not isinstance(doc, dict) or doc.get("partition_id") != pid:
-        raise FormatError(f"partition {pid!r} metadata item is malformed")
-    return doc
+def _fail(where: str, what: str) -> FormatError:
+    return FormatError(f"{where}: {what}")
+
+
+def _obj(node: Any, where: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    if type(node) is not dict or any(k not in node for k in keys):
+        raise _fail(where, f"must be an object with {', '.join(keys)}")
+    return node
+
+
+def _list(node: Any, where: str) -> list[Any]:
+    if type(node) is not list:
+        raise _fail(where, f"must be a list, not {type(node).__name__}")
+    return node
+
+
+def _pairs(node: Any, where: str) -> list[tuple[Any, Any]]:
+    out = []
+    for pair in _list(node, where):
+        if type(pair) is not list or len(pair) != 2:
+            raise _fail(where, f"holds {pair!r:.60} where a [key, value] pair belongs")
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def _gi(value: Any, where: str, counter: int) -> int:
+    if type(value) is not int or not 0 <= value < counter:
+        raise _fail(where, f"global index {value!r:.40} is not an integer below the counter {counter}")
+    return value
+
+
+class _Reader:
+    """Decodes one snapshot's controller items within the bounds the module docstring lists."""
+
+    def __init__(self, snapshot: str, allow_pickle: bool) -> None:
+        self.snapshot = snapshot
+        self.allow_pickle = allow_pickle
+        self.counter = 0
+        self.unclaimed = 0  # indexes the partitions decoded so far have not used up
+
+    def where(self, path: str) -> str:
+        return f"item {path!r} of snapshot {self.snapshot}"
+
+    def runs(self, node: Any, where: str, limit: int) -> list[int]:
+        return read_runs(node, where, hi=self.counter, limit=limit)
+
+    def int_map(self, node: Any, where: str, dec: jsonval.Decoder, limit: int) -> dict[int, Any]:
+        node = _obj(node, where, ("gi",))
+        count = count_runs(node["gi"], where, hi=self.counter)
+        if count > limit:
+            raise _fail(where, f"a map declares {count} indexes, more than the {limit} its partition holds")
+        if node.get("empty") is True:
+            return {k: {} for k in read_runs(node["gi"], where, hi=self.counter, limit=count)}
+        if "flat" in node:
+            flat, ndim = _list(node["flat"], where), node.get("ndim")
+            if type(ndim) is not int or not 0 <= ndim <= 64 or len(flat) != count * ndim:
+                raise _fail(where, f"a shape map lists {len(flat)} numbers for {count} indexes of {ndim!r:.20} dims")
+            keys = read_runs(node["gi"], where, hi=self.counter, limit=count)
+            return {k: flat[i * ndim : (i + 1) * ndim] for i, k in enumerate(keys)}
+        values = _list(node.get("v"), where)
+        if len(values) != count:
+            raise _fail(where, f"a map lists {count} indexes for {len(values)} values")
+        keys = read_runs(node["gi"], where, hi=self.counter, limit=count)
+        return {k: _unfast(v, dec) for k, v in zip(keys, values, strict=True)}
+
+    def index_manager(self, data: Any) -> IndexManagerState:
+        where = self.where(layout.index_manager_path())
+        doc = _load(data, where)
+        doc = _obj(doc, where, ("partition_to_indexes", "reusable_indexes", "global_index_counter", "allocated_indexes"))
+        counter = doc["global_index_counter"]
+        if type(counter) is not int or not 0 <= counter <= MAX_INDEXES:
+            raise _fail(where, f"global_index_counter {counter!r:.40} is not an integer in [0, {MAX_INDEXES}]")
+        self.counter = self.unclaimed = counter
+        budget = counter
+        by_partition: dict[str, set[int]] = {}
+        for pid, runs in _pairs(doc["partition_to_indexes"], f"{where}: partition_to_indexes"):
+            if type(pid) is not str or pid in by_partition:
+                raise _fail(where, f"partition_to_indexes names partition {pid!r:.60} twice or not as a string")
+            gis = self.runs(runs, f"{where}: indexes of partition {pid!r:.60}", budget)
+            budget -= len(gis)  # TransferQueue gives each index to one partition
+            by_partition[pid] = set(gis)
+        return IndexManagerState(
+            partition_to_indexes=by_partition,
+            reusable_indexes=self.runs(doc["reusable_indexes"], f"{where}: reusable_indexes", counter),
+            global_index_counter=counter,
+            allocated_indexes=set(self.runs(doc["allocated_indexes"], f"{where}: allocated_indexes", counter)),
+        )
+
+    def status(self, pid: str, doc: dict[str, Any], values: dict[str, Any], items: dict[str, Item]) -> PartitionStatus:
+        path = layout.production_path(pid)
+        production = _status_tensor(values[path], items[path], 2, self.where(path))
+        where = self.where(layout.partition_state_path(pid))
+        columns = production.shape[1]
+        mapping: dict[str, int] = {}
+        for name, col in _pairs(doc["field_name_mapping"], f"{where}: field_name_mapping"):
+            if type(name) is not str or type(col) is not int or not 0 <= col < columns or name in mapping:
+                raise _fail(where, f"field {name!r:.60} maps to column {col!r:.20} of a {columns}-column status")
+            mapping[name] = col
+        consumption = {}
+        for task in _list(doc["consumption_tasks"], f"{where}: consumption_tasks"):
+            cpath = layout.consumption_path(pid, task) if type(task) is str else ""
+            if cpath not in items or task in consumption:
+                raise _fail(where, f"consumption task {task!r:.60} has no status item")
+            consumption[task] = _status_tensor(values[cpath], items[cpath], 1, self.where(cpath))
+        return PartitionStatus(production, consumption, mapping)
+
+    def partition(self, pid: str, data: Any, values: dict[str, Any], items: dict[str, Item]) -> PartitionState:
+        where = self.where(layout.partition_state_path(pid))
+        doc = _obj(_load(data, where), where, _PARTITION_KEYS)
+        if doc["partition_id"] != pid:
+            raise _fail(where, f"names partition {doc['partition_id']!r:.60}, not {pid!r}")
+        dec = jsonval.Decoder(self.allow_pickle, where)
+        status = self.status(pid, doc, values, items)
+        global_indexes = set(self.runs(doc["global_indexes"], f"{where}: global_indexes", self.unclaimed))
+        self.unclaimed -= len(global_indexes)
+        pre_allocated = set(self.runs(doc["pre_allocated"], f"{where}: pre_allocated", self.unclaimed))
+        self.unclaimed -= len(pre_allocated)
+        held = len(global_indexes | pre_allocated)
+        field_metadata: dict[str, FieldState] = {}
+        for name, m in _pairs(doc["field_metadata"], f"{where}: field_metadata"):
+            if type(name) is not str or name not in status.field_name_mapping or name in field_metadata:
+                raise _fail(where, f"field_metadata names field {name!r:.60}, which has no status column")
+            fw = f"{where}: field {name!r:.60}"
+            m = _obj(m, fw, ("global_indexes", "dtype", "shape", "is_nested", "is_non_tensor", "per_sample_shapes"))
+            field_metadata[name] = FieldState(
+                global_indexes=set(self.runs(m["global_indexes"], fw, held)),
+                dtype=dec.decode(m["dtype"]),
+                shape=dec.decode(m["shape"]),
+                is_nested=dec.decode(m["is_nested"]),
+                is_non_tensor=dec.decode(m["is_non_tensor"]),
+                per_sample_shapes=self.int_map(m["per_sample_shapes"], f"{fw} per_sample_shapes", dec, held),
+            )
+        km = _obj(doc["keys_mapping"], f"{where}: keys_mapping", ("k", "gi"))
+        keys, kgis = _list(km["k"], f"{where}: keys_mapping"), _list(km["gi"], f"{where}: keys_mapping")
+        if len(keys) != len(kgis):
+            raise _fail(where, f"keys_mapping lists {len(keys)} keys for {len(kgis)} indexes")
+        keys_mapping: dict[Any, int] = {}
+        for k, g in zip(keys, kgis, strict=True):
+            key = dec.decode(k)
+            try:
+                hash(key)
+            except TypeError:
+                raise _fail(where, f"keys_mapping has an unhashable key {key!r:.60}") from None
+            keys_mapping[key] = _gi(g, f"{where}: keys_mapping", self.counter)
+        return PartitionState(
+            partition_id=pid,
+            created_at=dec.decode(doc["created_at"]),
+            status=status,
+            global_indexes=global_indexes,
+            pre_allocated=pre_allocated,
+            field_metadata=field_metadata,
+            field_custom_backend_meta=self.int_map(
+                doc["field_custom_backend_meta"], f"{where}: field_custom_backend_meta", dec, held
+            ),
+            custom_meta=self.int_map(doc["custom_meta"], f"{where}: custom_meta", dec, held),
+            keys_mapping=keys_mapping,
+            revert_keys_mapping=self.int_map(doc["revert_keys_mapping"], f"{where}: revert_keys_mapping", dec, held),
+        )
+
+    def sampler(self, data: Any) -> SamplerState:
+        return decode_sampler(data, allow_pickle=self.allow_pickle, where=self.where(layout.sampler_path()))
+
+
+_PARTITION_KEYS = (
+    "partition_id",
+    "created_at",
+    "global_indexes",
+    "pre_allocated",
+    "field_name_mapping",
+    "field_metadata",
+    "field_custom_backend_meta",
+    "custom_meta",
+    "keys_mapping",
+    "revert_keys_mapping",
+    "consumption_tasks",
+)
+
+
+def _load(data: Any, where: str) -> Any:
+    return strict.load_json(data, where, "TransferQueue controller item", max_bytes=strict.MAX_BYTES)
+
+
+def _status_tensor(data: Any, item: Item, ndim: int, where: str) -> Any:
+    """An int8 status tensor of ``ndim`` dims; its bytes are checked against its shape first."""
+    if item.dtype != "int8" or item.shape is None or len(item.shape) != ndim:
+        raise _fail(where, f"a status must be an int8 tensor of {ndim} dims, not {item.dtype}{item.shape}")
+    return tensor_from_bytes(data, "int8", item.shape)
 
 
 def _unfast(node: Any, dec: jsonval.Decoder) -> Any:
@@ -199,71 +398,30 @@ def _unfast(node: Any, dec: jsonval.Decoder) -> Any:
     return dec.decode(node)
 
 
-def _un_int_map(node: dict[str, Any], dec: jsonval.Decoder) -> dict[int, Any]:
-    keys = decode_runs(node["gi"])
-    if node.get("empty"):
-        return {k: {} for k in keys}
-    if "flat" in node:
-        flat, ndim = node["flat"], int(node["ndim"])
-        if len(flat) != len(keys) * ndim:
-            raise FormatError(f"{dec.where}: a shape map lists {len(flat)} numbers for {len(keys)} indexes")
-        return {k: flat[i * ndim : (i + 1) * ndim] for i, k in enumerate(keys)}
-    values = node["v"]
-    if len(keys) != len(values):
-        raise FormatError(f"{dec.where}: a map lists {len(keys)} indexes for {len(values)} values")
-    return {k: _unfast(v, dec) for k, v in zip(keys, values, strict=True)}
+def decode_sampler(data: Any, *, allow_pickle: bool, where: str) -> SamplerState:
+    """The sampler item: ``{"class": "module.qualname", "state": ...}`` in typed JSON."""
+    doc = jsonval.loads(data, allow_pickle=allow_pickle, where=where)
+    if type(doc) is not dict or type(doc.get("class")) is not str or "state" not in doc:
+        raise _fail(where, "must be an object with a string class and a state")
+    return SamplerState(doc["class"], doc["state"])
 
 
-def decode_controller(
+def decode(
     partitions: list[str],
-    docs: dict[str, dict[str, Any]],
     values: dict[str, Any],
-    items: dict[str, Any],
+    items: dict[str, Item],
     *,
+    snapshot: str,
     allow_pickle: bool,
-) -> dict[str, Any]:
-    """Rebuild the state dict of :func:`.capture.capture_controller` from item bytes."""
-    out: dict[str, Any] = {}
-    for pid in partitions:
-        doc = docs[pid]
-        dec = jsonval.Decoder(allow_pickle, f"partition {pid!r} metadata")
-        prod_item = items[layout.production_path(pid)]
-        production = tensor_from_bytes(values[prod_item.path], prod_item.dtype, prod_item.shape)
-        consumption = {}
-        for task in doc["consumption_tasks"]:
-            it = items[layout.consumption_path(pid, task)]
-            consumption[task] = tensor_from_bytes(values[it.path], it.dtype, it.shape)
-        km = doc["keys_mapping"]
-        out[pid] = {
-            "partition_id": pid,
-            "created_at": dec.decode(doc["created_at"]),
-            "production": production,
-            "consumption": consumption,
-            "global_indexes": set(decode_runs(doc["global_indexes"])),
-            "pre_allocated": set(decode_runs(doc["pre_allocated"])),
-            "field_name_mapping": {k: int(v) for k, v in doc["field_name_mapping"]},
-            "field_metadata": {
-                name: {
-                    "global_indexes": set(decode_runs(m["global_indexes"])),
-                    "dtype": dec.decode(m["dtype"]),
-                    "shape": dec.decode(m["shape"]),
-                    "is_nested": dec.decode(m["is_nested"]),
-                    "is_non_tensor": dec.decode(m["is_non_tensor"]),
-                    "per_sample_shapes": _un_int_map(m["per_sample_shapes"], dec),
-                }
-                for name, m in doc["field_metadata"]
-            },
-            "field_custom_backend_meta": _un_int_map(doc["field_custom_backend_meta"], dec),
-            "custom_meta": _un_int_map(doc["custom_meta"], dec),
-            "keys_mapping": {dec.decode(k): int(g) for k, g in zip(km["k"], km["gi"], strict=True)},
-            "revert_keys_mapping": _un_int_map(doc["revert_keys_mapping"], dec),
-        }
-    im_doc = _load_json(values[layout.index_manager_path()], "index manager")
-    index_manager = {
-        "partition_to_indexes": {pid: set(decode_runs(r)) for pid, r in im_doc["partition_to_indexes"]},
-        "reusable_indexes": decode_runs(im_doc["reusable_indexes"]),
-        "global_index_counter": int(im_doc["global_index_counter"]),
-        "allocated_indexes": set(decode_runs(im_doc["allocated_indexes"])),
+) -> ControllerState:
+    """Rebuild a :class:`.ControllerState` from the bytes of its items (``values``, by path).
+
+    ``items`` are the manifest's items for the same paths (their dtype and shape say how to
+    read the status tensors). Every bound is checked before the allocation it guards.
+    """
+    reader = _Reader(snapshot, allow_pickle)
+    index_manager = reader.index_manager(values[layout.index_manager_path()])
+    out = {
+        pid: reader.partition(pid, values[layout.partition_state_path(pid)], values, items) for pid in partitions
     }
-    sampler = jsonval.loads(values[layout.sampler_path()], allow_pickle=allow_pickle, where="sampler state")
-    return {"partitions": out, "index_manager": index_manager, "sampler": sampler}
+    return ControllerState(out, index_manager, reader.sampler(values[layout.sampler_path()]))

@@ -8,11 +8,26 @@ demo sizes, not production ones.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
-from .capture import capture_controller
+from .controller_capture import capture_controller
+from .controller_state import ControllerState
 from .system import TransferQueueSystem, _ray, in_actor
+
+
+@dataclass
+class SystemDump:
+    """A whole TransferQueue: the controller state and every stored value, by field and index.
+
+    ``misplaced`` lists ``(field, gi, unit)`` for values held by a unit other than ``gi % n``.
+    """
+
+    state: ControllerState
+    data: dict[str, dict[int, Any]]
+    misplaced: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 @in_actor
@@ -21,8 +36,8 @@ def _unit_values(self: Any) -> dict[str, dict[int, Any]]:
     return {name: dict(values) for name, values in data.field_data.items() if values}
 
 
-def dump_system(system: TransferQueueSystem) -> dict[str, Any]:
-    """``{"state": controller state, "data": {field: {gi: value}}, "misplaced": [...]}``."""
+def dump_system(system: TransferQueueSystem) -> SystemDump:
+    """Capture the controller the way a snapshot does and read every unit's values."""
     ray = _ray()
     state = system.call_controller(capture_controller)
     per_unit = ray.get([u.__ray_call__.remote(_unit_values) for u in system.units])
@@ -35,7 +50,7 @@ def dump_system(system: TransferQueueSystem) -> dict[str, Any]:
                 if gi % n != k:
                     misplaced.append((name, gi, k))
                 data.setdefault(name, {})[gi] = v
-    return {"state": state, "data": data, "misplaced": misplaced}
+    return SystemDump(state, data, misplaced)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -53,6 +68,8 @@ def _same(a: Any, b: Any) -> bool:
         return True
     if type(a) is not type(b):
         return False
+    if dataclasses.is_dataclass(a):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple):
@@ -60,33 +77,28 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def diff_states(a: dict[str, Any], b: dict[str, Any], limit: int = 20) -> list[str]:
+def diff_states(a: SystemDump, b: SystemDump, limit: int = 20) -> list[str]:
     """Differences between two dumps; empty when they hold the same TransferQueue state."""
     out: list[str] = []
-    sa, sb = a["state"], b["state"]
+    sa, sb = a.state, b.state
     for where, dump in (("first", a), ("second", b)):
-        if dump.get("misplaced"):
-            out.append(f"{where}: {len(dump['misplaced'])} values live on the wrong unit")
-    if sorted(sa["partitions"]) != sorted(sb["partitions"]):
-        out.append(f"partitions differ: {sorted(sa['partitions'])} vs {sorted(sb['partitions'])}")
-    for pid in sorted(set(sa["partitions"]) & set(sb["partitions"])):
-        pa, pb = sa["partitions"][pid], sb["partitions"][pid]
-        for key in pa:
-            if key == "consumption":
-                if pa[key].keys() != pb[key].keys() or not all(
-                    _same(pa[key][t], pb[key][t]) for t in pa[key]
-                ):
-                    out.append(f"partition {pid!r}: consumption status differs")
-            elif not _same(pa[key], pb[key]):
-                out.append(f"partition {pid!r}: {key} differs")
-    if not _same(sa["index_manager"], sb["index_manager"]):
+        if dump.misplaced:
+            out.append(f"{where}: {len(dump.misplaced)} values live on the wrong unit")
+    if sorted(sa.partitions) != sorted(sb.partitions):
+        out.append(f"partitions differ: {sorted(sa.partitions)} vs {sorted(sb.partitions)}")
+    for pid in sorted(set(sa.partitions) & set(sb.partitions)):
+        pa, pb = sa.partitions[pid], sb.partitions[pid]
+        for f in dataclasses.fields(pa):
+            if not _same(getattr(pa, f.name), getattr(pb, f.name)):
+                out.append(f"partition {pid!r}: {f.name} differs")
+    if not _same(sa.index_manager, sb.index_manager):
         out.append("index manager differs")
-    if not _same(sa["sampler"]["state"], sb["sampler"]["state"]):
+    if not _same(sa.sampler.state, sb.sampler.state):
         out.append("sampler state differs")
-    if sorted(a["data"]) != sorted(b["data"]):
-        out.append(f"fields differ: {sorted(a['data'])} vs {sorted(b['data'])}")
-    for name in sorted(set(a["data"]) & set(b["data"])):
-        va, vb = a["data"][name], b["data"][name]
+    if sorted(a.data) != sorted(b.data):
+        out.append(f"fields differ: {sorted(a.data)} vs {sorted(b.data)}")
+    for name in sorted(set(a.data) & set(b.data)):
+        va, vb = a.data[name], b.data[name]
         if va.keys() != vb.keys():
             out.append(f"field {name!r}: {len(va)} vs {len(vb)} samples")
             continue

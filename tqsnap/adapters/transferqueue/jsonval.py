@@ -16,8 +16,8 @@ import json
 import pickle
 from typing import Any
 
-from ...errors import FormatError, PickleNotAllowedError
-from ...format import typed_json
+from ...errors import FormatError, PickleNotAllowedError, TqsnapError
+from ...format import strict, typed_json
 
 
 def _b64(data: bytes | memoryview) -> str:
@@ -101,6 +101,10 @@ class Encoder:
         return None
 
 
+#: What decoding a malformed tree raises inside Python, torch and numpy.
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError, RuntimeError)
+
+
 class Decoder:
     """The inverse of :class:`Encoder`; refuses ``$pickle`` unless allowed."""
 
@@ -109,19 +113,28 @@ class Decoder:
         self.where = where
 
     def decode(self, node: Any) -> Any:
+        """Decode one tree; anything malformed in it is a FormatError naming :attr:`where`."""
+        try:
+            return self._decode(node)
+        except TqsnapError:
+            raise
+        except (*_MALFORMED, pickle.UnpicklingError, EOFError) as exc:
+            raise FormatError(f"{self.where or 'a JSON value'}: malformed typed value: {exc!s:.200}") from None
+
+    def _decode(self, node: Any) -> Any:
         if node is None or isinstance(node, bool | int | float | str):
             return node
         if isinstance(node, list):
             if all(type(x) is str for x in node):  # the common non-tensor field: plain strings
                 return node
-            return [self.decode(x) for x in node]
+            return [self._decode(x) for x in node]
         if not isinstance(node, dict):
             raise FormatError(f"{self.where}: unexpected JSON value {node!r:.80}")
         if len(node) == 1:
             ((tag, body),) = node.items()
             if tag.startswith("$"):
                 return self._tagged(tag, body)
-        return {k: self.decode(x) for k, x in node.items()}
+        return {k: self._decode(x) for k, x in node.items()}
 
     def _tagged(self, tag: str, body: Any) -> Any:
         typed = typed_json.value_tag(tag)
@@ -129,19 +142,19 @@ class Decoder:
             return typed_json.decode_float(body, self.where)
         if typed == typed_json.DICT:
             return {
-                typed_json.hashable(self.decode(k), self.where): self.decode(x)
+                typed_json.hashable(self._decode(k), self.where): self._decode(x)
                 for k, x in typed_json.pairs(body, self.where)
             }
         if typed == typed_json.TUPLE:
-            return tuple(self.decode(x) for x in typed_json.sequence(body, self.where))
+            return tuple(self._decode(x) for x in typed_json.sequence(body, self.where))
         if tag == "$b":
             return _unb64(body)
         if tag == "$ba":
             return bytearray(_unb64(body))
         if tag == "$set":
-            return {_hashable(self.decode(x)) for x in body}
+            return {_hashable(self._decode(x)) for x in body}
         if tag == "$fset":
-            return frozenset(_hashable(self.decode(x)) for x in body)
+            return frozenset(_hashable(self._decode(x)) for x in body)
         if tag == "$size":
             import torch
 
@@ -185,9 +198,10 @@ def dumps(value: Any, *, allow_pickle: bool = False, where: str = "") -> bytes:
 
 
 def loads(data: bytes | bytearray | memoryview, *, allow_pickle: bool = False, where: str = "") -> Any:
-    """Decode bytes written by :func:`dumps`."""
-    try:
-        tree = json.loads(bytes(data))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{where}: not valid JSON: {exc}") from exc
+    """Decode bytes written by :func:`dumps`.
+
+    Parsed strictly (:func:`tqsnap.format.strict.load_json`: no NaN constants, no duplicate
+    keys, bounded nesting), so hostile bytes get a FormatError, never a RecursionError.
+    """
+    tree = strict.load_json(data, where or "?", "TransferQueue JSON", max_bytes=strict.MAX_BYTES)
     return Decoder(allow_pickle, where).decode(tree)

@@ -17,8 +17,11 @@ write the same path, and a unit whose data did not change yields the same items 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from ...errors import FormatError
 
 #: The version of the layout below, stored in ``manifest.extra["tq_layout"]``. Version 2 adds
 #: ``meta.lens`` to jagged items of 1-d samples; this version reads both.
@@ -29,6 +32,18 @@ KIND = "transferqueue"
 #: re-uploads at most the last, partly filled block), large enough that a block of small samples
 #: is not dominated by per-item overhead.
 DEFAULT_BLOCK_SIZE = 512
+
+# Limits a restore checks before it allocates anything for what a snapshot declares. A run of
+# indexes costs a few bytes of JSON however many indexes it stands for, so every count read
+# from a snapshot is checked against these (and against what the snapshot really holds)
+# before a list, set or tensor is made for it.
+#: The most storage units a snapshot may name (``u<k>of<n>``).
+MAX_UNITS = 1 << 16
+#: The largest ``block_size``; a snapshot with a larger one is neither written nor read.
+MAX_BLOCK_SIZE = 1 << 20
+#: The largest ``global_index_counter``: every global index of a snapshot lies below it, and
+#: every index set or map of the controller holds at most that many entries.
+MAX_INDEXES = 1 << 27
 
 
 def escape(part: str) -> str:
@@ -130,7 +145,10 @@ def _encode_runs_np(values: Any) -> list[list[int]]:
 
 
 def decode_runs(runs: Sequence[Sequence[int]]) -> list[int]:
-    """The inverse of :func:`encode_runs`."""
+    """The inverse of :func:`encode_runs`, for runs this process made or has checked.
+
+    Runs read from a snapshot go through :func:`read_runs`, which bounds them first.
+    """
     out: list[int] = []
     for run in runs:
         start, count = int(run[0]), int(run[1])
@@ -139,16 +157,62 @@ def decode_runs(runs: Sequence[Sequence[int]]) -> list[int]:
     return out
 
 
+def _int(value: Any) -> bool:
+    return type(value) is int
+
+
+def count_runs(runs: Any, where: str, *, lo: int = 0, hi: int) -> int:
+    """How many indexes ``runs`` stand for, without making them; every one must lie in ``[lo, hi)``.
+
+    A run is ``[start, count]`` or ``[start, count, step]`` of exact integers, with
+    ``count >= 1`` and ``step != 0``. Anything else, or an index outside the range, is a
+    :class:`~tqsnap.errors.FormatError` naming ``where``.
+    """
+    if type(runs) is not list:
+        raise FormatError(f"{where}: index runs must be a list, not {type(runs).__name__}")
+    total = 0
+    for run in runs:
+        if type(run) is not list or len(run) not in (2, 3) or not all(_int(x) for x in run):
+            raise FormatError(f"{where}: an index run must be [start, count] or [start, count, step], not {run!r:.60}")
+        start, count = run[0], run[1]
+        step = run[2] if len(run) == 3 else 1
+        if count < 1 or step == 0:
+            raise FormatError(f"{where}: index run {run!r:.60} has a count below 1 or a step of 0")
+        last = start + (count - 1) * step
+        if not (lo <= start < hi and lo <= last < hi):
+            raise FormatError(f"{where}: index run {run!r:.60} leaves the range [{lo}, {hi})")
+        total += count
+    return total
+
+
+def read_runs(runs: Any, where: str, *, lo: int = 0, hi: int, limit: int) -> list[int]:
+    """:func:`decode_runs` of runs read from a snapshot: checked, and refused above ``limit`` indexes.
+
+    The count is computed from the runs and compared with ``limit`` before any list is made.
+    """
+    total = count_runs(runs, where, lo=lo, hi=hi)
+    if total > limit:
+        raise FormatError(f"{where}: index runs stand for {total} indexes, more than the {limit} allowed here")
+    return decode_runs(runs)
+
+
 def unescape(part: str) -> str:
     return part.replace("~1", "/").replace("~0", "~")
 
 
+_DATA_PATH_RE = re.compile(r"d/([^/]+)/([^/]+)/b([0-9]{1,12})/u([0-9]{1,6})of([0-9]{1,6})", re.ASCII)
+
+
 def parse_data_path(path: str) -> tuple[str, str, int, int, int] | None:
-    """``(partition, field, block, unit, units)`` of a ``d/`` item path, or None."""
-    parts = path.split("/")
-    if len(parts) != 5 or parts[0] != "d" or not parts[3].startswith("b") or not parts[4].startswith("u"):
+    """``(partition, field, block, unit, units)`` of a ``d/`` item path, or None.
+
+    The one parser of data item paths: digits are ASCII only (``str.isdigit`` also takes
+    '²'), and ``unit < units <= MAX_UNITS``.
+    """
+    m = _DATA_PATH_RE.fullmatch(path)
+    if m is None:
         return None
-    unit, sep, units = parts[4][1:].partition("of")
-    if not sep or not unit.isdigit() or not units.isdigit() or not parts[3][1:].isdigit():
+    block, unit, units = int(m[3]), int(m[4]), int(m[5])
+    if not unit < units <= MAX_UNITS:
         return None
-    return unescape(parts[1]), unescape(parts[2]), int(parts[3][1:]), int(unit), int(units)
+    return unescape(m[1]), unescape(m[2]), block, unit, units

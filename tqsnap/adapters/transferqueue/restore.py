@@ -28,16 +28,15 @@ from typing import Any
 from ...engine import Repository
 from ...errors import FormatError
 from ...format.manifest import Extent, Item, ShardRef
-from . import jsonval
-from .blocks import block_gis
-from .capture import (
+from .blocks import block_units
+from .controller_codec import controller_paths, decode_sampler
+from .controller_restore import (
     discard_controller,
     hold_controller,
     install_staged_controller,
     release_controller,
     stage_controller,
 )
-from .controller_codec import controller_paths
 from .layout import KIND, parse_data_path, sampler_path
 from .system import TransferQueueSystem
 from .unit_restore import StageJob, discard_unit, hold_unit, install_unit, release_unit, stage_unit
@@ -70,14 +69,18 @@ class TQRestoreResult:
 def _stage_jobs(
     reader: Any, units: int, token: str, repo: Repository, allow_pickle: bool, threads: int
 ) -> list[StageJob]:
-    """Per target unit: the data items holding samples with ``gi % units == unit``."""
+    """Per target unit: the data items holding samples with ``gi % units == unit``.
+
+    The items' paths and sample runs were checked by :func:`.validate.check_manifest`; the
+    target units of an item are read from its runs without expanding them.
+    """
     per_unit: list[list[tuple[str, Item]]] = [[] for _ in range(units)]
     for path, item in reader.items.items():
         parsed = parse_data_path(path)
         if parsed is None:
             continue
         _, name, _, k, n = parsed
-        targets = {k} if n == units else {g % units for g in block_gis(item.meta)}
+        targets = {k} if n == units else block_units(item.meta, units, f"data item {path!r} of {reader.name}")
         for j in targets:
             per_unit[j].append((name, item))
     jobs = []
@@ -130,18 +133,20 @@ def restore_system(
     if repo.store.url.startswith("memory:"):
         raise ValueError("a memory:// store lives in one process; restore from a local path or an s3:// URL")
     reader = repo.reader(stream, snapshot, kind=KIND)
-    extra = check_manifest(reader)
+    header = check_manifest(reader)
     check_pickle(reader, allow_pickle)
     target = check_target(system, force)
 
-    partitions: list[str] = list(extra["partitions"])
-    paths = controller_paths(partitions, extra["consumption_tasks"])
+    partitions = header.partitions
+    paths = controller_paths(partitions, header.consumption_tasks)
     absent = [p for p in paths if p not in reader.items]
     if absent:
         raise FormatError(f"snapshot {reader.name} lacks controller items {absent[:3]}")
     values = reader.read_items(paths)
-    sampler = jsonval.loads(values[sampler_path()], allow_pickle=allow_pickle, where="sampler state")
-    load_sampler = check_sampler(sampler["class"], sampler["state"], target["sampler_class"], reader.name)
+    sampler = decode_sampler(
+        values[sampler_path()], allow_pickle=allow_pickle, where=f"item {sampler_path()!r} of {reader.name}"
+    )
+    load_sampler = check_sampler(sampler.class_name, sampler.state, target["sampler_class"], reader.name)
     token = secrets.token_hex(8)
     jobs = _stage_jobs(reader, system.n_units, token, repo, allow_pickle, threads)
     t_validate = time.monotonic()
@@ -156,6 +161,7 @@ def restore_system(
                 partitions,
                 {p: bytes(values[p]) for p in paths},
                 {p: reader.items[p] for p in paths},
+                reader.name,
                 allow_pickle,
             ),
             *system.start_units(stage_unit, [(job,) for job in jobs]),
@@ -188,7 +194,7 @@ def restore_system(
         samples=sum(s["samples"] for s in staged),
         bytes=sum(s["bytes"] for s in staged),
         units=system.n_units,
-        source_units=int(extra["units"]),
+        source_units=header.units,
         validate_s=t_validate - t0,
         stage_s=t_stage - t_validate,
         install_s=t_end - t_stage,

@@ -16,6 +16,7 @@ A put that lands after step 2 is not in the snapshot; one that landed before it 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from typing import Any
 
 from ...engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
 from ...engine.packer import reuse_fraction
+from ...errors import TqsnapError
 from ...format.manifest import SnapshotId
-from .capture import capture_encoded
-from .controller_codec import controller_specs
-from .layout import DEFAULT_BLOCK_SIZE, KIND, LAYOUT_VERSION, decode_runs
+from .controller_capture import capture_encoded
+from .controller_codec import controller_items
+from .controller_state import EncodedController, PartitionStatus
+from .layout import DEFAULT_BLOCK_SIZE, KIND, LAYOUT_VERSION, MAX_BLOCK_SIZE, decode_runs
 from .system import TransferQueueSystem, _ray
 from .unit_upload import UnitJob, UnitResult, snapshot_unit
 
@@ -89,14 +92,14 @@ class TQSnapshotResult:
         }
 
 
-def _plan(state: dict[str, Any], units: int) -> list[dict[str, dict[str, Any]]]:
+def _plan(statuses: dict[str, PartitionStatus], units: int) -> list[dict[str, dict[str, Any]]]:
     """Per unit: partition -> field -> sorted global indexes the controller saw produced."""
     import numpy as np
 
     plans: list[dict[str, dict[str, Any]]] = [{} for _ in range(units)]
-    for pid, p in state["partitions"].items():
-        prod = p["production"].numpy()
-        for name, col in p["field_name_mapping"].items():
+    for pid, p in statuses.items():
+        prod = p.production.numpy()
+        for name, col in p.field_name_mapping.items():
             if col >= prod.shape[1]:
                 continue
             gis = np.flatnonzero(prod[:, col] == 1).astype(np.int64)
@@ -110,19 +113,28 @@ def _plan(state: dict[str, Any], units: int) -> list[dict[str, dict[str, Any]]]:
     return plans
 
 
-def _reconcile(state: dict[str, Any], results: list[UnitResult]) -> int:
-    """Mark (sample, field) pairs no unit held as not produced; return how many there were."""
+def _reconcile(
+    statuses: dict[str, PartitionStatus], results: list[UnitResult]
+) -> tuple[dict[str, PartitionStatus], int]:
+    """The statuses to save: (sample, field) pairs no unit held marked not produced.
+
+    Returns them and how many pairs there were. A partition with such pairs gets a new
+    production tensor; the captured ones are left as they were.
+    """
     dropped = 0
+    out = dict(statuses)
     for r in results:
         for pid, fields in r.missing.items():
-            p = state["partitions"][pid]
+            if out[pid] is statuses[pid]:
+                out[pid] = dataclasses.replace(statuses[pid], production=statuses[pid].production.clone())
+            p = out[pid]
             for name, runs in fields.items():
                 gis = decode_runs(runs)
-                p["production"][gis, p["field_name_mapping"][name]] = 0
+                p.production[gis, p.field_name_mapping[name]] = 0
                 dropped += len(gis)
     if dropped:
         log.info("reconcile: %d produced values were cleared during the snapshot and are left out", dropped)
-    return dropped
+    return out, dropped
 
 
 def snapshot_system(
@@ -148,14 +160,15 @@ def snapshot_system(
             "a memory:// store lives in one process; TransferQueue storage units upload their own shards, "
             "so use a local path or an s3:// URL"
         )
+    if type(block_size) is not int or not 1 <= block_size <= MAX_BLOCK_SIZE:
+        raise TqsnapError(f"block_size must be an integer from 1 to {MAX_BLOCK_SIZE}, not {block_size!r}")
     t0 = time.monotonic()
     options = options or TQ_PACK_OPTIONS
     writer = SnapshotWriter.begin(repo, stream, KIND, parent=parent, options=options)
     # The controller encodes its JSON items itself, before any upload, so a value that needs
-    # pickle fails the save early. The status items are views of the captured tensors, so
-    # the reconcile below still reaches them.
-    state = system.call_controller(capture_encoded, allow_pickle)
-    specs = controller_specs(state["partitions"], state["json"])
+    # pickle fails the save early. Its status items are made after the reconcile, from the
+    # statuses the reconcile returns.
+    captured: EncodedController = system.call_controller(capture_encoded, allow_pickle)
     t_capture = time.monotonic()
     n = system.n_units
     reuse = ray.put(writer.reuse_index)
@@ -174,16 +187,16 @@ def snapshot_system(
             ),
             reuse,
         )
-        for k, plan in enumerate(_plan(state, n))
+        for k, plan in enumerate(_plan(captured.statuses, n))
     ]
     results: list[UnitResult] = system.call_units(snapshot_unit, jobs)
     t_upload = time.monotonic()
     for r in results:
         writer.add_result(r.pack)
-    dropped = _reconcile(state, results)
+    statuses, dropped = _reconcile(captured.statuses, results)
     packer = writer.packer()
     try:
-        for spec in specs:
+        for spec in controller_items(captured.json_items, statuses):
             packer.add(
                 spec.path, spec.data, kind=spec.kind, dtype=spec.dtype, shape=spec.shape, meta=spec.meta
             )
@@ -197,7 +210,7 @@ def snapshot_system(
         "tq_samples": samples,
         "tq_values": values,
         "tq_dropped": dropped,
-        "tq_controller_stall_s": round(state["stall_s"], 6),
+        "tq_controller_stall_s": round(captured.stall_s, 6),
         "tq_unit_stall_s": [round(r.stall_s, 6) for r in results],
     }
     extra = {
@@ -205,9 +218,9 @@ def snapshot_system(
         "units": n,
         "unit_names": system.unit_names,
         "block_size": block_size,
-        "partitions": sorted(state["partitions"]),
-        "consumption_tasks": {pid: list(p["consumption"]) for pid, p in state["partitions"].items()},
-        "sampler_class": state["sampler"]["class"],
+        "partitions": sorted(statuses),
+        "consumption_tasks": {pid: list(p.consumption) for pid, p in statuses.items()},
+        "sampler_class": captured.sampler_class,
     }
     info = writer.commit(extra=extra, metadata=metadata, stats=stats)
     t_end = time.monotonic()
@@ -222,7 +235,7 @@ def snapshot_system(
         reused_bytes=int(s.get("reused_bytes", 0)),
         stored_bytes=int(s.get("stored_bytes", 0)),
         item_bytes=int(s.get("item_bytes", 0)),
-        controller_stall_s=state["stall_s"],
+        controller_stall_s=captured.stall_s,
         unit_stall_s=[r.stall_s for r in results],
         unit_memcpy_s=[r.memcpy_s for r in results],
         unit_memcpy_raw_s=[r.memcpy_raw_s for r in results],

@@ -41,12 +41,15 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from ...errors import ManifestError, PickleNotAllowedError
-from ...format import typed_json
+from ...errors import FormatError, ManifestError, PickleNotAllowedError
+from ...format import strict, typed_json
+from ...format.manifest import MAX_DIMS
 from ..tensors import dtype_from_name, dtype_name
 
 #: Version of the layout above; a reader refuses any other.
 METADATA_FORMAT = 1
+#: How deeply planner data may nest (the JSON it comes from is bounded more loosely).
+MAX_VALUE_DEPTH = 64
 
 
 # --- generic values (planner data) -----------------------------------------------------------
@@ -77,36 +80,51 @@ def encode_value(value: Any, where: str = "planner_data") -> Any:
     )
 
 
-def decode_value(node: Any) -> Any:
-    """The inverse of :func:`encode_value`."""
+def decode_value(node: Any, where: str = "DCP planner_data", depth: int = 0) -> Any:
+    """The inverse of :func:`encode_value`; a typed error for anything it would not have written.
+
+    Nesting is bounded (:data:`MAX_VALUE_DEPTH`) so that a crafted document gives a
+    :class:`~tqsnap.errors.ManifestError` instead of a ``RecursionError`` deep inside DCP.
+    """
+    if depth > MAX_VALUE_DEPTH:
+        raise ManifestError(f"{where} nests deeper than {MAX_VALUE_DEPTH} levels")
     if isinstance(node, list):
-        return [decode_value(v) for v in node]
-    if not isinstance(node, dict):
+        return [decode_value(v, where, depth + 1) for v in node]
+    if node is None or isinstance(node, bool | int | float | str):
         return node
+    if not isinstance(node, dict):
+        raise ManifestError(f"{where} holds a {type(node).__name__}, which JSON cannot hold")
     if len(node) == 1:
         ((tag, body),) = node.items()
         typed = typed_json.value_tag(tag)
         if typed == typed_json.FLOAT:
-            return typed_json.decode_float(body, "DCP planner_data")
+            return typed_json.decode_float(body, where)
         if tag == "$size":
-            return torch.Size(int(v) for v in body)
+            return torch.Size(_ints(body, f"{where}: $size", hi=strict.MAX_BYTES, max_len=MAX_DIMS))
         if typed == typed_json.TUPLE:
-            return tuple(decode_value(v) for v in typed_json.sequence(body, "DCP planner_data"))
+            return tuple(decode_value(v, where, depth + 1) for v in typed_json.sequence(body, where))
         if typed == typed_json.DICT:
             return {
-                typed_json.hashable(decode_value(k), "DCP planner_data"): decode_value(v)
-                for k, v in typed_json.pairs(body, "DCP planner_data")
+                typed_json.hashable(decode_value(k, where, depth + 1), where): decode_value(v, where, depth + 1)
+                for k, v in typed_json.pairs(body, where)
             }
-    return {k: decode_value(v) for k, v in node.items()}
+    return {k: decode_value(v, where, depth + 1) for k, v in node.items()}
+
+
+def _ints(value: Any, where: str, *, hi: int, max_len: int) -> list[int]:
+    """A JSON list of plain integers in ``[0, hi]``: no bools, floats, strings or negatives."""
+    if type(value) is not list or len(value) > max_len:
+        raise ManifestError(f"{where} must be a list of at most {max_len} integers, not {value!r:.60}")
+    return [strict.check_int(v, where, hi=hi) for v in value]
 
 
 # --- tensor properties -----------------------------------------------------------------------
 
 
-def _torch_attr(name: str, kind: type, what: str) -> Any:
+def _torch_attr(name: Any, kind: type, what: str) -> Any:
     value = getattr(torch, name, None) if isinstance(name, str) and name.isidentifier() else None
     if not isinstance(value, kind):
-        raise ManifestError(f"unknown torch {what} {name!r} in DCP metadata")
+        raise ManifestError(f"unknown torch {what} {name!r:.60} in DCP metadata")
     return value
 
 
@@ -119,15 +137,33 @@ def _encode_properties(props: TensorProperties) -> dict[str, Any]:
     }
 
 
-def _decode_properties(dtype: str, d: Mapping[str, Any]) -> TensorProperties:
+def _decode_properties(dtype: Any, d: Any, where: str) -> TensorProperties:
+    """Strict: a dtype name, a strided layout (the only one tqsnap stores), real booleans."""
+    if not isinstance(dtype, str) or len(dtype) > 64:
+        raise ManifestError(f"{where}: dtype must be a torch dtype name, not {dtype!r:.60}")
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ManifestError(f"{where}: properties must be an object, not {type(d).__name__}")
+    flags = {name: d.get(name, False) for name in ("requires_grad", "pin_memory")}
+    for name, flag in flags.items():
+        if type(flag) is not bool:
+            raise ManifestError(f"{where}: properties.{name} must be true or false, not {flag!r:.40}")
+    layout = _torch_attr(d.get("layout", "strided"), torch.layout, "layout")
+    if layout != torch.strided:
+        raise ManifestError(f"{where}: layout {layout} is not strided; tqsnap.dcp stores dense tensors only")
+    try:
+        torch_dtype = dtype_from_name(dtype)
+    except FormatError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
     return TensorProperties(
-        dtype=dtype_from_name(dtype),
-        layout=_torch_attr(d.get("layout", "strided"), torch.layout, "layout"),
-        requires_grad=bool(d.get("requires_grad", False)),
+        dtype=torch_dtype,
+        layout=layout,
+        requires_grad=flags["requires_grad"],
         memory_format=_torch_attr(
             d.get("memory_format", "contiguous_format"), torch.memory_format, "memory format"
         ),
-        pin_memory=bool(d.get("pin_memory", False)),
+        pin_memory=flags["pin_memory"],
     )
 
 
@@ -193,46 +229,97 @@ def _encode_storage_meta(sm: StorageMeta | None) -> dict[str, Any] | None:
 def decode_metadata(doc: Any, where: str) -> Metadata:
     """Rebuild ``Metadata`` whose ``storage_data`` maps each :class:`MetadataIndex` to its item path.
 
-    Every malformed field raises :class:`~tqsnap.errors.ManifestError` naming ``where``.
+    Strict, because the document comes from whoever can write the bucket: exact JSON types,
+    non-negative bounded sizes, one ``tensor`` or ``bytes`` entry per fqn, ``offsets`` and
+    ``sizes`` with as many dimensions as the tensor. Every malformed field raises
+    :class:`~tqsnap.errors.ManifestError` naming ``where``; nothing else escapes, because DCP
+    turns any other exception from ``read_metadata`` into a bare ``AssertionError``. Whether
+    the chunks fit their tensor and agree with the manifest's items is :mod:`.checks`' job.
     """
-    if not isinstance(doc, dict) or doc.get("format") != METADATA_FORMAT:
+    if not isinstance(doc, dict) or type(doc.get("format")) is not int or doc["format"] != METADATA_FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise ManifestError(
-            f"{where} holds no DCP metadata of format {METADATA_FORMAT} (found {found!r}); "
+            f"{where} holds no DCP metadata of format {METADATA_FORMAT} (found {found!r:.40}); "
             "it was not written by tqsnap.dcp or by a newer version"
         )
     try:
-        state: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {}
-        storage: dict[MetadataIndex, str] = {}
-        for fqn, entry in doc["state_dict"].items():
-            if "bytes" in entry:
-                state[fqn] = BytesStorageMetadata()
-                storage[MetadataIndex(fqn)] = str(entry["bytes"])
-                continue
-            t = entry["tensor"]
-            chunks = []
-            for i, (offsets, sizes, path) in enumerate(t["chunks"]):
-                chunks.append(ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes)))
-                storage[MetadataIndex(fqn, offsets, i)] = str(path)
-            state[fqn] = TensorStorageMetadata(
-                _decode_properties(t["dtype"], t.get("properties") or {}), torch.Size(t["size"]), chunks
-            )
-        sm = doc.get("storage_meta")
-        storage_meta = (
-            StorageMeta(
-                sm.get("checkpoint_id"), sm.get("save_id"), sm.get("load_id"), list(sm.get("modules") or [])
-            )
-            if sm
-            else StorageMeta()
-        )
+        state, storage = _decode_entries(doc.get("state_dict"), where)
+        version = doc.get("version")
+        if version is not None and (not isinstance(version, str) or len(version) > 64):
+            raise ManifestError(f"DCP metadata in {where}: version must be a short string, not {version!r:.40}")
         return Metadata(
             state_dict_metadata=state,
-            planner_data=decode_value(doc.get("planner_data")),
+            planner_data=decode_value(doc.get("planner_data"), f"DCP planner_data in {where}"),
             storage_data=storage,
-            storage_meta=storage_meta,
-            version=doc.get("version"),
+            storage_meta=_decode_storage_meta(doc.get("storage_meta"), where),
+            version=version,
         )
     except ManifestError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (FormatError, KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+        # A safety net: the checks above are meant to leave nothing for it.
         raise ManifestError(f"DCP metadata in {where} is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode_entries(
+    entries: Any, where: str
+) -> tuple[dict[str, TensorStorageMetadata | BytesStorageMetadata], dict[MetadataIndex, str]]:
+    if not isinstance(entries, dict):
+        raise ManifestError(f"DCP metadata in {where}: state_dict must be an object")
+    state: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {}
+    storage: dict[MetadataIndex, str] = {}
+    for fqn, entry in entries.items():
+        at = f"DCP metadata in {where}: entry {fqn!r:.200}"
+        if not isinstance(entry, dict) or len(entry) != 1 or not {"bytes", "tensor"} & entry.keys():
+            raise ManifestError(f"{at} must be one object: {{'tensor': ...}} or {{'bytes': item path}}")
+        if "bytes" in entry:
+            state[fqn] = BytesStorageMetadata()
+            storage[MetadataIndex(fqn)] = _item_path(entry["bytes"], at)
+            continue
+        t = entry["tensor"]
+        if not isinstance(t, dict):
+            raise ManifestError(f"{at}: tensor must be an object")
+        size = _ints(t.get("size"), f"{at}: size", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
+        chunk_list = t.get("chunks")
+        if type(chunk_list) is not list:
+            raise ManifestError(f"{at}: chunks must be a list")
+        chunks = []
+        for i, chunk in enumerate(chunk_list):
+            if type(chunk) is not list or len(chunk) != 3:
+                raise ManifestError(f"{at}: chunk {i} must be [offsets, sizes, item path]")
+            offsets = _ints(chunk[0], f"{at}: chunk {i} offsets", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
+            sizes = _ints(chunk[1], f"{at}: chunk {i} sizes", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
+            if len(offsets) != len(size) or len(sizes) != len(size):
+                raise ManifestError(
+                    f"{at}: chunk {i} has {len(offsets)} offsets and {len(sizes)} sizes for a "
+                    f"{len(size)}-dimensional tensor"
+                )
+            chunks.append(ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes)))
+            storage[MetadataIndex(fqn, offsets, i)] = _item_path(chunk[2], f"{at}: chunk {i}")
+        state[fqn] = TensorStorageMetadata(
+            _decode_properties(t.get("dtype"), t.get("properties"), at), torch.Size(size), chunks
+        )
+    return state, storage
+
+
+def _item_path(path: Any, where: str) -> str:
+    if not isinstance(path, str) or not path or len(path) > 4096:
+        raise ManifestError(f"{where}: an item path must be a non-empty string, not {path!r:.60}")
+    return path
+
+
+def _decode_storage_meta(sm: Any, where: str) -> StorageMeta:
+    if sm is None:
+        return StorageMeta()
+    if not isinstance(sm, dict):
+        raise ManifestError(f"DCP metadata in {where}: storage_meta must be an object or null")
+    fields = {}
+    for name in ("checkpoint_id", "save_id", "load_id"):
+        value = sm.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > 4096):
+            raise ManifestError(f"DCP metadata in {where}: storage_meta.{name} must be a string or null")
+        fields[name] = value
+    modules = sm.get("modules") or []
+    if type(modules) is not list or not all(isinstance(m, str) for m in modules):
+        raise ManifestError(f"DCP metadata in {where}: storage_meta.modules must be a list of strings")
+    return StorageMeta(fields["checkpoint_id"], fields["save_id"], fields["load_id"], list(modules))

@@ -41,6 +41,8 @@ from ...engine.reader import item_view
 from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError, TqsnapError
 from ...format.manifest import Item, ShardRef
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
+from .byte_values import restricted_value_stream
+from .checks import BYTES_KIND, check_reads, check_snapshot
 from .layout import EXTRA_KEY, KIND, CheckpointRef, is_checkpoint_id, parse_checkpoint_id, snapshot_arg
 from .metadata_json import decode_metadata
 from .repos import RepoLike, open_repository, repo_url
@@ -70,6 +72,11 @@ class Reader(StorageReader):
         storage_options: passed to the store.
         threads: parallel shard downloads per rank.
         window_bytes: about how many shard bytes one rank fetches ahead of copying them out.
+        allow_pickle: hand stored non-tensor values to the planner as they are, for DCP's
+            ``torch.load(weights_only=False)``, which can run code. Without it (the default)
+            they are decoded by torch's restricted unpickler first and refused with
+            :class:`~tqsnap.errors.PickleNotAllowedError` when it cannot (see
+            :mod:`.byte_values`). Pass it only if you trust everyone who can write the repository.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class Reader(StorageReader):
         storage_options: dict[str, Any] | None = None,
         threads: int = 16,
         window_bytes: int = 256 * MiB,
+        allow_pickle: bool = False,
     ) -> None:
         super().__init__()
         self.url = url
@@ -89,6 +97,7 @@ class Reader(StorageReader):
         self.storage_options = dict(storage_options or {})
         self.threads = threads
         self.window_bytes = window_bytes
+        self.allow_pickle = allow_pickle
         self.load_id = uuid.uuid4().hex
         self.is_coordinator = False
         self.rank: int | None = None
@@ -149,6 +158,7 @@ class Reader(StorageReader):
             repo = self._repository()
             reader = repo.reader(self.stream, snapshot_arg(self.snapshot), kind=KIND, threads=self.threads)
             metadata = decode_metadata(reader.manifest.extra.get(EXTRA_KEY), f"snapshot {reader.name}")
+            check_snapshot(metadata, metadata.storage_data, reader.items, reader.name)
         except TqsnapError as exc:
             self._failure = exc
             raise
@@ -201,6 +211,9 @@ class Reader(StorageReader):
         for req in plan.items:
             requests.setdefault(self._path(req.storage_index), []).append(req)
         items = [self._item(path) for path in requests]
+        check_reads(requests, self._snapshot.items, planner, self._snapshot.name)
+        values = self._byte_values([item for item in items if item.kind == BYTES_KIND], requests)
+        items = [item for item in items if item.kind != BYTES_KIND]
         buffered = items
         if resolves_views(planner):
             direct = {item.path for item in items if self._whole_raw_chunk(item, requests[item.path])}
@@ -209,6 +222,8 @@ class Reader(StorageReader):
                 [item for item in items if item.path in direct], requests, planner
             )
         self._read_buffered(buffered, requests, planner)
+        for req, stream in values:
+            planner.load_bytes(req, stream)
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
@@ -314,6 +329,31 @@ class Reader(StorageReader):
                 f"snapshot {self.checkpoint_id} has no chunk {index.fqn!r} at offset {list(index.offset or [])}"
             ) from None
 
+    def _byte_values(
+        self, items: list[Item], requests: dict[str, list[ReadItem]]
+    ) -> list[tuple[ReadItem, io.BytesIO]]:
+        """Fetch and decode every non-tensor value before any destination is touched.
+
+        They are fetched on their own (a shard they share with small tensors is read twice;
+        values are few and small) so that a value that would need the full unpickler is
+        refused before a single tensor is filled.
+        """
+        assert self._snapshot is not None
+        if not items:
+            return []
+        data = self._snapshot.read_items([item.path for item in items])
+        values: list[tuple[ReadItem, io.BytesIO]] = []
+        for item in items:
+            where = f"non-tensor value {item.path!r:.200} of snapshot {self._snapshot.name}"
+            for req in requests[item.path]:
+                stream = (
+                    io.BytesIO(bytes(data[item.path]))
+                    if self.allow_pickle
+                    else restricted_value_stream(data[item.path], where)
+                )
+                values.append((req, stream))
+        return values
+
     def _item(self, path: str) -> Item:
         assert self._snapshot is not None
         item = self._snapshot.items.get(path)
@@ -328,10 +368,6 @@ class Reader(StorageReader):
     ) -> None:
         """Copy one stored item into every destination that asked for part of it."""
         data = item_view(item, cache)
-        if item.kind == "bytes":
-            for req in reqs:
-                planner.load_bytes(req, io.BytesIO(data))
-            return
         if item.kind != "tensor" or item.dtype is None or item.shape is None:
             raise ManifestError(f"snapshot {self.checkpoint_id}: item {item.path!r} is not a tensor")
         source = tensor_from_bytes(data, item.dtype, item.shape)

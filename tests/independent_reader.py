@@ -1,6 +1,6 @@
 """A minimal reader of tqsnap repositories written from docs/format.md alone.
 
-It imports nothing of tqsnap: only the standard library, numpy, xxhash and zstandard. It lists
+It imports nothing of tqsnap: only the standard library, xxhash and zstandard. It lists
 streams, resolves snapshots (tombstones, tags), fetches and verifies shards, assembles items,
 and rebuilds ``state_dict`` trees. Tensors come back as ``(dtype name, shape, raw bytes)``, so
 dtypes numpy lacks (bfloat16, float8) need no special case. Its one job is to prove that the
@@ -10,6 +10,7 @@ format document is enough to read what tqsnap writes.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,15 +131,15 @@ def state_tree(node: dict[str, Any], items: dict[str, Any]) -> Any:
     ((tag, body),) = node.items()
     if tag == "v":
         return body
-    if tag in ("float", "$float", "$f"):
-        return float(body)
+    if tag in ("float", "$float"):
+        return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[body]
     if tag == "dict":
         return {k: state_tree(v, items) for k, v in body.items()}
-    if tag == "items":
+    if tag in ("items", "$dict"):
         return {_key(state_tree(k, items)): state_tree(v, items) for k, v in body}
     if tag == "list":
         return [state_tree(v, items) for v in body]
-    if tag == "tuple":
+    if tag in ("tuple", "$tuple"):
         return tuple(state_tree(v, items) for v in body)
     if tag in ("tensor", "bytes"):
         return items[body]
@@ -153,6 +154,6 @@ def _key(key: Any) -> Any:
 
 def load_state(repo: Repo, stream: str, selector: str | int = "latest") -> Any:
     manifest = repo.manifest(stream, repo.resolve(stream, selector))
-    if manifest["kind"] != "state_dict" or manifest["extra"].get("tree_version") != 1:
-        raise FormatViolation("not a state_dict snapshot of tree version 1")
+    if manifest["kind"] != "state_dict" or manifest["extra"].get("tree_version") not in (1, 2):
+        raise FormatViolation("not a state_dict snapshot of tree version 1 or 2")
     return state_tree(manifest["extra"]["tree"], repo.items(manifest))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,23 @@ def test_independent_reader_loads_every_golden_state_dict_snapshot(case: Path) -
             assert repo.resolve(stream, f"tag:{tag}") == seq
         for seq, description in want["snapshots"].items():
             assert describe(load_state(repo, stream, int(seq))) == description, f"{stream}@{seq}"
+
+
+def test_independent_reader_loads_what_the_writer_writes_now(tmp_path: Path) -> None:
+    sys.path.insert(0, str(GOLDEN))
+    import values
+
+    import tqsnap
+
+    url = str(tmp_path / "repo")
+    states = [values.tree_state(7), values.dtype_state(8), values.body_state(9)]
+    for state in states:
+        tqsnap.save(url, state, stream="now")
+    tqsnap.tag(url, "first", stream="now", snapshot=1)
+    repo = Repo(Path(url))
+    assert repo.visible("now") == [1, 2, 3] and repo.resolve("now", "tag:first") == 1
+    for seq, state in enumerate(states, start=1):
+        assert describe(load_state(repo, "now", seq)) == values.describe(state)
 
 
 def test_independent_reader_verifies_every_item_of_every_golden_snapshot() -> None:

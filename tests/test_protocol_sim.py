@@ -42,7 +42,7 @@ import tqsnap.engine.writer as writer_module
 from tqsnap.engine import PackOptions, Repository, ShardPacker, SnapshotReader, SnapshotWriter, fetch_shard
 from tqsnap.engine.gc import GarbageCollector
 from tqsnap.engine.retention import RetentionPolicy, plan_forget
-from tqsnap.errors import StoreError, WriteDeadlineExceededError
+from tqsnap.errors import CommitOutcomeUnknownError, StoreError, WriteDeadlineExceededError
 from tqsnap.format.keys import (
     SHARDS_PREFIX,
     SNAPSHOTS_PREFIX,
@@ -468,6 +468,10 @@ def writer(
         except WriteDeadlineExceededError:
             sim.count("deadline aborts")
             yield "commit refused: past deadline"
+            continue
+        except CommitOutcomeUnknownError:  # past the deadline with a lost reply: it may have landed
+            sim.count("deadline with unknown outcome")
+            yield "commit outcome unknown: past deadline"
             continue
         except Crash:
             sim.count("crash after commit landed")

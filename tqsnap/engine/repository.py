@@ -38,6 +38,7 @@ from ..format.keys import (
 from ..format.manifest import Manifest, SnapshotId, Tag, Tombstone
 from ..format.strict import MAX_MANIFEST_BYTES, MAX_SEQ, MAX_SMALL_DOC_BYTES
 from ..store import ObjectStore, open_store
+from .create_once import create_once
 from .reader import SnapshotReader, VerifyReport
 
 log = logging.getLogger(__name__)
@@ -306,12 +307,21 @@ class Repository:
     # --- tags and tombstones -----------------------------------------------------------------
 
     def tag(self, name: str, stream: str, snapshot: str | int = "latest") -> Tag:
-        """Create an immutable tag; a tag that exists is never moved."""
+        """Create an immutable tag; a tag that exists is never moved.
+
+        Idempotent: tagging the snapshot a tag already names returns the existing tag, so a
+        command re-run after a lost reply succeeds; a tag naming another snapshot is refused.
+        """
         sid = self.resolve(stream, snapshot)
         tag = Tag(validate_name(name, "tag"), sid, self.store.now())
-        if not self.store.put_if_absent(tag_key(name), tag.encode()):
-            raise FileExistsError(f"tag {name!r} already exists in {self.url}; tags are immutable")
-        return tag
+        if create_once(self.store, tag_key(name), tag.encode()):
+            return tag
+        existing = self.read_tag(name)
+        if existing.target == sid:
+            return existing
+        raise FileExistsError(
+            f"tag {name!r} already exists in {self.url} and names {existing.target}; tags are immutable"
+        )
 
     def read_tag(self, name: str) -> Tag:
         key = tag_key(name)
@@ -328,9 +338,12 @@ class Repository:
         return out
 
     def write_tombstone(self, stream: str, seq: int, reason: str = "") -> bool:
-        """Mark a snapshot forgotten. Returns False if it already had a tombstone."""
+        """Mark a snapshot forgotten. True if this call wrote the tombstone, False if one existed.
+
+        A tombstone whose reply was lost is read back, so the answer says what was written.
+        """
         stone = Tombstone(stream, seq, self.store.now(), reason)
-        return self.store.put_if_absent(tombstone_key(stream, seq), stone.encode())
+        return create_once(self.store, tombstone_key(stream, seq), stone.encode())
 
     def close(self) -> None:
         self.store.close()

@@ -227,17 +227,18 @@ def run_python(code: str, *, timeout: float = 60, user: int | None = None, prelu
         sys.stdout.write("\\nRESULT " + json.dumps(result, default=str))
         """
     ).format(prelude=textwrap.dedent(prelude), body=textwrap.indent(textwrap.dedent(code), "    "))
-    kwargs: dict[str, Any] = {}
-    if user is not None:
-        kwargs = {"user": user, "group": user, "extra_groups": []}
+    command = [sys.executable, "-c", script]
+    if user is not None:  # setpriv, since Popen(user=...) cannot exec a venv python under /root
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to switch to an unprivileged user")
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
     proc = subprocess.run(
-        [sys.executable, "-c", script],
+        command,
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd="/",
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        **kwargs,
     )
     marker = proc.stdout.rfind("\nRESULT ")
     assert marker >= 0, f"the child died (rc {proc.returncode}): {proc.stderr[-3000:]}"

@@ -152,6 +152,8 @@ class LocalStore(ObjectStore):
                         os.mkdir(part, dir_fd=fd)
                     except FileExistsError:
                         pass
+                    except OSError as exc:
+                        raise self._fail(exc, key, action) from None
                 try:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except (FileNotFoundError, NotADirectoryError) as exc:

@@ -37,9 +37,9 @@ from typing import Any
 
 import pytest
 
-import tqsnap.engine.packer as packer_module
+import tqsnap.engine.shards as shards_module
 import tqsnap.engine.writer as writer_module
-from tqsnap.engine import PackOptions, Repository, ShardPacker, SnapshotReader, SnapshotWriter, fetch_shard
+from tqsnap.engine import PackOptions, Repository, ShardPacker, SnapshotReader, SnapshotWriter
 from tqsnap.engine.gc import GarbageCollector
 from tqsnap.engine.retention import RetentionPolicy, plan_forget
 from tqsnap.errors import CommitOutcomeUnknownError, StoreError, WriteDeadlineExceededError
@@ -102,12 +102,12 @@ def _content_keys(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    original = packer_module.secrets
-    packer_module.secrets = SimpleNamespace(token_hex=lambda n: "0" * (2 * n))  # type: ignore[assignment]
+    original = shards_module.secrets
+    shards_module.secrets = SimpleNamespace(token_hex=lambda n: "0" * (2 * n))  # type: ignore[assignment]
     try:
         yield
     finally:
-        packer_module.secrets = original
+        shards_module.secrets = original
 
 
 @contextmanager
@@ -227,9 +227,8 @@ class InlinePacker(ShardPacker):
 class SequentialReader(SnapshotReader):
     """The real reader (extents, decoding, hash checks) fetching shards in this thread."""
 
-    def fetch_shards(self, indexes: Any, *, verify: bool = True) -> dict[int, memoryview]:
-        refs = self.manifest.shards
-        return {i: fetch_shard(self.store, refs[i], verify=verify, snapshot=self.name) for i in indexes}
+    def __init__(self, store: Any, manifest: Any) -> None:
+        super().__init__(store, manifest, threads=0)
 
 
 # --- the world and its actors --------------------------------------------------------------------

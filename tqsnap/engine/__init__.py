@@ -22,6 +22,7 @@ Shard
     uncompressed bytes plus a fresh random upload id (so no two uploads share a key and gc
     can never delete a shard a live writer has just reused). ``ShardRef`` is a Manifest's
     pointer to one: key, hash, size, stored size and codec. Identical bytes dedup by hash.
+    ``Shards`` (:mod:`.shards`) is the only code that writes, reads and verifies them.
 
 Item
     A named value of a snapshot (``model/layers/0/weight``): a tensor, bytes or a pickle,
@@ -44,9 +45,10 @@ Tag
 
 from .gc import GarbageCollector, GcReport, collect_garbage
 from .packer import PackOptions, PackResult, PackStats, ShardPacker, merge_results
-from .reader import SnapshotReader, VerifyReport, fetch_shard
+from .reader import SnapshotReader, VerifyReport
 from .repository import Repository, SnapshotInfo
 from .retention import ForgetReport, RetentionPolicy, forget
+from .shards import Shards
 from .writer import SnapshotWriter
 
 __all__ = [
@@ -63,8 +65,8 @@ __all__ = [
     "ShardPacker",
     "SnapshotInfo",
     "SnapshotReader",
+    "Shards",
     "SnapshotWriter",
     "VerifyReport",
-    "fetch_shard",
     "merge_results",
 ]

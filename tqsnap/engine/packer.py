@@ -19,7 +19,6 @@ Cutting rules (docs/format.md, "Shards"), chosen so unchanged data yields identi
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,10 +27,10 @@ from typing import Any
 
 import xxhash
 
-from ..format.keys import shard_key
 from ..format.manifest import Extent, Item, ShardRef
-from ..format.shard import content_hash_parts, encode
+from ..format.shard import content_hash_parts
 from ..store.base import Buffer, ObjectStore
+from .shards import EncodedShard, Shards, remap_items
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +104,20 @@ def _as_bytes_view(data: Buffer) -> memoryview:
 
 
 class ShardPacker:
-    """Turns added items into uploaded (or reused) shards. Use from one thread."""
+    """Turns added items into uploaded (or reused) shards. Use from one thread.
+
+    It only decides where shards are cut and which are new; encoding, naming and uploading
+    are the shard layer's (:class:`~tqsnap.engine.shards.Shards`).
+    """
 
     def __init__(
         self,
-        store: ObjectStore,
+        store: ObjectStore | Shards,
         reuse: Mapping[str, ShardRef] | None = None,
         options: PackOptions | None = None,
     ) -> None:
-        self.store = store
+        self.shards = store if isinstance(store, Shards) else Shards(store)
+        self.store = self.shards.store
         self.reuse = dict(reuse or {})
         self.options = options or PackOptions()
         self._shards: list[ShardRef] = []
@@ -220,23 +224,17 @@ class ShardPacker:
             self._stats.reused_shards += 1
             self._stats.reused_bytes += size
             return self._register(digest, known)
-        # Fresh key per upload: gc can then never delete a re-upload it did not list (protocol §4).
-        body: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
-        stored = encode(body, codec, self.options.zstd_level)
-        stored_size = memoryview(stored).nbytes
-        if codec != "raw" and stored_size >= size:  # incompressible: keep it raw
-            codec, stored, stored_size = "raw", body, size
-        key = shard_key(digest, secrets.token_hex(8), codec)
-        index = self._register(digest, ShardRef(key, digest, size, stored_size, codec))
+        shard = self.shards.encode(parts, codec, digest=digest, level=self.options.zstd_level)
+        index = self._register(digest, shard.ref)
         self._stats.new_shards += 1
         self._stats.new_bytes += size
-        self._stats.stored_bytes += stored_size
-        owned = stored is not parts[0]  # we allocated it; count it against the memory budget
-        units = max(1, stored_size // MiB) if owned else 1
+        self._stats.stored_bytes += shard.ref.stored_size
+        # A buffer encoding allocated counts against the memory budget until it is uploaded.
+        units = max(1, shard.ref.stored_size // MiB) if shard.owned else 1
         units = min(units, max(1, self.options.max_inflight_bytes // MiB))
         for _ in range(units):
             self._budget.acquire()
-        self._futures.append(self._pool.submit(self._upload, key, stored, units))
+        self._futures.append(self._pool.submit(self._upload, shard, units))
         return index
 
     def _register(self, digest: str, ref: ShardRef) -> int:
@@ -244,10 +242,10 @@ class ShardPacker:
         self._shards.append(ref)
         return len(self._shards) - 1
 
-    def _upload(self, key: str, data: Buffer, units: int) -> None:
+    def _upload(self, shard: EncodedShard, units: int) -> None:
         try:
             if self._failed is None:
-                self.store.put(key, data)
+                self.shards.upload(shard)
         except BaseException as exc:
             self._failed = self._failed or exc
             raise
@@ -322,8 +320,6 @@ def merge_results(results: Sequence[PackResult]) -> PackResult:
                 by_hash[ref.hash] = len(merged.shards)
                 merged.shards.append(ref)
             remap.append(by_hash[ref.hash])
-        for item in result.items:
-            item.extents = [Extent(remap[e.shard], e.offset, e.length) for e in item.extents]
-            merged.items.append(item)
+        merged.items.extend(remap_items(result.items, remap))
         merged.stats.add(result.stats)
     return merged

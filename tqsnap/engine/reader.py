@@ -1,4 +1,4 @@
-"""Fetch a snapshot's items: parallel ranged reads, every shard verified against its hash.
+"""Fetch a snapshot's items through the shard layer (:mod:`.shards`): every shard verified.
 
 Items come back as memoryviews into the shard buffers they were read with, so a tensor can be
 rebuilt with ``torch.frombuffer`` and no further copy.
@@ -7,16 +7,16 @@ rebuilt with ``torch.frombuffer`` and no further copy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CorruptShardError, FormatError, MissingShardError, ObjectNotFoundError
+from ..errors import MissingShardError
 from ..format.manifest import Item, Manifest, ShardRef, decode_body
-from ..format.shard import content_hash, decode
 from ..store.base import ObjectStore
 from ..store.buffers import writable_buffer
+from .shards import Shards
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +48,6 @@ class VerifyReport:
         }
 
 
-def fetch_shard(
-    store: ObjectStore,
-    ref: ShardRef,
-    *,
-    range_size: int = 32 * MiB,
-    pool: ThreadPoolExecutor | None = None,
-    verify: bool = True,
-    snapshot: str = "",
-) -> memoryview:
-    """Read one whole shard (in parallel ranges when large), decode and verify it."""
-    view = writable_buffer(ref.stored_size)
-    try:
-        if pool is None or ref.stored_size <= range_size:
-            got = store.get_into(ref.key, view, 0)
-            if got != ref.stored_size:
-                raise CorruptShardError(ref.key, ref.hash, f"truncated ({got} of {ref.stored_size} bytes)")
-        else:
-            starts = range(0, ref.stored_size, range_size)
-            futures = [pool.submit(store.get_into, ref.key, view[s : s + range_size], s) for s in starts]
-            got = sum(f.result() for f in futures)
-            if got != ref.stored_size:
-                raise CorruptShardError(ref.key, ref.hash, f"truncated ({got} of {ref.stored_size} bytes)")
-    except ObjectNotFoundError:
-        raise MissingShardError(ref.key, snapshot) from None
-    try:
-        data = decode(view, ref.codec, ref.size)
-    except FormatError:
-        raise CorruptShardError(ref.key, ref.hash, "undecodable") from None
-    if memoryview(data).nbytes != ref.size:
-        raise CorruptShardError(
-            ref.key, ref.hash, f"decodes to {memoryview(data).nbytes} bytes, not {ref.size}"
-        )
-    if verify:
-        actual = content_hash(data)
-        if actual != ref.hash:
-            raise CorruptShardError(ref.key, ref.hash, actual)
-    return memoryview(data) if not isinstance(data, memoryview) else data
-
-
 def item_view(item: Item, shards: Mapping[int, memoryview] | Sequence[memoryview]) -> memoryview:
     """An item's bytes from its fetched shards: a view when it has one extent, else a joined copy."""
     if len(item.extents) == 1:
@@ -100,29 +61,75 @@ def item_view(item: Item, shards: Mapping[int, memoryview] | Sequence[memoryview
     return buf
 
 
-def load_body(store: ObjectStore, manifest: Manifest) -> Manifest:
+def iter_items(
+    shards: Shards,
+    refs: Sequence[ShardRef],
+    items: Iterable[Item],
+    *,
+    window_bytes: int = 256 * MiB,
+    verify: bool = True,
+    snapshot: str = "",
+) -> Iterator[tuple[Item, memoryview]]:
+    """Each item with its bytes, in the order given, holding only the shards still needed.
+
+    Shards are fetched in the order the items first use them (at most about
+    ``window_bytes`` ahead, :meth:`Shards.get_many`) and dropped after the last item that
+    uses them, so a caller that sorts its items by shard holds little more than a window.
+    """
+    items = list(items)
+    first_use = list(dict.fromkeys(e.shard for item in items for e in item.extents))
+    uses = Counter(s for item in items for s in {e.shard for e in item.extents})
+    fetched = shards.get_many(
+        [(i, refs[i]) for i in first_use], window_bytes=window_bytes, verify=verify, snapshot=snapshot
+    )
+    held: dict[int, memoryview] = {}
+    try:
+        for item in items:
+            for shard in dict.fromkeys(e.shard for e in item.extents):
+                while shard not in held:
+                    index, view = next(fetched)
+                    held[index] = view
+            yield item, item_view(item, held)
+            for shard in {e.shard for e in item.extents}:
+                uses[shard] -= 1
+                if uses[shard] == 0:
+                    del held[shard]
+    finally:
+        fetched.close()
+
+
+def load_body(shards: Shards | ObjectStore, manifest: Manifest) -> Manifest:
     """Fill in ``items`` and ``extra`` from the body shard, if the manifest has one (verified)."""
     if manifest.body_shard is not None and not manifest.items and not manifest.extra:
+        shards = shards if isinstance(shards, Shards) else Shards(shards)
         ref = manifest.shards[manifest.body_shard]
-        manifest.items, manifest.extra = decode_body(
-            bytes(fetch_shard(store, ref, snapshot=str(manifest.id))), ref.key
-        )
+        manifest.items, manifest.extra = decode_body(bytes(shards.get(ref, snapshot=str(manifest.id))), ref.key)
         manifest.validate(str(manifest.id))
     return manifest
 
 
 class SnapshotReader:
-    """Reads items of one committed manifest."""
+    """Reads items of one committed manifest.
+
+    ``threads`` parallel requests fetch at most about ``window_bytes`` of shards ahead of
+    their use (:mod:`.shards`); ``threads=0`` fetches in the calling thread.
+    """
 
     def __init__(
-        self, store: ObjectStore, manifest: Manifest, *, threads: int = 16, range_size: int = 32 * MiB
+        self,
+        store: ObjectStore | Shards,
+        manifest: Manifest,
+        *,
+        threads: int = 16,
+        range_size: int = 32 * MiB,
+        window_bytes: int = 256 * MiB,
     ) -> None:
-        self.store = store
+        self.shards = store if isinstance(store, Shards) else Shards(store, threads=threads, range_size=range_size)
+        self.store = self.shards.store
         self.manifest = manifest
-        self.threads = threads
-        self.range_size = range_size
+        self.window_bytes = window_bytes
         self.name = str(manifest.id)
-        load_body(store, manifest)
+        load_body(self.shards, manifest)
         self.items: dict[str, Item] = {item.path: item for item in manifest.items}
 
     def read_items(self, paths: Iterable[str] | None = None, *, verify: bool = True) -> dict[str, memoryview]:
@@ -139,27 +146,27 @@ class SnapshotReader:
     def read_item(self, path: str) -> memoryview:
         return self.read_items([path])[path]
 
+    def iter_items(
+        self, items: Iterable[Item], *, verify: bool = True, window_bytes: int | None = None
+    ) -> Iterator[tuple[Item, memoryview]]:
+        """:func:`iter_items` over this snapshot: bounded memory, for callers that copy items out."""
+        return iter_items(
+            self.shards,
+            self.manifest.shards,
+            items,
+            window_bytes=self.window_bytes if window_bytes is None else window_bytes,
+            verify=verify,
+            snapshot=self.name,
+        )
+
     def fetch_shards(self, indexes: Iterable[int], *, verify: bool = True) -> dict[int, memoryview]:
         """Fetch and verify shards by their index in the manifest, in parallel."""
-        indexes = list(indexes)
         refs = self.manifest.shards
-        with (
-            ThreadPoolExecutor(self.threads, thread_name_prefix="tqsnap-read") as pool,
-            ThreadPoolExecutor(self.threads, thread_name_prefix="tqsnap-range") as range_pool,
-        ):
-            futures = {
-                i: pool.submit(
-                    fetch_shard,
-                    self.store,
-                    refs[i],
-                    range_size=self.range_size,
-                    pool=range_pool,
-                    verify=verify,
-                    snapshot=self.name,
-                )
-                for i in indexes
-            }
-            return {i: f.result() for i, f in futures.items()}
+        return dict(
+            self.shards.get_many(
+                [(i, refs[i]) for i in indexes], window_bytes=self.window_bytes, verify=verify, snapshot=self.name
+            )
+        )
 
     def _item(self, path: str) -> Item:
         try:
@@ -170,22 +177,18 @@ class SnapshotReader:
     def verify(self) -> VerifyReport:
         """Re-hash every shard; name each missing or corrupt one instead of stopping at the first."""
         report = VerifyReport(self.name)
-
-        def check(ref: ShardRef) -> tuple[ShardRef, str | None]:
-            try:
-                fetch_shard(self.store, ref, snapshot=self.name)
-                return ref, None
-            except MissingShardError:
-                return ref, "missing"
-            except CorruptShardError:
-                return ref, "corrupt"
-
-        with ThreadPoolExecutor(self.threads) as pool:
-            for ref, problem in pool.map(check, self.manifest.shards):
-                report.shards += 1
-                report.bytes += ref.size
-                if problem == "missing":
-                    report.missing.append(ref.key)
-                elif problem == "corrupt":
-                    report.corrupt.append(ref.key)
+        fetched = self.shards.get_many(
+            list(enumerate(self.manifest.shards)),
+            window_bytes=self.window_bytes,
+            snapshot=self.name,
+            return_exceptions=True,
+        )
+        for i, outcome in fetched:
+            ref = self.manifest.shards[i]
+            report.shards += 1
+            report.bytes += ref.size
+            if isinstance(outcome, MissingShardError):
+                report.missing.append(ref.key)
+            elif isinstance(outcome, Exception):
+                report.corrupt.append(ref.key)
         return report

@@ -117,11 +117,14 @@ class Shards:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def encode(self, parts: Sequence[Buffer], codec: str, *, digest: str | None = None) -> EncodedShard:
+    def encode(
+        self, parts: Sequence[Buffer], codec: str, *, digest: str | None = None, level: int | None = None
+    ) -> EncodedShard:
         """Hash (unless ``digest`` is given), encode and name one shard; nothing is uploaded.
 
         ``parts`` are concatenated; a single part is not copied for the raw codec. A
-        compressed shard that would not be smaller is stored raw.
+        compressed shard that would not be smaller is stored raw. ``level`` overrides
+        :attr:`zstd_level`.
         """
         if codec not in CODECS:
             raise FormatError(f"unknown shard codec {codec!r}; known codecs: {', '.join(CODECS)}")
@@ -134,7 +137,7 @@ class Shards:
             )
         digest = digest or content_hash_parts(views)
         body: Buffer = views[0] if len(views) == 1 else b"".join(views)
-        stored = encode(body, codec, self.zstd_level)
+        stored = encode(body, codec, self.zstd_level if level is None else level)
         stored_size = memoryview(stored).nbytes
         if codec != "raw" and stored_size >= size:  # incompressible: keep it raw
             codec, stored, stored_size = "raw", body, size

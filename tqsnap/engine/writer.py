@@ -40,6 +40,7 @@ from .create_once import Outcome
 from .packer import PackOptions, PackResult, PackStats, ShardPacker, merge_results
 from .repository import Repository, SnapshotInfo
 from .shard_confirm import remember, unconfirmed
+from .shards import Shards
 
 log = logging.getLogger(__name__)
 
@@ -223,18 +224,24 @@ class SnapshotWriter:
         return max(seqs[-1] + 1 if seqs else 1, min_seq)
 
     def _store_body_shard(self, encoded: bytes, shards: list[ShardRef], stats: PackStats) -> int:
-        """Move a large body (items + extra) into a content-addressed zstd shard; return its index."""
-        options = PackOptions(codec="zstd", small_item=0, chunk_size=max(len(encoded), 1))
-        packer = ShardPacker(self.repo.store, self.reuse_index, options)
-        packer.add("__body__", encoded)
-        result = packer.finish()
-        ref = result.shards[0]
+        """Move a large body (items + extra) into a content-addressed zstd shard; return its index.
+
+        A body identical to one this snapshot or its parent already references is reused.
+        """
+        body = Shards(self.repo.store).encode([encoded], "zstd")
         for i, existing in enumerate(shards):
-            if existing.hash == ref.hash:
+            if existing.hash == body.ref.hash:
                 return i
+        ref = self.reuse_index.get(body.ref.hash)
+        if ref is not None:
+            stats.reused_shards += 1
+            stats.reused_bytes += ref.size
+        else:
+            ref = Shards(self.repo.store).upload(body)
+            stats.new_shards += 1
+            stats.new_bytes += ref.size
+            stats.stored_bytes += ref.stored_size
         shards.append(ref)
-        result.stats.items = result.stats.item_bytes = 0
-        stats.add(result.stats)
         return len(shards) - 1
 
 

@@ -1,0 +1,511 @@
+"""A seeded mix of user operations run through the fault proxy, and the checks that follow it.
+
+The workload is what a training job and its cleanup job do to one repository on a flaky
+store: saves (small ones, ones whose shards go up as multipart uploads, and a few large enough
+for several parts), loads, verifies, listings, forgets, gcs, copies to a second bucket, and
+tags. Every request goes through :class:`faultproxy.FaultProxy` in front of a real S3 server,
+which hits about ``rate`` of them with a fault of every kind. The operations run one after
+another, as one user's process would, so the expected state of the repository is known after
+each of them.
+
+Each save's content is a function of ``(seed, op)`` and carries its own name
+(``content_id``), which is also put in the snapshot's metadata: whatever is visible at the end
+can be recomputed and compared byte for byte, and a commit made twice shows up as one
+``content_id`` in two snapshots.
+
+The server itself, reached without the proxy, is the oracle: it says what a forget really
+tombstoned (only snapshots outside the policy may be), and after the run what is visible, what
+gc left behind once the grace period has passed, and which multipart uploads are still open.
+
+Goal figures (:meth:`WorkloadResult.goal_failures`): every operation completes; 0 wrong data,
+0 lost commits, 0 duplicate commits, 0 wrongly forgotten snapshots, 0 orphan shards and 0
+incomplete uploads after the final gc.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faultproxy import KINDS, FaultProxy, proxied_bucket
+
+import tqsnap
+from tqsnap.engine import PackOptions, Repository
+from tqsnap.format.keys import SHARDS_PREFIX, SNAPSHOTS_PREFIX, parse_stream_key
+
+log = logging.getLogger(__name__)
+
+KiB, MiB = 2**10, 2**20
+OPS = ("save", "load", "verify", "snapshots", "forget", "gc", "copy", "tag")
+#: Relative frequency of each operation; a save is one of three sizes (see ``save_shape``).
+OP_WEIGHTS = {"save": 30, "load": 18, "verify": 9, "snapshots": 9, "forget": 6, "gc": 5, "copy": 8, "tag": 7}
+#: Small shards, so a save makes several, and the ``shared`` item is one shard a child reuses.
+SMALL_PACK = PackOptions(chunk_size=128 * KiB, pack_size=64 * KiB, small_item=16 * KiB, upload_threads=4)
+#: One shard per large item, so a large save is one object uploaded in several parts.
+LARGE_PACK = PackOptions(chunk_size=16 * MiB, pack_size=64 * KiB, small_item=16 * KiB, upload_threads=4)
+#: Store options that send every object of 64 KiB or more up as a multipart upload.
+MULTIPART = {"multipart_threshold": 64 * KiB, "multipart_chunk": 5 * MiB}
+
+
+@dataclass
+class WorkloadConfig:
+    """One run: its size, its seed, how often the proxy strikes, and the repository timings.
+
+    ``max_write_duration`` must leave a faulted save time to finish (its retries and backoff
+    count against it), and ``grace`` must exceed twice that; the final gc waits ``grace`` out.
+    """
+
+    seed: int = 0
+    ops: int = 300
+    rate: float = 0.05
+    streams: tuple[str, ...] = ("alpha", "beta")
+    grace: float = 13.0
+    max_write_duration: float = 6.0
+    multipart_fraction: float = 0.25
+    large_fraction: float = 0.02
+    large_bytes: int = 6 * MiB  # with 5 MiB parts: two parts
+    latency_s: float = 0.1
+    late_s: float = 0.05
+    time_limit_s: float = 900.0
+    kinds: tuple[str, ...] = KINDS
+
+
+@dataclass
+class Failure:
+    """One operation that raised, or returned something a user would call wrong."""
+
+    op: int
+    kind: str
+    detail: str
+    trace: str = ""
+
+
+@dataclass
+class WorkloadResult:
+    """Counts per operation kind, the injected faults, and the findings of the final checks."""
+
+    config: WorkloadConfig
+    attempted: Counter[str] = field(default_factory=Counter)
+    completed: Counter[str] = field(default_factory=Counter)
+    seconds: Counter[str] = field(default_factory=Counter)
+    failures: list[Failure] = field(default_factory=list)
+    injected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+    wrong_data: list[str] = field(default_factory=list)
+    lost_commits: list[str] = field(default_factory=list)
+    duplicate_commits: list[str] = field(default_factory=list)
+    wrongly_forgotten: list[str] = field(default_factory=list)
+    missing_tags: list[str] = field(default_factory=list)
+    orphan_shards: list[str] = field(default_factory=list)
+    incomplete_uploads: list[str] = field(default_factory=list)
+    landed_after_error: int = 0
+    visible_snapshots: int = 0
+    final_gc_passes: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def failed(self) -> Counter[str]:
+        return Counter(f.kind for f in self.failures)
+
+    def goal_failures(self) -> list[str]:
+        """Every goal figure the run missed, in words; empty when all were met."""
+        out = [f"{n} of {self.attempted[k]} {k} operations failed" for k, n in sorted(self.failed.items())]
+        out += [f"{n} {name}" for name, n in self.findings().items() if n]
+        return out
+
+    def describe(self, limit: int = 10) -> str:
+        """The table, then the first ``limit`` failures and findings with their tracebacks."""
+        out = [self.table()]
+        for failure in self.failures[:limit]:
+            out.append(f"--- op {failure.op} {failure.kind}: {failure.detail}\n{failure.trace}")
+        for name in ("wrong_data", "lost_commits", "duplicate_commits", "wrongly_forgotten", "missing_tags",
+                     "orphan_shards", "incomplete_uploads"):
+            for line in getattr(self, name)[:limit]:
+                out.append(f"--- {name.replace('_', ' ')}: {line}")
+        return "\n".join(out)
+
+    def findings(self) -> dict[str, int]:
+        return {
+            "wrong data": len(self.wrong_data),
+            "lost commits": len(self.lost_commits),
+            "duplicate commits": len(self.duplicate_commits),
+            "wrongly forgotten": len(self.wrongly_forgotten),
+            "missing or moved tags": len(self.missing_tags),
+            "orphan shards after final gc": len(self.orphan_shards),
+            "incomplete uploads after final gc": len(self.incomplete_uploads),
+        }
+
+    def table(self) -> str:
+        """The per-operation table, the injected faults per kind, and the findings, as Markdown."""
+        lines = ["| operation | attempted | completed | failed | seconds |", "|---|---:|---:|---:|---:|"]
+        for kind in OPS:
+            lines.append(
+                f"| {kind} | {self.attempted[kind]} | {self.completed[kind]} | {self.failed[kind]} "
+                f"| {self.seconds[kind]:.1f} |"
+            )
+        lines.append(
+            f"| **all** | {sum(self.attempted.values())} | {sum(self.completed.values())} "
+            f"| {len(self.failures)} | {sum(self.seconds.values()):.1f} |"
+        )
+        per_kind: Counter[str] = Counter()
+        for (_, kind), n in self.injected.items():
+            per_kind[kind] += n
+        lines += ["", "| fault | injected |", "|---|---:|"]
+        lines += [f"| {kind} | {per_kind[kind]} |" for kind in KINDS]
+        lines.append(f"| **all** (of {sum(self.requests.values())} requests) | {sum(per_kind.values())} |")
+        lines += ["", "| check | count |", "|---|---:|"]
+        lines += [f"| {name} | {n} |" for name, n in self.findings().items()]
+        lines.append(f"| snapshots visible at the end | {self.visible_snapshots} |")
+        lines.append(f"| commits that landed although the save raised | {self.landed_after_error} |")
+        lines.append(f"| final gc passes (until one deletes nothing) | {self.final_gc_passes} |")
+        return "\n".join(lines)
+
+
+def content(seed: int, op: int, size: str) -> dict[str, Any]:
+    """The state saved by operation ``op``: derived from ``(seed, op)`` alone, so it can be rebuilt.
+
+    ``shared`` changes only every eight operations, so consecutive saves of a stream reuse its
+    shard from their parent (and gc must keep it while any snapshot still uses it).
+    """
+    rng = random.Random(f"{seed}/{op}")
+    state: dict[str, Any] = {
+        "content_id": content_id(seed, op),
+        "step": op,
+        "shared": random.Random(f"{seed}/shared/{op // 8}").randbytes(40 * KiB),
+        "fresh": rng.randbytes(rng.randrange(1, 24 * KiB)),
+        "notes": [rng.random() for _ in range(rng.randrange(0, 6))],
+    }
+    if size == "multipart":
+        state["block"] = rng.randbytes(rng.randrange(70 * KiB, 160 * KiB))
+    elif size == "large":
+        state["block"] = rng.randbytes(rng.randrange(5 * MiB + 1, 7 * MiB))
+    return state
+
+
+def content_id(seed: int, op: int) -> str:
+    return f"s{seed}-op{op}"
+
+
+def parse_content_id(cid: object) -> tuple[int, int] | None:
+    if not isinstance(cid, str) or not cid.startswith("s") or "-op" not in cid:
+        return None
+    seed, _, op = cid[1:].partition("-op")
+    return (int(seed), int(op)) if seed.isdigit() and op.isdigit() else None
+
+
+@dataclass
+class SaveRecord:
+    stream: str
+    seq: int
+    cid: str
+    size: str
+
+
+class FaultWorkload:
+    """Runs one :class:`WorkloadConfig` against ``server`` (an ``s3servers.S3Server``)."""
+
+    def __init__(self, server: Any, config: WorkloadConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.bucket = proxied_bucket(
+            server,
+            seed=config.seed,
+            rate=0.0,
+            kinds=config.kinds,
+            latency_s=config.latency_s,
+            late_s=config.late_s,
+        )
+        self.proxy: FaultProxy = self.bucket.proxy
+        dst_url, _ = server.make_bucket("mirror")
+        self.src_url, self.dst_url = self.bucket.url, dst_url
+        self.options = dict(self.bucket.options)  # through the proxy
+        self.direct = server.options()  # the oracle: the same buckets without the proxy
+        self.result = WorkloadResult(config)
+        self.saves: dict[int, SaveRecord] = {}  # op -> a save that reported success
+        self.save_sizes: dict[int, str] = {}  # op -> size, for every save attempted
+        self.failed_saves: set[int] = set()
+        self.forgotten: set[tuple[str, int]] = set()  # tombstoned, as the server says
+        self.forgettable: set[tuple[str, int]] = set()  # outside the policy of some forget
+        self.copied: set[tuple[str, int]] = set()  # sources already copied (or tried)
+        self.copies: dict[int, SaveRecord] = {}  # op -> the destination snapshot
+        self.tags: dict[str, tuple[str, int]] = {}
+        self.src: Repository | None = None
+        self.src_multipart: Repository | None = None
+        self.dst: Repository | None = None
+        self.oracle: Repository | None = None
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self) -> WorkloadResult:
+        cfg = self.config
+        t0 = time.monotonic()
+        try:
+            for url in (self.src_url, self.dst_url):
+                tqsnap.init_repo(
+                    url, grace=cfg.grace, max_write_duration=cfg.max_write_duration, storage_options=self.direct
+                )
+            # One handle per store setting, held for the run as a training process holds it.
+            self.src = Repository.open(self.src_url, storage_options=self.options)
+            self.src_multipart = Repository.open(self.src_url, storage_options={**self.options, **MULTIPART})
+            self.dst = Repository.open(self.dst_url, storage_options=self.options)
+            self.oracle = Repository.open(self.src_url, storage_options=self.direct)
+            self.proxy.rate = cfg.rate
+            ops = list(OP_WEIGHTS)
+            weights = [OP_WEIGHTS[k] for k in ops]
+            for op in range(cfg.ops):
+                if time.monotonic() - t0 > cfg.time_limit_s:
+                    log.warning("time limit reached after %d operations", op)
+                    break
+                kind = self.rng.choices(ops, weights)[0] if op >= 2 else "save"
+                self._run_op(op, kind)
+            self.proxy.clear()
+            self.result.injected = Counter(self.proxy.injected)
+            self.result.requests = Counter(self.proxy.requests)
+            self._check_final()
+        finally:
+            for repo in (self.src, self.src_multipart, self.dst, self.oracle):
+                if repo is not None:
+                    repo.close()
+            self.proxy.close()
+            self.result.duration_s = time.monotonic() - t0
+        return self.result
+
+    def _run_op(self, op: int, kind: str) -> None:
+        action: Callable[[int], None] = getattr(self, f"_op_{kind}")
+        self.result.attempted[kind] += 1
+        start = time.monotonic()
+        try:
+            action(op)
+        except Exception as exc:  # every failure is counted and described, none is hidden
+            detail = f"{type(exc).__name__}: {exc}"
+            log.info("op %d %s failed: %s", op, kind, detail)
+            self.result.failures.append(Failure(op, kind, detail, traceback.format_exc(limit=12)))
+        else:
+            self.result.completed[kind] += 1
+        finally:
+            self.result.seconds[kind] += time.monotonic() - start
+
+    def _visible_records(self) -> list[SaveRecord]:
+        return [r for r in self.saves.values() if (r.stream, r.seq) not in self.forgotten]
+
+    def _pick_visible(self) -> SaveRecord | None:
+        records = self._visible_records()
+        return self.rng.choice(records) if records else None
+
+    def _wrong(self, op: int, kind: str, what: str) -> None:
+        self.result.wrong_data.append(f"op {op} {kind}: {what}")
+        raise AssertionError(what)
+
+    # --- the operations ----------------------------------------------------------------------
+
+    def save_shape(self) -> str:
+        draw = self.rng.random()
+        if draw < self.config.large_fraction:
+            return "large"
+        return "multipart" if draw < self.config.large_fraction + self.config.multipart_fraction else "small"
+
+    def _op_save(self, op: int) -> None:
+        stream = self.rng.choice(self.config.streams)
+        size = self.save_shape()
+        self.save_sizes[op] = size
+        repo = self.src if size == "small" else self.src_multipart
+        cid = content_id(self.config.seed, op)
+        try:
+            info = tqsnap.save(
+                repo,
+                content(self.config.seed, op, size),
+                stream=stream,
+                metadata={"content_id": cid},
+                options=LARGE_PACK if size == "large" else SMALL_PACK,
+            )
+        except Exception:
+            self.failed_saves.add(op)
+            raise
+        if info.stream != stream or info.metadata.get("content_id") != cid:
+            self._wrong(op, "save", f"save reported {info.stream}@{info.seq} with {info.metadata}")
+        self.saves[op] = SaveRecord(stream, info.seq, cid, size)
+
+    def _op_load(self, op: int) -> None:
+        record = self._pick_visible()
+        if record is None:
+            return
+        latest = self.rng.random() < 0.3
+        state = tqsnap.load(self.src, stream=record.stream, snapshot="latest" if latest else record.seq)
+        self._check_state(op, state, None if latest else record.cid)
+
+    def _check_state(self, op: int, state: Any, cid: str | None) -> None:
+        """``state`` must be exactly what the save named in it wrote (and be ``cid``'s when given)."""
+        found = state.get("content_id") if isinstance(state, dict) else None
+        parsed = parse_content_id(found)
+        if parsed is None or parsed[0] != self.config.seed or (cid is not None and found != cid):
+            self._wrong(op, "load", f"loaded content {found!r}, expected {cid or 'a saved content'}")
+        size = self.save_sizes.get(parsed[1])  # type: ignore[index]
+        if size is None or state != content(parsed[0], parsed[1], size):  # type: ignore[index]
+            self._wrong(op, "load", f"content {found} differs from what was saved")
+
+    def _op_verify(self, op: int) -> None:
+        record = self._pick_visible()
+        if record is None:
+            return
+        report = tqsnap.verify(self.src, stream=record.stream, snapshot=record.seq)
+        if not report.ok or report.shards == 0:
+            self._wrong(op, "verify", f"{report.to_json()}")
+
+    def _op_snapshots(self, op: int) -> None:
+        stream = self.rng.choice((None, *self.config.streams))
+        listed = {(s.stream, s.seq): s for s in tqsnap.snapshots(self.src, stream)}
+        for record in self._visible_records():
+            if stream in (None, record.stream):
+                info = listed.get((record.stream, record.seq))
+                if info is None or info.metadata.get("content_id") != record.cid:
+                    self._wrong(op, "snapshots", f"{record.stream}@{record.seq} ({record.cid}) listed as {info}")
+
+    def _op_forget(self, op: int) -> None:
+        stream = self.rng.choice(self.config.streams)
+        keep = self.rng.randint(2, 4)
+        oracle = self.oracle
+        before = oracle.visible_seqs(stream)
+        allowed = set(before[:-keep])
+        self.forgettable |= {(stream, s) for s in allowed}
+        try:
+            tqsnap.forget(self.src, streams=stream, keep_last=keep)
+        finally:
+            # Whether it completed or not: what it tombstoned is no longer a load target.
+            self.forgotten |= {(stream, s) for s in oracle.tombstoned_seqs(stream)}
+
+    def _op_gc(self, op: int) -> None:
+        tqsnap.gc(self.src)
+
+    def _op_copy(self, op: int) -> None:
+        candidates = [r for r in self._visible_records() if (r.stream, r.seq) not in self.copied]
+        if not candidates:
+            return
+        record = self.rng.choice(candidates)
+        self.copied.add((record.stream, record.seq))  # never twice, even after a failure
+        info = tqsnap.copy(self.src, self.dst, stream=record.stream, snapshot=record.seq)
+        if info.metadata.get("content_id") != record.cid:
+            self._wrong(op, "copy", f"copy of {record.stream}@{record.seq} reported {info.metadata}")
+        self.copies[op] = SaveRecord(info.stream, info.seq, record.cid, "copy")
+
+    def _op_tag(self, op: int) -> None:
+        again = [n for n, target in self.tags.items() if target not in self.forgotten]
+        if again and self.rng.random() < 0.3:  # re-running a tag command is idempotent
+            name = self.rng.choice(again)
+            stream, seq = self.tags[name]
+        else:
+            record = self._pick_visible()
+            if record is None:
+                return
+            name, stream, seq = f"t{op}", record.stream, record.seq
+        tag = tqsnap.tag(self.src, name, stream=stream, snapshot=seq)
+        if (tag.target.stream, tag.target.seq) != (stream, seq):
+            self._wrong(op, "tag", f"tag {name} names {tag.target}, not {stream}@{seq}")
+        self.tags[name] = (stream, seq)
+
+    # --- the final checks, with faults off, through the oracle --------------------------------
+
+    def _check_final(self) -> None:
+        src = Repository.open(self.src_url, storage_options=self.direct)
+        dst = Repository.open(self.dst_url, storage_options=self.direct)
+        try:
+            self._check_repo(src, "source", self.saves, self.failed_saves)
+            self._check_repo(dst, "copy", self.copies, set())
+            for name, target in self.tags.items():
+                try:
+                    tag = src.read_tag(name)
+                except Exception as exc:
+                    self.result.missing_tags.append(f"{name}: {type(exc).__name__}: {exc}")
+                    continue
+                if (tag.target.stream, tag.target.seq) != target:
+                    self.result.missing_tags.append(f"{name} names {tag.target}, not {target}")
+            time.sleep(self.config.grace + 1.0)  # every shard and tombstone is now older than grace
+            for repo in (src, dst):
+                self._final_gc(repo)
+        finally:
+            src.close()
+            dst.close()
+
+    def _check_repo(self, repo: Repository, label: str, done: dict[int, SaveRecord], failed: set[int]) -> None:
+        visible = repo.snapshots()
+        if label == "source":  # only snapshots outside the policy of some forget may be tombstoned
+            for stream in repo.streams():
+                for seq in sorted(repo.tombstoned_seqs(stream)):
+                    if (stream, seq) not in self.forgettable:
+                        self.result.wrongly_forgotten.append(f"{stream}@{seq} was never outside a policy")
+                    self.forgotten.add((stream, seq))
+        self.result.visible_snapshots += len(visible)
+        seen: Counter[str] = Counter()
+        for info in visible:
+            cid = info.metadata.get("content_id")
+            seen[str(cid)] += 1
+            where = f"{label} {info.stream}@{info.seq}"
+            try:
+                report = repo.verify(info.stream, info.seq)
+                state = tqsnap.load(repo, stream=info.stream, snapshot=info.seq)
+            except Exception as exc:
+                self.result.wrong_data.append(f"{where}: {type(exc).__name__}: {exc}")
+                continue
+            parsed = parse_content_id(cid)
+            size = self.save_sizes.get(parsed[1]) if parsed else None
+            if not report.ok:
+                self.result.wrong_data.append(f"{where}: verify {report.to_json()}")
+            elif parsed is None or size is None or state != content(parsed[0], parsed[1], size):
+                self.result.wrong_data.append(f"{where}: holds {cid!r}, not what was saved under that name")
+            if parsed is not None and parsed[1] in failed:
+                self.result.landed_after_error += 1
+        self.result.duplicate_commits += [f"{label}: {cid} is visible {n} times" for cid, n in seen.items() if n > 1]
+        listed = {(i.stream, i.seq): i.metadata.get("content_id") for i in visible}
+        for op, record in done.items():
+            found = listed.get((record.stream, record.seq))
+            if found is None and label == "source" and (record.stream, record.seq) in self.forgotten:
+                continue  # tombstoned by a forget (and perhaps finalised by gc since)
+            if found != record.cid:
+                self.result.lost_commits.append(
+                    f"{label} op {op}: {record.cid} reported as {record.stream}@{record.seq}, which holds {found}"
+                )
+
+    def _final_gc(self, repo: Repository) -> None:
+        """gc until a pass deletes nothing (at most three), then count what is left unreferenced."""
+        for passes in range(1, 4):
+            report = tqsnap.gc(repo)
+            self.result.final_gc_passes = max(self.result.final_gc_passes, passes)
+            if not (report.shards_deleted or report.manifests_finalised or report.uploads_aborted):
+                break
+        referenced: set[str] = set()
+        tombstoned = {(s, q) for s in repo.streams() for q in repo.tombstoned_seqs(s)}
+        for info in repo.store.list(SNAPSHOTS_PREFIX):
+            parsed = parse_stream_key(info.key, SNAPSHOTS_PREFIX)
+            if parsed is not None and parsed not in tombstoned:
+                referenced |= {ref.key for ref in repo.load_manifest(*parsed).shards}
+        for info in repo.store.list(SHARDS_PREFIX):
+            if info.key not in referenced:
+                self.result.orphan_shards.append(f"{repo.url}/{info.key}")
+        for upload in repo.store.list_uploads():
+            self.result.incomplete_uploads.append(f"{repo.url}/{upload.key} ({upload.upload_id})")
+
+
+def run_workload(server: Any, config: WorkloadConfig) -> WorkloadResult:
+    """Run one seeded workload through a fresh proxy and fresh buckets on ``server``."""
+    return FaultWorkload(server, config).run()
+
+
+def combine(results: list[WorkloadResult]) -> WorkloadResult:
+    """One result summing several runs (the counts add up; the findings are concatenated)."""
+    total = WorkloadResult(results[0].config)
+    for r in results:
+        for name in ("attempted", "completed", "seconds", "injected", "requests"):
+            getattr(total, name).update(getattr(r, name))
+        for name in ("failures", "wrong_data", "lost_commits", "duplicate_commits", "wrongly_forgotten",
+                     "missing_tags", "orphan_shards", "incomplete_uploads"):
+            getattr(total, name).extend(getattr(r, name))
+        total.landed_after_error += r.landed_after_error
+        total.visible_snapshots += r.visible_snapshots
+        total.final_gc_passes = max(total.final_gc_passes, r.final_gc_passes)
+        total.duration_s += r.duration_s
+    return total

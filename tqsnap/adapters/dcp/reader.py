@@ -15,9 +15,10 @@ DCP drives a load in five steps:
 With DCP's default load planner, whose destination tensors are views into the state dict, a
 chunk stored as whole raw shards is read straight into its destination and verified there: no
 intermediate buffer and no second copy. Everything else (packed small chunks, compressed
-shards, partial reads when resharding, custom planners) goes through buffers: shards are
-fetched in windows of about ``window_bytes``, the next window downloading while the current one
-is copied out, so a rank never holds much more than two windows at once.
+shards, partial reads when resharding, custom planners) goes through buffers. Both routes are
+the shard layer's ``get_many`` (:mod:`tqsnap.engine.shards`): at most about ``window_bytes``
+of shards are fetched ahead of their use, and each shard is dropped once its last item is
+copied out.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import io
 import logging
 import os
 import uuid
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -37,7 +36,6 @@ from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from ...engine import Repository, SnapshotReader
-from ...engine.reader import item_view
 from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError, TqsnapError
 from ...format.manifest import Item, ShardRef
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
@@ -46,7 +44,7 @@ from .checks import BYTES_KIND, check_reads, check_snapshot
 from .layout import EXTRA_KEY, KIND, CheckpointRef, is_checkpoint_id, parse_checkpoint_id, snapshot_arg
 from .metadata_json import decode_metadata
 from .repos import RepoLike, open_repository, repo_url
-from .transfer import fetch_into, narrow, resolves_views, windows
+from .transfer import narrow, resolves_views
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +252,8 @@ class Reader(StorageReader):
         assert self._snapshot is not None
         snapshot = self._snapshot
         refs = snapshot.manifest.shards
-        jobs: list[tuple[ShardRef, memoryview]] = []
+        jobs: list[tuple[int, ShardRef]] = []
+        into: dict[int, memoryview] = {}
         done: list[tuple[ReadItem, torch.Tensor]] = []
         fallback: list[Item] = []
         for item in items:
@@ -271,18 +270,13 @@ class Reader(StorageReader):
             view, _ = tensor_bytes(target)  # contiguous CPU: a view of the destination itself
             pos = 0
             for e in item.extents:
-                jobs.append((refs[e.shard], view[pos : pos + e.length]))
+                into[len(jobs)] = view[pos : pos + e.length]
+                jobs.append((len(jobs), refs[e.shard]))
                 pos += e.length
             done.append((req, target))
-        if jobs:
-            pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tqsnap-dcp-read")
-            try:
-                for fut in [
-                    pool.submit(fetch_into, snapshot.store, ref, buf, snapshot.name) for ref, buf in jobs
-                ]:
-                    fut.result()
-            finally:  # on the first failure, drop the reads not yet started
-                pool.shutdown(wait=True, cancel_futures=True)
+        fetched = snapshot.shards.get_many(jobs, into=into, window_bytes=self.window_bytes, snapshot=snapshot.name)
+        for _ in fetched:  # each shard lands in its destination, verified there
+            pass
         for req, target in done:
             planner.commit_tensor(req, target)
         return fallback
@@ -290,29 +284,13 @@ class Reader(StorageReader):
     def _read_buffered(
         self, items: list[Item], requests: dict[str, list[ReadItem]], planner: LoadPlanner
     ) -> None:
-        """Fetch shards window by window (prefetching the next) and copy each item out of them."""
+        """Copy each item out of its shards, fetched a window ahead in shard order."""
         assert self._snapshot is not None
-        snapshot = self._snapshot
         items = sorted(
             items, key=lambda it: (it.extents[0].shard, it.extents[0].offset) if it.extents else (-1, 0)
         )
-        sizes = [ref.size for ref in snapshot.manifest.shards]
-        uses = Counter(shard for item in items for shard in {e.shard for e in item.extents})
-        cache: dict[int, memoryview] = {}
-        groups = list(windows(items, sizes, self.window_bytes))
-        with ThreadPoolExecutor(1, thread_name_prefix="tqsnap-dcp-prefetch") as prefetch:
-            pending = prefetch.submit(snapshot.fetch_shards, groups[0][1]) if groups else None
-            for k, (group, _) in enumerate(groups):
-                assert pending is not None
-                cache.update(pending.result())
-                if k + 1 < len(groups):
-                    pending = prefetch.submit(snapshot.fetch_shards, groups[k + 1][1])
-                for item in group:
-                    self._deliver(item, requests[item.path], cache, planner)
-                    for shard in {e.shard for e in item.extents}:
-                        uses[shard] -= 1
-                        if uses[shard] == 0:
-                            del cache[shard]
+        for item, data in self._snapshot.iter_items(items, window_bytes=self.window_bytes):
+            self._deliver(item, requests[item.path], data, planner)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -363,11 +341,8 @@ class Reader(StorageReader):
             )
         return item
 
-    def _deliver(
-        self, item: Item, reqs: list[ReadItem], cache: dict[int, memoryview], planner: LoadPlanner
-    ) -> None:
-        """Copy one stored item into every destination that asked for part of it."""
-        data = item_view(item, cache)
+    def _deliver(self, item: Item, reqs: list[ReadItem], data: memoryview, planner: LoadPlanner) -> None:
+        """Copy one stored item (its bytes are ``data``) into every destination that asked for part of it."""
         if item.kind != "tensor" or item.dtype is None or item.shape is None:
             raise ManifestError(f"snapshot {self.checkpoint_id}: item {item.path!r} is not a tensor")
         source = tensor_from_bytes(data, item.dtype, item.shape)

@@ -38,6 +38,7 @@ from ..format.keys import (
 from ..format.manifest import Manifest, SnapshotId, Tag, Tombstone
 from ..format.strict import MAX_MANIFEST_BYTES, MAX_SEQ, MAX_SMALL_DOC_BYTES
 from ..store import ObjectStore, open_store
+from ..store.probe import check_store_for_init
 from .create_once import create_once
 from .reader import SnapshotReader, VerifyReport
 
@@ -130,16 +131,24 @@ class Repository:
         max_write_duration: float | str = DEFAULT_MAX_WRITE_DURATION,
         exist_ok: bool = True,
         storage_options: dict[str, Any] | None = None,
+        single_writer: bool = False,
     ) -> Repository:
-        """Create ``tqsnap.json`` with put-if-absent. If one exists, open it (or raise)."""
+        """Create ``tqsnap.json`` with put-if-absent. If one exists, open it (or raise).
+
+        A new repository on an S3 server is created only if the server refuses a second
+        put-if-absent of the same key (:func:`~tqsnap.store.probe.check_store_for_init`), unless
+        ``single_writer``, which is then recorded in ``tqsnap.json``.
+        """
         store = open_store(url, **(storage_options or {}))
         config = RepoConfig(
             repo_id=secrets.token_hex(8),
             created_at=store.now(),
             grace=parse_duration(grace),
             max_write_duration=parse_duration(max_write_duration),
+            single_writer=single_writer,
         )
         config.check_safe()
+        check_store_for_init(store, single_writer=single_writer, unless_exists=CONFIG_KEY)
         if store.put_if_absent(CONFIG_KEY, config.encode()):
             log.info(
                 "created repository %s (grace %gs, max_write_duration %gs)",

@@ -33,10 +33,19 @@ def init_repo(
     grace: float | str = DEFAULT_GRACE,
     max_write_duration: float | str = DEFAULT_MAX_WRITE_DURATION,
     storage_options: dict[str, Any] | None = None,
+    single_writer: bool = False,
 ) -> Repository:
-    """Create a repository with its gc timings fixed (grace must exceed 2 * max_write_duration)."""
+    """Create a repository with its gc timings fixed (grace must exceed 2 * max_write_duration).
+
+    On an S3 server that accepts a second put-if-absent of one key, creation is refused unless
+    ``single_writer`` (recorded in ``tqsnap.json``): then only one process may write at a time.
+    """
     return Repository.init(
-        url, grace=grace, max_write_duration=max_write_duration, storage_options=storage_options
+        url,
+        grace=grace,
+        max_write_duration=max_write_duration,
+        storage_options=storage_options,
+        single_writer=single_writer,
     )
 
 

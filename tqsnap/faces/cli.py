@@ -24,7 +24,7 @@ from ..engine.diff import diff_manifests
 from ..engine.reader import load_body
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from ..format.manifest import Manifest
-from . import cli_retention, cli_tq
+from . import cli_doctor, cli_retention, cli_tq
 from .cli_common import (  # noqa: F401 - EXIT_* and the helpers stay importable from here
     EXIT_CONFLICT,
     EXIT_NOT_FOUND,
@@ -54,6 +54,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         grace=args.grace,
         max_write_duration=args.max_write_duration,
         storage_options=storage_options(args),
+        single_writer=args.single_writer,
     )
     c = repo.config
     emit(
@@ -63,10 +64,11 @@ def cmd_init(args: argparse.Namespace) -> int:
             "repo_id": c.repo_id,
             "grace_seconds": c.grace,
             "max_write_duration_seconds": c.max_write_duration,
+            "single_writer": c.single_writer,
         },
         lambda: (
             f"repository {repo.url} (id {c.repo_id}): grace {c.grace:g}s, "
-            f"max_write_duration {c.max_write_duration:g}s"
+            f"max_write_duration {c.max_write_duration:g}s" + (", single writer" if c.single_writer else "")
         ),
     )
     return EXIT_OK
@@ -268,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_retention.register(sub)
     cli_tq.register(sub)
+    cli_doctor.register(sub)
     return parser
 
 

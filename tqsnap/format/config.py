@@ -64,6 +64,9 @@ class RepoConfig:
     max_write_duration: float = DEFAULT_MAX_WRITE_DURATION
     hash: str = HASH_NAME
     format_version: str = FORMAT_VERSION
+    #: Created for one writer on a store whose conditional create failed its probe (or was not
+    #: trusted): only one process may write at a time. Absent from older configs: False.
+    single_writer: bool = False
 
     def check_safe(self) -> None:
         """Refuse a config where gc could delete a shard a writer within its deadline still needs."""
@@ -81,17 +84,17 @@ class RepoConfig:
             )
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "format_version": self.format_version,
-                "repo_id": self.repo_id,
-                "created_at": self.created_at,
-                "hash": self.hash,
-                "grace_seconds": self.grace,
-                "max_write_duration_seconds": self.max_write_duration,
-            },
-            indent=1,
-        ).encode()
+        doc: dict[str, object] = {
+            "format_version": self.format_version,
+            "repo_id": self.repo_id,
+            "created_at": self.created_at,
+            "hash": self.hash,
+            "grace_seconds": self.grace,
+            "max_write_duration_seconds": self.max_write_duration,
+        }
+        if self.single_writer:  # written only when set, so shared repositories stay byte-identical
+            doc["single_writer"] = True
+        return json.dumps(doc, indent=1).encode()
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> RepoConfig:
@@ -106,9 +109,18 @@ class RepoConfig:
             strict.seconds(doc, "max_write_duration_seconds", key, what, hi=MAX_DURATION),
             strict.string(doc, "hash", key, what, max_len=64),
             strict.string(doc, "format_version", key, what, max_len=32),
+            _single_writer(doc, key),
         )
         if config.hash != HASH_NAME:
             raise ManifestError(
                 f"repository config {key!r} names hash {config.hash!r}; only {HASH_NAME} is known"
             )
         return config
+
+
+def _single_writer(doc: dict[str, object], key: str) -> bool:
+    """The optional ``single_writer`` flag: a JSON boolean; older configs lack it (False)."""
+    value = doc.get("single_writer", False)
+    if not isinstance(value, bool):
+        raise ManifestError(f"repository config {key!r}: single_writer must be true or false, not {value!r:.40}")
+    return value

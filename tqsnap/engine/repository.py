@@ -111,10 +111,9 @@ class SnapshotInfo:
 class Repository:
     """Opened with :meth:`open` (or :meth:`init`); hands out readers and writers."""
 
-    def __init__(self, store: ObjectStore, config: RepoConfig, storage_options: dict[str, Any] | None = None):
+    def __init__(self, store: ObjectStore, config: RepoConfig):
         self.store = store
         self.config = config
-        self.storage_options = dict(storage_options or {})
 
     @property
     def url(self) -> str:
@@ -156,7 +155,7 @@ class Repository:
                 config.grace,
                 config.max_write_duration,
             )
-            return cls(store, config, storage_options)
+            return cls(store, config)
         if not exist_ok:
             raise FileExistsError(f"a repository already exists at {store.url}")
         return cls.open(store, storage_options=storage_options)
@@ -177,7 +176,7 @@ class Repository:
             ) from None
         config = RepoConfig.decode(raw, CONFIG_KEY)
         config.check_safe()
-        return cls(store, config, storage_options)
+        return cls(store, config)
 
     # --- listing -----------------------------------------------------------------------------
 

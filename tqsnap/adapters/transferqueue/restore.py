@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine import Repository
+from ...engine.shards import Shards, select_shards
 from ...errors import FormatError
-from ...format.manifest import Extent, Item, ShardRef
+from ...format.manifest import Item
 from .blocks import block_units
 from .controller_codec import controller_paths, decode_sampler
 from .controller_restore import (
@@ -84,30 +85,19 @@ def _stage_jobs(
         for j in targets:
             per_unit[j].append((name, item))
     jobs = []
+    source = Shards(repo.store, threads=threads)
     for j, entries in enumerate(per_unit):
-        local: dict[int, int] = {}
-        shards: list[ShardRef] = []
-        remapped: list[tuple[str, Item]] = []
-        for name, item in entries:
-            extents = []
-            for e in item.extents:
-                if e.shard not in local:
-                    local[e.shard] = len(shards)
-                    shards.append(reader.manifest.shards[e.shard])
-                extents.append(Extent(local[e.shard], e.offset, e.length))
-            remapped.append((name, dataclasses.replace(item, extents=extents)))
+        refs, items = select_shards(reader.manifest.shards, (item for _, item in entries))
         jobs.append(
             StageJob(
                 unit=j,
                 units=units,
                 token=token,
-                store_url=repo.store.url,
-                storage_options=repo.storage_options,
-                shards=shards,
-                items=remapped,
+                source=source,
+                refs=refs,
+                items=[(name, item) for (name, _), item in zip(entries, items, strict=True)],
                 snapshot=reader.name,
                 allow_pickle=allow_pickle,
-                threads=threads,
             )
         )
     return jobs
@@ -130,8 +120,8 @@ def restore_system(
     process die between taking the holds and releasing them.
     """
     t0 = time.monotonic()
-    if repo.store.url.startswith("memory:"):
-        raise ValueError("a memory:// store lives in one process; restore from a local path or an s3:// URL")
+    if not repo.store.shareable_across_processes:
+        raise ValueError(f"{repo.store!r} lives in one process; restore from a local path or an s3:// URL")
     reader = repo.reader(stream, snapshot, kind=KIND)
     header = check_manifest(reader)
     check_pickle(reader, allow_pickle)

@@ -24,6 +24,7 @@ from typing import Any
 
 from ...engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
 from ...engine.packer import reuse_fraction
+from ...engine.shards import Shards
 from ...errors import TqsnapError
 from ...format.manifest import SnapshotId
 from .controller_capture import capture_encoded
@@ -155,9 +156,9 @@ def snapshot_system(
     costs that copy).
     """
     ray = _ray()
-    if repo.store.url.startswith("memory:"):
+    if not repo.store.shareable_across_processes:
         raise ValueError(
-            "a memory:// store lives in one process; TransferQueue storage units upload their own shards, "
+            f"{repo.store!r} lives in one process; TransferQueue storage units upload their own shards, "
             "so use a local path or an s3:// URL"
         )
     if type(block_size) is not int or not 1 <= block_size <= MAX_BLOCK_SIZE:
@@ -178,8 +179,7 @@ def snapshot_system(
                 unit=k,
                 units=n,
                 plan=plan,
-                store_url=repo.store.url,
-                storage_options=repo.storage_options,
+                shards=Shards(repo.store),
                 options=options,
                 block_size=block_size,
                 allow_pickle=allow_pickle,

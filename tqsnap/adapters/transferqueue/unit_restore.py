@@ -2,9 +2,10 @@
 
 A restore is two-phase so that a failure changes nothing:
 
-1. :func:`stage_unit` fetches the shards holding this unit's samples straight from the store,
-   verifies every one against its hash, decodes the values and keeps them aside on the actor
-   under a token. The unit's live data is not touched.
+1. :func:`stage_unit` fetches the shards holding this unit's samples straight from the store
+   (through the shard layer, a window at a time), verifies every one against its hash, decodes
+   the values and keeps them aside on the actor under a token. The unit's live data is not
+   touched.
 2. Only when every unit has staged (and the controller state decoded) does the coordinator
    take a hold on every unit and the controller (:func:`hold_unit`: seen empty, then puts
    and clears wait), call :func:`install_unit`, which swaps the staged values in, install
@@ -18,11 +19,11 @@ had any number of units.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ...engine.reader import fetch_shard, item_view
+from ...engine.reader import iter_items
+from ...engine.shards import Shards
 from ...errors import RestoreError, TargetNotEmptyError
 from ...format.manifest import Item, ShardRef
 from .blocks import decode_block
@@ -35,18 +36,17 @@ _STAGED = "_tqsnap_staged"
 
 @dataclass
 class StageJob:
-    """The items one target unit needs; extents index into ``shards``."""
+    """The items one target unit needs; extents index into ``refs``."""
 
     unit: int
     units: int
     token: str
-    store_url: str
-    storage_options: dict[str, Any]
-    shards: list[ShardRef]
+    source: Shards  # the repository's shard layer; pickled as its store's spec, reopened in the actor
+    refs: list[ShardRef]
     items: list[tuple[str, Item]]  # (field name, item)
     snapshot: str
     allow_pickle: bool = False
-    threads: int = 8
+    window_bytes: int = 256 << 20  # shard bytes fetched ahead of decoding
 
 
 @in_actor
@@ -63,23 +63,17 @@ def describe_unit(self: Any) -> dict[str, Any]:
 @in_actor
 def stage_unit(self: Any, job: StageJob) -> dict[str, Any]:
     """Fetch, verify and decode this unit's samples; keep them aside under ``job.token``."""
-    from ...store import open_store
-
     t0 = time.monotonic()
-    store = open_store(job.store_url, **job.storage_options)
-    with (
-        ThreadPoolExecutor(job.threads, thread_name_prefix="tqsnap-stage") as pool,
-        ThreadPoolExecutor(job.threads, thread_name_prefix="tqsnap-range") as ranges,
-    ):
-        futures = [
-            pool.submit(fetch_shard, store, ref, pool=ranges, verify=True, snapshot=job.snapshot)
-            for ref in job.shards
-        ]
-        shards = [f.result() for f in futures]
     staged: dict[str, dict[int, Any]] = {}
     nbytes = 0
-    for name, item in job.items:
-        data = item_view(item, shards)
+    fetched = iter_items(
+        job.source,
+        job.refs,
+        [item for _, item in job.items],
+        window_bytes=job.window_bytes,
+        snapshot=job.snapshot,
+    )
+    for (name, _), (item, data) in zip(job.items, fetched, strict=True):
         nbytes += data.nbytes
         gis, values = decode_block(
             item.meta,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine.packer import PackOptions, PackResult, ShardPacker
+from ...engine.shards import Shards
 from ...format.manifest import ShardRef
 from .blocks import EncodedBlock, encode_block
 from .guard import between_requests
@@ -41,8 +42,7 @@ class UnitJob:
     unit: int
     units: int
     plan: dict[str, dict[str, Any]]  # partition -> field -> sorted int64 array of global indexes
-    store_url: str
-    storage_options: dict[str, Any]
+    shards: Shards  # the repository's shard layer; pickled as its store's spec, reopened in the actor
     options: PackOptions
     block_size: int
     allow_pickle: bool = False
@@ -116,15 +116,12 @@ def measure_memcpy(snap: dict[str, dict[int, Any]]) -> tuple[float, float, int]:
 @in_actor
 def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitResult:
     """Save this unit's produced samples; runs inside the storage unit actor."""
-    from ...store import open_store
-
     snap, stall = copy_field_data(self.storage_data)
     result = UnitResult(PackResult(), stall_s=stall, entries=sum(len(v) for v in snap.values()))
     if job.measure_memcpy:
         result.memcpy_s, result.memcpy_raw_s, result.data_bytes = measure_memcpy(snap)
     t0 = time.monotonic()
-    store = open_store(job.store_url, **job.storage_options)
-    packer = ShardPacker(store, reuse, job.options)
+    packer = ShardPacker(job.shards, reuse, job.options)
     keepalive: list[EncodedBlock] = []
     saved: set[int] = set()
     try:

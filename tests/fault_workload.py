@@ -37,6 +37,7 @@ from faultproxy import KINDS, FaultProxy, proxied_bucket
 
 import tqsnap
 from tqsnap.engine import PackOptions, Repository
+from tqsnap.errors import SnapshotNotFoundError
 from tqsnap.format.keys import SHARDS_PREFIX, SNAPSHOTS_PREFIX, parse_stream_key
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,9 @@ class FaultWorkload:
         self.src_multipart: Repository | None = None
         self.dst: Repository | None = None
         self.oracle: Repository | None = None
+        self.dst_oracle: Repository | None = None
+        #: (repository label, stream, seq) -> content_id of every manifest the server ever showed
+        self.manifest_cids: dict[tuple[str, str, int], str] = {}
 
     # --- running -----------------------------------------------------------------------------
 
@@ -255,6 +259,7 @@ class FaultWorkload:
             self.src_multipart = Repository.open(self.src_url, storage_options={**self.options, **MULTIPART})
             self.dst = Repository.open(self.dst_url, storage_options=self.options)
             self.oracle = Repository.open(self.src_url, storage_options=self.direct)
+            self.dst_oracle = Repository.open(self.dst_url, storage_options=self.direct)
             self.proxy.rate = cfg.rate
             ops = list(OP_WEIGHTS)
             weights = [OP_WEIGHTS[k] for k in ops]
@@ -269,7 +274,7 @@ class FaultWorkload:
             self.result.requests = Counter(self.proxy.requests)
             self._check_final()
         finally:
-            for repo in (self.src, self.src_multipart, self.dst, self.oracle):
+            for repo in (self.src, self.src_multipart, self.dst, self.oracle, self.dst_oracle):
                 if repo is not None:
                     repo.close()
             self.proxy.close()
@@ -327,6 +332,10 @@ class FaultWorkload:
         except Exception:
             self.failed_saves.add(op)
             raise
+        finally:
+            self._scan(self.oracle, "source")
+        if self.manifest_cids.get(("source", info.stream, info.seq)) != cid:
+            self.result.lost_commits.append(f"op {op}: save reported {info.stream}@{info.seq}, not its own")
         if info.stream != stream or info.metadata.get("content_id") != cid:
             self._wrong(op, "save", f"save reported {info.stream}@{info.seq} with {info.metadata}")
         self.saves[op] = SaveRecord(stream, info.seq, cid, size)
@@ -388,7 +397,12 @@ class FaultWorkload:
             return
         record = self.rng.choice(candidates)
         self.copied.add((record.stream, record.seq))  # never twice, even after a failure
-        info = tqsnap.copy(self.src, self.dst, stream=record.stream, snapshot=record.seq)
+        try:
+            info = tqsnap.copy(self.src, self.dst, stream=record.stream, snapshot=record.seq)
+        finally:
+            self._scan(self.dst_oracle, "copy")
+        if self.manifest_cids.get(("copy", info.stream, info.seq)) != record.cid:
+            self.result.lost_commits.append(f"op {op}: copy reported {info.stream}@{info.seq}, not its own")
         if info.metadata.get("content_id") != record.cid:
             self._wrong(op, "copy", f"copy of {record.stream}@{record.seq} reported {info.metadata}")
         self.copies[op] = SaveRecord(info.stream, info.seq, record.cid, "copy")
@@ -407,6 +421,22 @@ class FaultWorkload:
         if (tag.target.stream, tag.target.seq) != (stream, seq):
             self._wrong(op, "tag", f"tag {name} names {tag.target}, not {stream}@{seq}")
         self.tags[name] = (stream, seq)
+
+    def _scan(self, repo: Repository, label: str) -> None:
+        """Note the content of each manifest not seen before, straight from the server.
+
+        Every manifest ever committed passes through here, so a save committed twice is caught
+        even when a forget hides one of the two before the end.
+        """
+        for info in repo.store.list(SNAPSHOTS_PREFIX):
+            parsed = parse_stream_key(info.key, SNAPSHOTS_PREFIX)
+            if parsed is None or (label, *parsed) in self.manifest_cids:
+                continue
+            try:
+                manifest = repo.load_manifest(*parsed)
+            except SnapshotNotFoundError:
+                continue  # a forgotten snapshot gc finalised meanwhile
+            self.manifest_cids[(label, *parsed)] = str(manifest.metadata.get("content_id"))
 
     # --- the final checks, with faults off, through the oracle --------------------------------
 
@@ -432,6 +462,7 @@ class FaultWorkload:
             dst.close()
 
     def _check_repo(self, repo: Repository, label: str, done: dict[int, SaveRecord], failed: set[int]) -> None:
+        self._scan(repo, label)
         visible = repo.snapshots()
         if label == "source":  # only snapshots outside the policy of some forget may be tombstoned
             for stream in repo.streams():
@@ -440,10 +471,8 @@ class FaultWorkload:
                         self.result.wrongly_forgotten.append(f"{stream}@{seq} was never outside a policy")
                     self.forgotten.add((stream, seq))
         self.result.visible_snapshots += len(visible)
-        seen: Counter[str] = Counter()
         for info in visible:
             cid = info.metadata.get("content_id")
-            seen[str(cid)] += 1
             where = f"{label} {info.stream}@{info.seq}"
             try:
                 report = repo.verify(info.stream, info.seq)
@@ -457,9 +486,16 @@ class FaultWorkload:
                 self.result.wrong_data.append(f"{where}: verify {report.to_json()}")
             elif parsed is None or size is None or state != content(parsed[0], parsed[1], size):
                 self.result.wrong_data.append(f"{where}: holds {cid!r}, not what was saved under that name")
-            if parsed is not None and parsed[1] in failed:
-                self.result.landed_after_error += 1
-        self.result.duplicate_commits += [f"{label}: {cid} is visible {n} times" for cid, n in seen.items() if n > 1]
+        committed: dict[str, list[str]] = {}  # content_id -> every snapshot ever committed with it
+        for (where, stream, seq), cid in sorted(self.manifest_cids.items()):
+            if where == label:
+                committed.setdefault(cid, []).append(f"{stream}@{seq}")
+        for cid, snapshots in committed.items():
+            if len(snapshots) > 1:
+                self.result.duplicate_commits.append(f"{label}: {cid} committed as {', '.join(snapshots)}")
+        self.result.landed_after_error += sum(
+            1 for cid in committed if (parsed := parse_content_id(cid)) is not None and parsed[1] in failed
+        )
         listed = {(i.stream, i.seq): i.metadata.get("content_id") for i in visible}
         for op, record in done.items():
             found = listed.get((record.stream, record.seq))

@@ -52,7 +52,9 @@ MAX_PATH_LENGTH = 128
 MAX_LIST_SLOTS = 1 << 16
 
 
-def check_snapshot(metadata: Metadata, paths: Mapping[MetadataIndex, str], items: Mapping[str, Item], name: str) -> None:
+def check_snapshot(
+    metadata: Metadata, paths: Mapping[MetadataIndex, str], items: Mapping[str, Item], name: str
+) -> None:
     """Refuse a snapshot whose DCP metadata and manifest items disagree (see the module doc)."""
     budget = [MAX_OVERLAP_COMPARISONS]
     for fqn, smd in metadata.state_dict_metadata.items():
@@ -76,7 +78,9 @@ def check_snapshot(metadata: Metadata, paths: Mapping[MetadataIndex, str], items
 def _item(items: Mapping[str, Item], path: str, name: str, fqn: str) -> Item:
     item = items.get(path)
     if item is None:
-        raise ManifestError(f"snapshot {name}: DCP metadata names item {path!r:.200} for {fqn!r:.200}, which it lacks")
+        raise ManifestError(
+            f"snapshot {name}: DCP metadata names item {path!r:.200} for {fqn!r:.200}, which it lacks"
+        )
     return item
 
 
@@ -84,8 +88,8 @@ def _check_bounds(size: torch.Size, chunk: ChunkStorageMetadata, name: str, fqn:
     for dim, (start, length) in enumerate(zip(chunk.offsets, chunk.sizes, strict=True)):
         if start < 0 or length < 0 or start + length > size[dim]:
             raise ManifestError(
-                f"snapshot {name}: DCP metadata places a chunk of {fqn!r:.200} at offsets {list(chunk.offsets)} "
-                f"with sizes {list(chunk.sizes)}, outside the tensor's size {list(size)}"
+                f"snapshot {name}: DCP metadata places a chunk of {fqn!r:.200} at offsets "
+                f"{list(chunk.offsets)} with sizes {list(chunk.sizes)}, outside the tensor's size {list(size)}"
             )
 
 
@@ -145,15 +149,16 @@ def _check_cover(smd: TensorStorageMetadata, name: str, fqn: str, budget: list[i
                 "for overlaps; no checkpoint DCP writes is laid out like this"
             )
         for other in active:
-            if all(
-                chunk.offsets[d] < other.offsets[d] + other.sizes[d] and other.offsets[d] < chunk.offsets[d] + chunk.sizes[d]
-                for d in range(dims)
-            ):
+            if all(_intersect(chunk, other, d) for d in range(dims)):
                 raise ManifestError(
                     f"snapshot {name}: DCP metadata lists overlapping chunks of {fqn!r:.200} at offsets "
                     f"{list(other.offsets)} and {list(chunk.offsets)}"
                 )
         active.append(chunk)
+
+
+def _intersect(a: ChunkStorageMetadata, b: ChunkStorageMetadata, dim: int) -> bool:
+    return a.offsets[dim] < b.offsets[dim] + b.sizes[dim] and b.offsets[dim] < a.offsets[dim] + a.sizes[dim]
 
 
 def check_planner_data(metadata: Metadata, name: str) -> None:
@@ -194,7 +199,9 @@ def check_planner_data(metadata: Metadata, name: str) -> None:
         )
 
 
-def check_reads(requests: Mapping[str, list[ReadItem]], items: Mapping[str, Item], planner: LoadPlanner, name: str) -> None:
+def check_reads(
+    requests: Mapping[str, list[ReadItem]], items: Mapping[str, Item], planner: LoadPlanner, name: str
+) -> None:
     """Each read request agrees with the item it reads; checked for all before any is carried out.
 
     A tensor request needs a ``tensor`` item and a region inside it; a bytes request needs a
@@ -215,14 +222,15 @@ def check_reads(requests: Mapping[str, list[ReadItem]], items: Mapping[str, Item
                     )
                 if isinstance(state, Mapping) and isinstance(state.get(fqn), torch.Tensor):
                     raise ManifestError(
-                        f"snapshot {name} stores {fqn!r:.200} as a non-tensor value, but the state dict being "
-                        "loaded holds a tensor there; refusing to replace it. Load into a matching state dict"
+                        f"snapshot {name} stores {fqn!r:.200} as a non-tensor value, but the state dict "
+                        "being loaded holds a tensor there; refusing to replace it. Load into a matching "
+                        "state dict"
                     )
                 continue
             if item.kind != TENSOR_KIND or item.shape is None:
                 raise ManifestError(
-                    f"snapshot {name}: DCP asked for tensor data of {fqn!r:.200}, but item {path!r:.200} is of "
-                    f"kind {item.kind!r:.40}"
+                    f"snapshot {name}: DCP asked for tensor data of {fqn!r:.200}, but item {path!r:.200} "
+                    f"is of kind {item.kind!r:.40}"
                 )
             _check_region(item, req, name)
 

@@ -62,12 +62,6 @@ class StoreSpec:
         return f"StoreSpec({self.url!r}, {shown!r})"
 
 
-def _reopen(spec: StoreSpec) -> ObjectStore:
-    from . import open_store  # the package's opener knows every backend
-
-    return open_store(spec)
-
-
 @dataclass(frozen=True)
 class PendingUpload:
     """A multipart upload that was started and never completed nor aborted.
@@ -171,9 +165,15 @@ class ObjectStore(abc.ABC):
             f"{self!r} cannot be reopened in another process; use a local path or an s3:// URL"
         )
 
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> ObjectStore:
+        """Open a store of this class from its :meth:`spec` (``open_store(spec)`` does the same
+        for any class, by the URL's scheme)."""
+        raise TypeError(f"{cls.__name__} cannot be reopened from a spec")
+
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the store's spec: connections and locks are not sent, the store is reopened."""
-        return (_reopen, (self.spec(),))
+        return (type(self).from_spec, (self.spec(),))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

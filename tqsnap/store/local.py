@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from ..errors import (
     AccessDeniedError,
@@ -84,6 +85,10 @@ class LocalStore(ObjectStore):
 
     def spec(self) -> StoreSpec:
         return StoreSpec(self.url, {"create": self.create, "fsync": self.fsync})
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> LocalStore:
+        return cls(unquote(urlparse(spec.url).path), **spec.options)
 
     # --- keys and paths ----------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 from botocore.config import Config
 from botocore.exceptions import ClientError, IncompleteReadError
@@ -197,6 +198,11 @@ class S3Store(ObjectStore):
         only if they were passed explicitly (otherwise the other process uses its own boto3
         chain). The spec's repr masks the secret key; never log its options."""
         return self._spec
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> S3Store:
+        parsed = urlparse(spec.url)
+        return cls(parsed.netloc, parsed.path, **spec.options)
 
     @property
     def retries(self) -> int:

@@ -460,15 +460,28 @@ def test_an_item_that_disagrees_with_its_chunk_is_refused_before_any_write(
     load_refused(local, f"item-{case}", error)
 
 
-def test_a_negative_dimension_in_the_manifest_is_a_typed_error(local: Repo) -> None:
-    local.forge("neg-dim", lambda items, md: None)
+@pytest.mark.parametrize(
+    ("case", "change", "error"),
+    [
+        pytest.param("neg-dim", lambda item: item.update(shape=[-8, -4]), ManifestError, id="negative-dims"),
+        pytest.param("float-dim", lambda item: item.update(shape=[8.0, 4]), ManifestError, id="float-dims"),
+        pytest.param("no-shape", lambda item: item.pop("shape"), ShapeMismatchError, id="missing-shape"),
+        pytest.param("no-dtype", lambda item: item.pop("dtype"), ManifestError, id="missing-dtype"),
+        pytest.param("num-dtype", lambda item: item.update(dtype=5), ManifestError, id="non-string-dtype"),
+    ],
+)
+def test_a_rewritten_manifest_item_is_a_typed_error(
+    local: Repo, case: str, change: Callable[[dict[str, Any]], None], error: type[TqsnapError]
+) -> None:
+    stream = f"manifest-{case}"
+    local.forge(stream, lambda items, md: None)
 
     def edit(doc: dict[str, Any]) -> None:
         (item,) = [i for i in doc["items"] if i["path"].startswith("t/w@")]
-        item["shape"] = [-8, -4]
+        change(item)
 
-    local.rewrite_manifest("neg-dim", edit)
-    load_refused(local, "neg-dim", ManifestError)
+    local.rewrite_manifest(stream, edit)
+    load_refused(local, stream, error)
 
 
 def test_a_manifest_whose_dcp_metadata_is_missing_is_a_typed_error(local: Repo) -> None:

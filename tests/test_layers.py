@@ -12,6 +12,8 @@ when the layer below changes.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,21 @@ def test_the_import_reader_sees_lazy_and_relative_imports() -> None:
     """A function-level import must count, or lazy imports would hide cycles."""
     assert "tqsnap.faces.demo" in GRAPH["tqsnap.faces.cli_tq"]  # imported inside register()
     assert "tqsnap.errors" in GRAPH["tqsnap.faces.cli_errors"]  # `from .. import errors`
+
+
+def test_importing_tqsnap_or_its_command_loads_neither_torch_nor_ray() -> None:
+    """``import tqsnap`` and ``tqsnap --help`` stay fast: the heavy adapters load on first use."""
+    code = (
+        "import sys, tqsnap, tqsnap.faces.cli, tqsnap.faces.scheduler; "
+        "print(sorted(m for m in ('torch', 'ray', 'transfer_queue') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_tqsnap_tq_is_the_faces_module_under_its_short_name() -> None:
+    text = (PACKAGE_DIR / "tq.py").read_text()
+    tree = ast.parse(text)
+    code = [n for n in tree.body if not isinstance(n, ast.Expr | ast.ImportFrom | ast.Assign)]
+    assert code == [], "tqsnap/tq.py only re-exports tqsnap.faces.tq"
+    assert GRAPH["tqsnap.tq"] == {"tqsnap.faces.tq"}

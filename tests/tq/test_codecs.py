@@ -12,11 +12,14 @@ import torch
 from tqsnap.adapters.transferqueue import jsonval
 from tqsnap.adapters.transferqueue.blocks import decode_block, encode_block
 from tqsnap.adapters.transferqueue.layout import (
+    MAX_UNITS,
+    count_runs,
     data_path,
     decode_runs,
     encode_runs,
     escape,
     parse_data_path,
+    read_runs,
     unescape,
 )
 from tqsnap.errors import FormatError, PickleNotAllowedError
@@ -179,3 +182,20 @@ def test_dense_block_of_strided_or_scattered_rows_is_exact():
     assert enc.meta["enc"] == "dense" and enc.shape == [4, 5]
     _, out = decode_block(enc.meta, enc.dtype, enc.shape, _join(enc.parts))
     assert all(torch.equal(a, b) for a, b in zip(rows, out, strict=True))
+
+
+def test_data_paths_take_ascii_digits_only_and_a_unit_below_its_count():
+    assert parse_data_path("d/p/f/b00000001/u1of3") == ("p", "f", 1, 1, 3)
+    for bad in ("d/p/f/b00000001/u\u00b2of3", "d/p/f/b0000000\u0661/u0of3", "d/p/f/b00000001/u3of3",
+                f"d/p/f/b1/u0of{MAX_UNITS + 1}", "d/p/f/b1/u0of3/x", "d/p/f/b/u0of3"):
+        assert parse_data_path(bad) is None, bad
+
+
+def test_runs_read_from_a_snapshot_are_counted_and_checked_before_they_are_made():
+    assert read_runs([[2, 3, 3], [20, 2]], "w", hi=100, limit=5) == [2, 5, 8, 20, 21]
+    with pytest.raises(FormatError, match="more than the 10"):
+        read_runs([[0, 10**10]], "w", hi=10**11, limit=10)
+    for bad in ([[0, 5, 0]], [[0, 0]], [[-1, 2]], [["0", 2]], [[0, True]], [[0, 1, 2, 3]], {"0": 1},
+                [[5, 10, -1]], [[0, 101]], [[1.0, 2]]):
+        with pytest.raises(FormatError):
+            count_runs(bad, "w", hi=100)

@@ -13,8 +13,10 @@ however many indexes it stands for. So :func:`decode` counts every declared set,
 before it makes one, against bounds it has already checked: every index lies below the
 index manager's ``global_index_counter`` (at most :data:`.layout.MAX_INDEXES`), the
 partitions together hold at most that many indexes (TransferQueue gives each index to one
-partition), and a partition's per-field and per-sample maps hold at most as many entries as
-the partition has indexes. Anything beyond is a :class:`~tqsnap.errors.FormatError` naming the
+partition), a partition's per-sample maps (tags, backend meta, reverse keys) hold at most as
+many entries as the partition has indexes, and a field's index set and shape map at most as
+many as the partition's production status has rows (a sample is given a row before it is
+marked produced), so all fields together stay within that tensor's real size. Anything beyond is a :class:`~tqsnap.errors.FormatError` naming the
 snapshot and item, raised before the allocation.
 """
 
@@ -253,7 +255,7 @@ class _Reader:
         node = _obj(node, where, ("gi",))
         count = count_runs(node["gi"], where, hi=self.counter)
         if count > limit:
-            raise _fail(where, f"a map declares {count} indexes, more than the {limit} its partition holds")
+            raise _fail(where, f"a map declares {count} indexes, more than the {limit} allowed here")
         if node.get("empty") is True:
             return {k: {} for k in read_runs(node["gi"], where, hi=self.counter, limit=count)}
         if "flat" in node:
@@ -321,6 +323,10 @@ class _Reader:
         pre_allocated = set(self.runs(doc["pre_allocated"], f"{where}: pre_allocated", self.unclaimed))
         self.unclaimed -= len(pre_allocated)
         held = len(global_indexes | pre_allocated)
+        # A field's samples were produced, so they have rows in the status: per-field sets and
+        # shape maps hold at most min(held, rows) entries, and all fields together at most the
+        # status tensor's (real, decoded) size.
+        produced = min(held, status.production.shape[0])
         field_metadata: dict[str, FieldState] = {}
         for name, m in _pairs(doc["field_metadata"], f"{where}: field_metadata"):
             if type(name) is not str or name not in status.field_name_mapping or name in field_metadata:
@@ -328,12 +334,12 @@ class _Reader:
             fw = f"{where}: field {name!r:.60}"
             m = _obj(m, fw, ("global_indexes", "dtype", "shape", "is_nested", "is_non_tensor", "per_sample_shapes"))
             field_metadata[name] = FieldState(
-                global_indexes=set(self.runs(m["global_indexes"], fw, held)),
+                global_indexes=set(self.runs(m["global_indexes"], fw, produced)),
                 dtype=dec.decode(m["dtype"]),
                 shape=dec.decode(m["shape"]),
                 is_nested=dec.decode(m["is_nested"]),
                 is_non_tensor=dec.decode(m["is_non_tensor"]),
-                per_sample_shapes=self.int_map(m["per_sample_shapes"], f"{fw} per_sample_shapes", dec, held),
+                per_sample_shapes=self.int_map(m["per_sample_shapes"], f"{fw} per_sample_shapes", dec, produced),
             )
         km = _obj(doc["keys_mapping"], f"{where}: keys_mapping", ("k", "gi"))
         keys, kgis = _list(km["k"], f"{where}: keys_mapping"), _list(km["gi"], f"{where}: keys_mapping")

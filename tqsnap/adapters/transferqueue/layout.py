@@ -43,7 +43,7 @@ MAX_UNITS = 1 << 16
 MAX_BLOCK_SIZE = 1 << 20
 #: The largest ``global_index_counter``: every global index of a snapshot lies below it, and
 #: every index set or map of the controller holds at most that many entries.
-MAX_INDEXES = 1 << 27
+MAX_INDEXES = 1 << 26
 
 
 def escape(part: str) -> str:

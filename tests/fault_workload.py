@@ -108,6 +108,7 @@ class WorkloadResult:
     landed_after_error: int = 0
     visible_snapshots: int = 0
     final_gc_passes: int = 0
+    final_gc: Counter[str] = field(default_factory=Counter)  # what the gc after grace removed
     duration_s: float = 0.0
 
     @property
@@ -160,11 +161,18 @@ class WorkloadResult:
         lines += ["", "| fault | injected |", "|---|---:|"]
         lines += [f"| {kind} | {per_kind[kind]} |" for kind in KINDS]
         lines.append(f"| **all** (of {sum(self.requests.values())} requests) | {sum(per_kind.values())} |")
+        per_class: Counter[str] = Counter()
+        for (klass, _), n in self.injected.items():
+            per_class[klass] += n
+        lines += ["", "| request class | requests | faulted |", "|---|---:|---:|"]
+        lines += [f"| {k} | {n} | {per_class[k]} |" for k, n in sorted(self.requests.items())]
         lines += ["", "| check | count |", "|---|---:|"]
         lines += [f"| {name} | {n} |" for name, n in self.findings().items()]
         lines.append(f"| snapshots visible at the end | {self.visible_snapshots} |")
         lines.append(f"| commits that landed although the save raised | {self.landed_after_error} |")
         lines.append(f"| final gc passes (until one deletes nothing) | {self.final_gc_passes} |")
+        for what, n in sorted(self.final_gc.items()):
+            lines.append(f"| final gc: {what} | {n} |")
         return "\n".join(lines)
 
 
@@ -511,6 +519,9 @@ class FaultWorkload:
         for passes in range(1, 4):
             report = tqsnap.gc(repo)
             self.result.final_gc_passes = max(self.result.final_gc_passes, passes)
+            self.result.final_gc["shards deleted"] += report.shards_deleted
+            self.result.final_gc["manifests finalised"] += len(report.manifests_finalised)
+            self.result.final_gc["incomplete uploads aborted"] += len(report.uploads_aborted)
             if not (report.shards_deleted or report.manifests_finalised or report.uploads_aborted):
                 break
         referenced: set[str] = set()
@@ -540,6 +551,7 @@ def combine(results: list[WorkloadResult]) -> WorkloadResult:
         for name in ("failures", "wrong_data", "lost_commits", "duplicate_commits", "wrongly_forgotten",
                      "missing_tags", "orphan_shards", "incomplete_uploads"):
             getattr(total, name).extend(getattr(r, name))
+        total.final_gc.update(r.final_gc)
         total.landed_after_error += r.landed_after_error
         total.visible_snapshots += r.visible_snapshots
         total.final_gc_passes = max(total.final_gc_passes, r.final_gc_passes)

@@ -556,10 +556,21 @@ def test_two_ranks_refuse_hostile_snapshots_and_load_honest_ones(
 
     local.forge("ranks-kind", kind_edit)
     local.forge("ranks-hole", _split_w([(0, 3), (4, 4)]))
+
+    def as_bytes_edit(items: dict[str, Spec], md: dict[str, Any]) -> None:
+        md["state_dict"]["big"] = {"bytes": "b/big"}
+        items["b/big"] = Spec(torch_saved(RunsCode(marker)), "bytes")
+
+    local.forge("ranks-as-bytes", as_bytes_edit)
+    local.forge("ranks-deep", _edit_md(MALFORMED_METADATA["deep-planner-data"]))
+    local.forge("ranks-dtype", _retype_item("big", dtype="int32"))
     cases = [
         {"name": "evil", "stream": "ranks-evil", "marker": str(marker)},
         {"name": "kind", "stream": "ranks-kind", "marker": str(marker)},
         {"name": "hole", "stream": "ranks-hole", "marker": str(marker)},
+        {"name": "as-bytes", "stream": "ranks-as-bytes", "marker": str(marker)},
+        {"name": "deep", "stream": "ranks-deep", "marker": str(marker)},
+        {"name": "dtype", "stream": "ranks-dtype", "marker": str(marker)},
         {"name": "honest", "stream": BASE, "marker": str(marker)},
         {"name": "honest-opt-in", "stream": BASE, "marker": str(marker), "allow_pickle": True},
     ]
@@ -572,7 +583,8 @@ def test_two_ranks_refuse_hostile_snapshots_and_load_honest_ones(
         refused = {"typed": True, "unchanged": True, "marker": False}
         assert report["evil"] == {"error": ["PickleNotAllowedError"], **refused}
         assert report["kind"] == {"error": ["ManifestError"], **refused}
-        assert report["hole"] == {"error": ["ManifestError"], **refused}
+        for name in ("hole", "as-bytes", "deep", "dtype"):
+            assert report[name] == {"error": ["ManifestError"], **refused}, name
         assert report["honest"] == report["honest-opt-in"] == {"error": None, "loaded": True, "marker": False}
     assert not marker.exists()
     assert local.contents() == before

@@ -588,3 +588,16 @@ def test_two_ranks_refuse_hostile_snapshots_and_load_honest_ones(
         assert report["honest"] == report["honest-opt-in"] == {"error": None, "loaded": True, "marker": False}
     assert not marker.exists()
     assert local.contents() == before
+
+
+def test_an_unexpected_error_in_read_metadata_reaches_the_caller_not_an_assertion(local: Repo) -> None:
+    """DCP swallows read_metadata's error and reports a bare AssertionError; the reader keeps it."""
+
+    class Failing(tqsnap.dcp.Reader):
+        def _repository(self) -> Repository:
+            raise RecursionError("stand-in for a bug below the reader")
+
+    with pytest.raises(CheckpointException) as info:
+        dcp.load(empty_state(), storage_reader=Failing(local.url, stream=BASE))
+    (inner,) = [e for e, _ in info.value.failures.values()]
+    assert isinstance(inner, RecursionError) and "stand-in" in str(inner)

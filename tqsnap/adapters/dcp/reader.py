@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from ...engine import Repository, SnapshotReader
-from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError, TqsnapError
+from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError
 from ...format.manifest import Item, ShardRef
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
 from .byte_values import restricted_value_stream
@@ -103,7 +103,7 @@ class Reader(StorageReader):
         self._snapshot: SnapshotReader | None = None
         self._paths: dict[MetadataIndex, str] = {}
         self._chunk_sizes: dict[MetadataIndex, torch.Size] = {}
-        self._failure: TqsnapError | None = None
+        self._failure: Exception | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -149,6 +149,8 @@ class Reader(StorageReader):
         rank-local metadata and then reports only an ``AssertionError``; on that retry this
         reader hands DCP a placeholder instead, and ``set_up_storage_reader`` raises the
         original error, so it reaches the caller (wrapped in DCP's ``CheckpointException``).
+        Any other exception is kept the same way: whatever went wrong, the caller sees it, never
+        DCP's ``AssertionError`` in its place.
         """
         if kwargs.get("rank") is not None and self._failure is not None:
             return Metadata(state_dict_metadata={}, storage_data=_FailedRead(), storage_meta=StorageMeta())
@@ -157,7 +159,7 @@ class Reader(StorageReader):
             reader = repo.reader(self.stream, snapshot_arg(self.snapshot), kind=KIND, threads=self.threads)
             metadata = decode_metadata(reader.manifest.extra.get(EXTRA_KEY), f"snapshot {reader.name}")
             check_snapshot(metadata, metadata.storage_data, reader.items, reader.name)
-        except TqsnapError as exc:
+        except Exception as exc:  # noqa: BLE001 - kept for set_up_storage_reader, then re-raised
             self._failure = exc
             raise
         self._failure = None

@@ -601,3 +601,16 @@ def test_an_unexpected_error_in_read_metadata_reaches_the_caller_not_an_assertio
         dcp.load(empty_state(), storage_reader=Failing(local.url, stream=BASE))
     (inner,) = [e for e, _ in info.value.failures.values()]
     assert isinstance(inner, RecursionError) and "stand-in" in str(inner)
+
+
+@pytest.mark.parametrize("snapshot", ["²", "٩", "1\n", " 1", "1.0", "-1", "tag:best\n"])
+def test_a_snapshot_selector_that_is_not_ascii_digits_latest_or_a_tag_is_a_typed_error(
+    local: Repo, snapshot: str
+) -> None:
+    assert not tqsnap.dcp.Reader.validate_checkpoint_id(f"{BASE}@{snapshot}")
+    dest = empty_state()
+    with pytest.raises(CheckpointException) as info:
+        dcp.load(dest, storage_reader=local.reader(BASE, snapshot=snapshot))
+    (inner,) = [e for e, _ in info.value.failures.values()]
+    assert isinstance(inner, TqsnapError), f"{type(inner).__name__}: {inner}"
+    assert same(dest, empty_state())

@@ -22,13 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...format.keys import validate_name
+from ...format.strict import ascii_digits
 
 #: The manifest ``kind`` of every snapshot this adapter writes; the reader refuses others.
 KIND = "dcp"
 #: The key under the manifest's ``extra`` that holds DCP's metadata as JSON.
 EXTRA_KEY = "dcp"
 
-_SNAPSHOT_RE = re.compile(r"^(latest|[0-9]+|tag:[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
+#: Matched whole (``fullmatch``): ``$`` would also accept a trailing newline.
+_SNAPSHOT_RE = re.compile(r"latest|[0-9]{1,20}|tag:[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def tensor_item_path(fqn: str, offsets: Sequence[int] | None) -> str:
@@ -77,7 +79,7 @@ def parse_checkpoint_id(checkpoint_id: str | os.PathLike[str]) -> CheckpointRef:
             raise ValueError(f"checkpoint id {checkpoint_id!r} has an empty repository URL before '#'")
     stream, sep, snapshot = rest.partition("@")
     validate_name(stream)
-    if sep and not _SNAPSHOT_RE.match(snapshot):
+    if sep and not _SNAPSHOT_RE.fullmatch(snapshot):
         raise ValueError(
             f"checkpoint id {checkpoint_id!r}: snapshot {snapshot!r} is not 'latest', a seq or 'tag:<name>'"
         )
@@ -94,7 +96,10 @@ def is_checkpoint_id(checkpoint_id: object) -> bool:
 
 
 def snapshot_arg(snapshot: str | int) -> str | int:
-    """Normalise a snapshot selector: digits become an int seq, anything else stays as is."""
-    if isinstance(snapshot, str) and snapshot.isdigit():
+    """Normalise a snapshot selector: ASCII digits become an int seq, anything else stays as is.
+
+    (``str.isdigit`` would also take '²' or '٩', which ``int`` then refuses or reads as a number.)
+    """
+    if isinstance(snapshot, str) and ascii_digits(snapshot):
         return int(snapshot)
     return snapshot

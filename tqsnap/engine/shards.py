@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -234,7 +234,7 @@ class Shards:
         verify: bool = True,
         snapshot: str = "",
         return_exceptions: bool = False,
-    ) -> Iterator[tuple[K, Any]]:
+    ) -> Generator[tuple[K, Any], None, None]:
         """Fetch shards in parallel; yield ``(key, view)`` in the order given.
 
         At most about ``window_bytes`` of shards are being fetched or wait to be yielded (at
@@ -345,7 +345,7 @@ class Shards:
         fn: Callable[[K, ShardRef, ThreadPoolExecutor | None], Any],
         window_bytes: int,
         return_exceptions: bool,
-    ) -> Iterator[tuple[K, Any]]:
+    ) -> Generator[tuple[K, Any], None, None]:
         """Run ``fn`` over ``pairs`` in parallel, in order, with about ``window_bytes`` in flight.
 
         Two pools, as shard tasks wait on their range reads: one pool could fill up with

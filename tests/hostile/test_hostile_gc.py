@@ -263,40 +263,49 @@ def test_gc_deletes_only_garbage_and_the_latest_snapshot_loads(scene: Scene) -> 
 # --- S3: a listing that fails or is cut short aborts gc ---------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["500", "truncate", "reset_mid_body"])
-def test_a_failing_or_cut_s3_listing_aborts_gc(faulty_s3: Any, kind: str) -> None:
-    bucket = faulty_s3(latency_s=0.01, late_s=0.01)
+@pytest.fixture(scope="module")
+def aged_s3_repo(seaweedfs_endpoint: Any) -> Any:
+    """A repository behind a fault proxy with an orphan shard and a stale multipart upload, both
+    past the grace period (made once: aging costs seconds of real time on a real server)."""
+    from faultproxy import proxied_bucket
+
+    bucket = proxied_bucket(seaweedfs_endpoint, latency_s=0.01, late_s=0.01)
     store = open_store(bucket.url, **bucket.options, retries={"total_max_attempts": 2}, retry_budget_s=2)
     tqsnap.init_repo(store, grace="2s", max_write_duration="0.5s")
     tqsnap.save(store, {"w": torch.arange(10.0)}, stream=STREAM)
     direct = open_store(bucket.url, **bucket.server.options())
     orphan = "shards/ab/ab" + "0" * 30 + ".0123456789abcdef"
     direct.put(orphan, b"orphan")
+    client, name = seaweedfs_endpoint.client(), bucket.bucket
+    stale = client.create_multipart_upload(Bucket=name, Key="repo/shards/ab/stale-upload")["UploadId"]
     time.sleep(2.2)
+    yield bucket, store, direct, orphan, stale
+    bucket.proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["500", "truncate", "reset_mid_body"])
+def test_a_failing_or_cut_s3_listing_aborts_gc(aged_s3_repo: Any, kind: str) -> None:
+    bucket, store, direct, orphan, _ = aged_s3_repo
     keys_before = sorted(i.key for i in direct.list(""))
+    assert orphan in keys_before
     bucket.proxy.rate, bucket.proxy.kinds, bucket.proxy.classes = 1.0, (kind,), frozenset({"list"})
-    with pytest.raises(StoreError) as info:
-        collect_garbage(Repository.open(store))
+    try:
+        with pytest.raises(StoreError) as info:
+            collect_garbage(Repository.open(store))
+    finally:
+        bucket.proxy.clear()
     assert "ListObjectsV2" in str(info.value) or "list" in str(info.value).lower()
     assert sorted(i.key for i in direct.list("")) == keys_before  # nothing was deleted
-    bucket.proxy.clear()
+    assert len(bucket.server.client().list_multipart_uploads(Bucket=bucket.bucket).get("Uploads", [])) == 1
+
+
+def test_after_the_faults_gc_deletes_the_orphan_and_aborts_the_stale_upload(aged_s3_repo: Any) -> None:
+    bucket, store, direct, orphan, stale = aged_s3_repo
+    bucket.server.client().create_multipart_upload(Bucket=bucket.bucket, Key="repo/shards/cd/fresh-upload")
     report = collect_garbage(Repository.open(store))
     assert report.deleted_shard_keys == [orphan]
-    assert float(tqsnap.load(store, stream=STREAM)["w"][3]) == 3.0
-
-
-def test_gc_aborts_stale_multipart_uploads(seaweedfs_endpoint: Any) -> None:
-    url, options = seaweedfs_endpoint.make_bucket("repo")
-    store = open_store(url, **options)
-    tqsnap.init_repo(store, grace="2s", max_write_duration="0.5s")
-    tqsnap.save(store, {"w": torch.arange(10.0)}, stream=STREAM)
-    client, bucket = seaweedfs_endpoint.client(), url.split("/")[2]
-    stale = client.create_multipart_upload(Bucket=bucket, Key="repo/shards/ab/stale-upload")["UploadId"]
-    time.sleep(2.2)
-    client.create_multipart_upload(Bucket=bucket, Key="repo/shards/cd/fresh-upload")
-    report = collect_garbage(Repository.open(store))
     assert report.uploads_aborted == ["shards/ab/stale-upload"] and report.young_uploads == 1
-    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    left = bucket.server.client().list_multipart_uploads(Bucket=bucket.bucket).get("Uploads", [])
     assert [u["Key"] for u in left] == ["repo/shards/cd/fresh-upload"]
     assert stale not in {u["UploadId"] for u in left}
     assert float(tqsnap.load(store, stream=STREAM)["w"][3]) == 3.0

@@ -163,14 +163,15 @@ def test_a_zstd_shard_declaring_one_tebibyte_is_refused_before_allocation(scene:
 
 
 def test_a_zstd_bomb_is_refused_before_it_expands(scene: Scene) -> None:
-    # An honest frame: 8 GiB of zeros in a few hundred KiB, its size declared truthfully.
+    # An honest frame: 3 GiB of zeros (twice the cap) in a few dozen KiB, its size declared
+    # truthfully.
     compressor = zstandard.ZstdCompressor(level=1)
     chunk = bytes(64 << 20)
     out = compressor.compressobj()
-    parts = [out.compress(chunk) for _ in range(128)]
+    parts = [out.compress(chunk) for _ in range(48)]
     parts.append(out.flush())
     bomb = b"".join(parts)
-    key = _retarget_shard(scene, codec="zstd", size=128 * len(chunk), stored_size=len(bomb), data=bomb)
+    key = _retarget_shard(scene, codec="zstd", size=48 * len(chunk), stored_size=len(bomb), data=bomb)
     assert_refused(scene, "read", key)
 
 

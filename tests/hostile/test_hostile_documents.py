@@ -15,7 +15,7 @@ from tqsnap.engine import Repository
 from tqsnap.engine.gc import collect_garbage
 from tqsnap.errors import ManifestError, UnsafeConfigError, UnsupportedFormatError
 
-from .kit import CONFIG, MANIFEST_1, MANIFEST_2, STREAM, TAG_KEY, Scene, refuses
+from .kit import CONFIG, MANIFEST_1, MANIFEST_2, STREAM, TAG_KEY, Scene, behaves, refuses
 
 Doc = dict[str, Any]
 Mutation = Callable[[Doc], Doc | bytes]
@@ -308,3 +308,47 @@ def test_init_refuses_a_bad_write_duration(scene: Scene, duration: Any) -> None:
     with pytest.raises(UnsafeConfigError):
         tqsnap.init_repo(str(path), max_write_duration=duration)
     assert not path.exists()
+
+
+# --- well-formed JSON that the state_dict loader must still refuse ---------------------------------
+
+LOAD_CASES: dict[str, Mutation] = {
+    "tensor-without-shape": lambda d: {**d, "items": [{k: v for k, v in i.items() if k != "shape"} for i in d["items"]]},
+    "tensor-without-dtype": lambda d: {**d, "items": [{k: v for k, v in i.items() if k != "dtype"} for i in d["items"]]},
+    "unknown-dtype": setting("items.0.dtype", "float99"),
+    "shape-disagrees-with-size": setting("items.0.shape", [3, 5]),
+    "huge-shape": setting("items.0.shape", [2**40, 2**40]),
+    "tree-node-number": setting("extra.tree", {"dict": 5}),
+    "tree-unknown-node": setting("extra.tree", {"frobnicate": []}),
+    "tree-names-missing-item": setting("extra.tree", {"dict": {"w": {"tensor": "nope"}}}),
+    "tree-key-unhashable": setting("extra.tree", {"$dict": [[{"dict": {}}, {"v": 1}]]}),
+    "tree-version-string": setting("extra.tree_version", "2"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOAD_CASES))
+def test_a_crafted_state_dict_snapshot_is_refused_by_load(scene: Scene, case: str) -> None:
+    craft(scene, MANIFEST_2, LOAD_CASES[case])
+    refuses(scene, lambda: tqsnap.load(scene.url, stream=STREAM), names="s@2")
+
+
+def test_a_deep_but_legal_state_tree_loads(scene: Scene) -> None:
+    deep = '{"dict": {"y": ' * 50 + '{"v": 1}' + "}}" * 50
+    craft(scene, MANIFEST_2, raw(lambda t: t.replace('"tree": {"dict": {', '"tree": {"dict": {"x": ' + deep + ", ")))
+    state = behaves(scene, lambda: tqsnap.load(scene.url, stream=STREAM))
+    node = state["x"]
+    for _ in range(49):
+        node = node["y"]
+    assert node == {"y": 1} and float(state["w"][1]) == 2.0
+
+
+@pytest.mark.parametrize("action", ["load", "verify"])
+def test_a_shard_longer_than_its_stored_size_is_refused(scene: Scene, action: str) -> None:
+    key = scene.doc(MANIFEST_2)["shards"][0]["key"]
+    with open(scene.path(key), "ab") as f:
+        f.write(b"trailing bytes")
+    if action == "verify":
+        report = Repository.open(scene.url).verify(STREAM)
+        assert not report.ok and report.corrupt == [key]
+    else:
+        refuses(scene, lambda: tqsnap.load(scene.url, stream=STREAM), names=key)

@@ -13,8 +13,9 @@ import pickle
 from typing import Any
 
 from ..engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
-from ..errors import FormatError, PickleNotAllowedError
+from ..errors import FormatError, PickleNotAllowedError, TqsnapError
 from ..format import typed_json
+from ..format.keys import snapshot_key
 from ..format.manifest import SnapshotId
 from .tensors import dtype_name, is_tensor, tensor_bytes, tensor_from_bytes
 
@@ -188,4 +189,12 @@ def load_state(
                     "Pass allow_pickle=True only if you trust everyone who can write this repository"
                 )
     values = reader.read_items()
-    return _TreeDecoder(values, reader.items, allow_pickle).decode(extra["tree"])
+    try:
+        return _TreeDecoder(values, reader.items, allow_pickle).decode(extra["tree"])
+    except PickleNotAllowedError:
+        raise
+    except (TqsnapError, TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError) as exc:
+        # The tree and the items' dtype/shape come from the store: whatever they make the
+        # decoder trip over is a malformed snapshot, reported as one, naming it.
+        key = snapshot_key(reader.manifest.stream, reader.manifest.seq)
+        raise FormatError(f"snapshot {reader.name} ({key}) has a malformed state tree or item: {exc}") from exc

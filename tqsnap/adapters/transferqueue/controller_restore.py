@@ -18,7 +18,7 @@ from ...errors import RestoreError, TargetNotEmptyError
 from ...format.manifest import Item
 from . import controller_codec
 from .controller_capture import CONTROLLER_HANDLER
-from .controller_state import ControllerState, PartitionState, sampler_class_name
+from .controller_state import ControllerState, ControllerSummary, PartitionState, sampler_class_name
 from .guard import hold, inside_hold, release
 from .system import in_actor
 
@@ -26,13 +26,13 @@ _STAGED = "_tqsnap_staged_controller"
 
 
 @in_actor
-def describe_controller(self: Any) -> dict[str, Any]:
+def describe_controller(self: Any) -> ControllerSummary:
     """What a restore needs to know about its target before it touches anything."""
-    return {
-        "partitions": len(self.partitions),
-        "global_index_counter": int(self.index_manager.global_index_counter),
-        "sampler_class": sampler_class_name(self.sampler),
-    }
+    return ControllerSummary(
+        partitions=len(self.partitions),
+        global_index_counter=int(self.index_manager.global_index_counter),
+        sampler_class=sampler_class_name(self.sampler),
+    )
 
 
 def _build_partition(state: PartitionState) -> Any:

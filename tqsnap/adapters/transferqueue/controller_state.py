@@ -104,6 +104,15 @@ class EncodedController:
     stall_s: float = 0.0
 
 
+@dataclass
+class ControllerSummary:
+    """What a restore needs to know about its target controller before it touches anything."""
+
+    partitions: int
+    global_index_counter: int
+    sampler_class: str
+
+
 def sampler_class_name(sampler: Any) -> str:
     cls = type(sampler)
     return f"{cls.__module__}.{cls.__qualname__}"

@@ -136,7 +136,7 @@ def restore_system(
     sampler = decode_sampler(
         values[sampler_path()], allow_pickle=allow_pickle, where=f"item {sampler_path()!r} of {reader.name}"
     )
-    load_sampler = check_sampler(sampler.class_name, sampler.state, target["sampler_class"], reader.name)
+    load_sampler = check_sampler(sampler.class_name, sampler.state, target.sampler_class, reader.name)
     token = secrets.token_hex(8)
     jobs = _stage_jobs(reader, system.n_units, token, repo, allow_pickle, threads)
     t_validate = time.monotonic()

@@ -20,6 +20,7 @@ from ...errors import (
 )
 from ...format.manifest import Item
 from .controller_restore import describe_controller
+from .controller_state import ControllerSummary
 from .layout import LAYOUT_VERSION, MAX_BLOCK_SIZE, MAX_UNITS, count_runs, parse_data_path
 from .system import TransferQueueSystem
 from .unit_restore import describe_unit
@@ -124,7 +125,7 @@ def check_pickle(reader: SnapshotReader, allow_pickle: bool) -> None:
             )
 
 
-def describe_target(system: TransferQueueSystem) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def describe_target(system: TransferQueueSystem) -> tuple[ControllerSummary, list[dict[str, Any]]]:
     controller, *units = system.collect(
         [
             system.start_controller(describe_controller),
@@ -134,15 +135,15 @@ def describe_target(system: TransferQueueSystem) -> tuple[dict[str, Any], list[d
     return controller, units
 
 
-def check_target(system: TransferQueueSystem, force: bool) -> dict[str, Any]:
+def check_target(system: TransferQueueSystem, force: bool) -> ControllerSummary:
     """Refuse a target that holds data, unless ``force``; return the controller's description."""
     controller, units = describe_target(system)
     if force:
         return controller
     held = sum(u["keys"] for u in units)
-    if controller["partitions"] or held:
+    if controller.partitions or held:
         raise TargetNotEmptyError(
-            f"the target TransferQueue is not empty ({controller['partitions']} partitions, {held} samples "
+            f"the target TransferQueue is not empty ({controller.partitions} partitions, {held} samples "
             "in its storage units); restore into a freshly started TransferQueue, or pass force=True to "
             "replace everything it holds"
         )

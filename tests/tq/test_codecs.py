@@ -199,3 +199,72 @@ def test_runs_read_from_a_snapshot_are_counted_and_checked_before_they_are_made(
                 [[5, 10, -1]], [[0, 101]], [[1.0, 2]]):
         with pytest.raises(FormatError):
             count_runs(bad, "w", hi=100)
+
+
+def _controller_state():
+    from tqsnap.adapters.transferqueue.controller_state import (
+        ControllerState,
+        FieldState,
+        IndexManagerState,
+        PartitionState,
+        PartitionStatus,
+        SamplerState,
+    )
+
+    production = torch.zeros(6, 2, dtype=torch.int8)
+    production[[1, 2, 4], 0] = 1
+    status = PartitionStatus(production, {"learner": torch.tensor([0, 1, 0, 0, 0, 0], dtype=torch.int8)}, {"x": 0, "y": 1})
+    partition = PartitionState(
+        partition_id="p/1",
+        created_at=12.5,
+        status=status,
+        global_indexes={1, 2, 4},
+        pre_allocated={5},
+        field_metadata={"x": FieldState({1, 2, 4}, "torch.float32", (3,), False, False, {1: [3], 2: [3], 4: [3]})},
+        field_custom_backend_meta={},
+        custom_meta={1: {"score": float("nan")}, 2: {}, 4: {"t": (1, 2)}},
+        keys_mapping={"a": 1, ("k", 2): 2},
+        revert_keys_mapping={1: "a", 2: ("k", 2)},
+    )
+    im = IndexManagerState({"p/1": {1, 2, 4, 5}}, [3, 0], 6, {1, 2, 4, 5})
+    return ControllerState({"p/1": partition}, im, SamplerState("m.Sampler", {"_states": {"p/1": [1, 2]}}))
+
+
+def test_controller_state_encodes_and_decodes_to_the_same_typed_state():
+    from tqsnap.adapters.transferqueue import controller_codec
+    from tqsnap.format.manifest import Item
+
+    state = _controller_state()
+    specs = controller_codec.controller_items(
+        controller_codec.encode(state, allow_pickle=False), {p: s.status for p, s in state.partitions.items()}
+    )
+    values = {s.path: bytes(s.data) for s in specs}
+    items = {s.path: Item(s.path, s.kind, len(values[s.path]), [], s.dtype, s.shape, s.meta or {}) for s in specs}
+    assert list(values) == [  # save order: each partition's items, then the global ones
+        "c/p/p~11/state",
+        "c/p/p~11/production",
+        "c/p/p~11/consumption/learner",
+        "c/index_manager",
+        "c/sampler",
+    ]
+
+    back = controller_codec.decode(["p/1"], values, items, snapshot="s@1", allow_pickle=False)
+
+    p, q = state.partitions["p/1"], back.partitions["p/1"]
+    assert torch.equal(p.status.production, q.status.production)
+    assert torch.equal(p.status.consumption["learner"], q.status.consumption["learner"])
+    assert q.status.field_name_mapping == p.status.field_name_mapping
+    assert (q.global_indexes, q.pre_allocated, q.field_metadata) == (p.global_indexes, p.pre_allocated, p.field_metadata)
+    assert math.isnan(q.custom_meta[1]["score"]) and q.custom_meta[4] == {"t": (1, 2)} and q.custom_meta[2] == {}
+    assert q.keys_mapping == p.keys_mapping and q.revert_keys_mapping == p.revert_keys_mapping
+    assert back.index_manager == state.index_manager and back.sampler == state.sampler
+
+
+def test_a_controller_with_more_indexes_than_a_restore_accepts_is_not_encoded():
+    from tqsnap.adapters.transferqueue import controller_codec
+    from tqsnap.adapters.transferqueue.layout import MAX_INDEXES
+
+    state = _controller_state()
+    state.index_manager.global_index_counter = MAX_INDEXES + 1
+    with pytest.raises(FormatError, match="global indexes"):
+        controller_codec.encode(state, allow_pickle=False)

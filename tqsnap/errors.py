@@ -182,3 +182,11 @@ class ShapeMismatchError(TqsnapError, ValueError):
 
 class InconsistentSnapshotError(TqsnapError):
     """Ranks of one distributed load resolved their snapshot selector to different snapshots."""
+
+
+class CopyOrderError(TqsnapError, ValueError):
+    """A copy would make the destination stream's latest snapshot older than one it holds."""
+
+
+class InvalidURLError(TqsnapError, ValueError):
+    """A repository URL cannot be used as written (a host in a file:// URL, an unknown scheme)."""

@@ -10,7 +10,7 @@ The policy follows restic's ``forget`` semantics, applied to each stream on its 
 
 - snapshots are ordered newest first by seq (commit order, which writers' clocks cannot
   reorder); calendar buckets and ``keep_within`` use ``started_at``, the moment the state was
-  captured;
+  captured (for a copy, at its origin: ``copied_from`` in docs/format.md);
 - ``keep_last`` keeps the N newest; ``keep_hourly`` ... ``keep_yearly`` keep the newest snapshot
   of each of the N newest calendar hours/days/ISO weeks/months/years that have one, in UTC
   unless a timezone is given; when a bucket rule still has counts left at the oldest snapshot,
@@ -36,6 +36,7 @@ from ..errors import PolicyError, SnapshotNotFoundError
 from ..format.config import parse_duration
 from ..format.keys import validate_name
 from ..format.manifest import SnapshotId
+from .copy_identity import captured_at
 from .repository import Repository, SnapshotInfo
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def apply_policy(
     tags = tags or {}
     zone = policy.zone()
     newest_seq = max(s.seq for s in items)
-    latest_time = max(s.started_at for s in items)
+    latest_time = max(_captured(s) for s in items)
     remaining = {"last": policy.keep_last} | {b: getattr(policy, f"keep_{b}") for b, _ in _BUCKETS}
     filled = dict.fromkeys(remaining, 0)
     last_value: dict[str, tuple[int, ...] | None] = dict.fromkeys(remaining)
@@ -219,9 +220,9 @@ def apply_policy(
             reasons.append("newest of stream")
         for pattern in policy.keep_tags:
             reasons += [f"tag {name}" for name in tags.get(snap.id, []) if fnmatch.fnmatchcase(name, pattern)]
-        if policy.keep_within and snap.started_at > latest_time - float(policy.keep_within):
+        if policy.keep_within and _captured(snap) > latest_time - float(policy.keep_within):
             reasons.append(f"within {format_duration(float(policy.keep_within))}")
-        local = datetime.fromtimestamp(snap.started_at, zone)
+        local = datetime.fromtimestamp(_captured(snap), zone)
         oldest = nr == len(items) - 1
         for name, bucket in (("last", lambda _t, n=nr: (n,)), *_BUCKETS):
             if remaining[name] <= 0:
@@ -233,8 +234,12 @@ def apply_policy(
                 remaining[name] -= 1
                 filled[name] += 1
                 reasons.append(f"{name} #{filled[name]}{suffix}")
-        decisions.append(Decision(snap.stream, snap.seq, snap.started_at, bool(reasons), reasons))
+        decisions.append(Decision(snap.stream, snap.seq, _captured(snap), bool(reasons), reasons))
     return decisions
+
+
+def _captured(snap: SnapshotInfo) -> float:
+    return captured_at(snap.started_at, snap.metadata)
 
 
 def _tags_by_snapshot(repo: Repository) -> dict[SnapshotId, list[str]]:

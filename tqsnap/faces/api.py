@@ -11,7 +11,7 @@ from typing import Any
 
 from ..adapters.state_dict import load_state, save_state
 from ..engine import PackOptions, Repository, SnapshotInfo, VerifyReport
-from ..engine.copy import copy_snapshot
+from ..engine.copy import CopyResult, copy_all, copy_snapshot
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from ..store import ObjectStore
 
@@ -116,13 +116,23 @@ def copy(
     src: RepoLike,
     dst: RepoLike,
     *,
-    stream: str = "default",
+    stream: str | None = "default",
     snapshot: str | int = "latest",
     dst_stream: str | None = None,
+    tags: bool = False,
     storage_options: dict[str, Any] | None = None,
     dst_storage_options: dict[str, Any] | None = None,
-) -> SnapshotInfo:
-    """Copy a snapshot into another repository; only shards the destination lacks are transferred."""
+) -> CopyResult:
+    """Copy a snapshot into another repository (or stream); only shards the destination lacks move.
+
+    Idempotent and in order (tqsnap/engine/copy.py): a snapshot copied before comes back with
+    ``status`` "already present"; one older than what the destination stream holds from the
+    same source raises :class:`~tqsnap.errors.CopyOrderError`. ``snapshot="all"`` mirrors every
+    visible snapshot of ``stream`` (``stream=None``: of every stream) and returns a list.
+    The result reads like the destination's :class:`SnapshotInfo` (``.seq``, ``.stats``).
+    """
     source = open_repo(src, storage_options=storage_options)
     target = open_repo(dst, create=True, storage_options=dst_storage_options or storage_options)
-    return copy_snapshot(source, target, stream, snapshot, dst_stream=dst_stream)
+    if snapshot == "all":
+        return copy_all(source, target, stream, dst_stream=dst_stream, tags=tags)  # type: ignore[return-value]
+    return copy_snapshot(source, target, stream or "default", snapshot, dst_stream=dst_stream, tags=tags)

@@ -19,12 +19,11 @@ import sys
 from collections.abc import Sequence
 
 from ..engine import Repository
-from ..engine.copy import copy_snapshot
 from ..engine.diff import diff_manifests
 from ..engine.reader import load_body
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from ..format.manifest import Manifest
-from . import cli_doctor, cli_retention, cli_tq
+from . import cli_copy, cli_doctor, cli_retention, cli_tq
 from .cli_common import (  # noqa: F401 - EXIT_* and the helpers stay importable from here
     EXIT_CONFLICT,
     EXIT_NOT_FOUND,
@@ -141,23 +140,6 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_copy(args: argparse.Namespace) -> int:
-    src = open_repository(args)
-    dst_opts = {"endpoint_url": args.dst_endpoint_url} if args.dst_endpoint_url else storage_options(args)
-    dst = Repository.open(args.dst, create=True, storage_options=dst_opts)
-    info = copy_snapshot(src, dst, args.stream, args.snapshot, dst_stream=args.dst_stream)
-    st = info.stats
-    emit(
-        args,
-        info.to_json(),
-        lambda: (
-            f"copied to {terminal_safe(dst.url)} as {terminal_safe(info.id)}: {st['new_shards']} shards "
-            f"({fmt_bytes(st['stored_bytes'])}) transferred, {st['reused_shards']} already there"
-        ),
-    )
-    return EXIT_OK
-
-
 def _manifest(repo: Repository, stream: str, snapshot: str) -> Manifest:
     sid = repo.resolve(stream, snapshot)
     return load_body(repo.store, repo.load_manifest(sid.stream, sid.seq))
@@ -250,12 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_tag)
 
-    p = sub.add_parser("copy", help="copy a snapshot to another repository; only missing shards move")
-    add_repo_args(p, stream=True, snapshot=True)
-    p.add_argument("dst", help="destination repository URL (created if missing)")
-    p.add_argument("--dst-stream", default=None, help="stream name in the destination (default: same)")
-    p.add_argument("--dst-endpoint-url", default=None, help="S3 endpoint of the destination, if different")
-    p.set_defaults(func=cmd_copy)
+    cli_copy.register(sub)
 
     p = sub.add_parser("diff", help="compare two snapshots of a stream item by item")
     add_repo_args(p, stream=True)

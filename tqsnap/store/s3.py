@@ -116,6 +116,8 @@ class S3Store(ObjectStore):
         region: str | None = None,
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        profile: str | None = None,
         conditional_mode: str = "if-none-match",
         single_writer: bool = False,
         multipart_threshold: int = 64 * 2**20,
@@ -148,7 +150,14 @@ class S3Store(ObjectStore):
             or None
         )
         client, self.region, session = make_client(
-            self.endpoint_url, region, aws_access_key_id, aws_secret_access_key, max_pool_connections, config
+            self.endpoint_url,
+            region,
+            aws_access_key_id,
+            aws_secret_access_key,
+            max_pool_connections,
+            config,
+            session_token=aws_session_token,
+            profile=profile,
         )
         #: How failed requests are repeated (attempts, time budget, backoff).
         self.retry_policy = policy_from_botocore(retries, config=config, session=session, budget_s=retry_budget_s)
@@ -159,6 +168,8 @@ class S3Store(ObjectStore):
                 "region": self.region,
                 "aws_access_key_id": aws_access_key_id,
                 "aws_secret_access_key": aws_secret_access_key,
+                "aws_session_token": aws_session_token,
+                "profile": profile,
                 "conditional_mode": conditional_mode,
                 "single_writer": single_writer,
                 "multipart_threshold": self.multipart_threshold,

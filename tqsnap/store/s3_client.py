@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import botocore.session
 from botocore.config import Config
 
@@ -30,15 +31,29 @@ def make_client(
     aws_secret_access_key: str | None,
     max_pool_connections: int,
     config: Config | None = None,
+    *,
+    session_token: str | None = None,
+    profile: str | None = None,
 ) -> tuple[Any, str, Any]:
     """The client, the signing region it uses (``region``, the boto3 chain's, else us-east-1),
-    and the botocore session whose settings (``AWS_MAX_ATTEMPTS``, profiles) it was made from."""
+    and the botocore session whose settings (``AWS_MAX_ATTEMPTS``, profiles) it was made from.
+
+    ``profile`` names a section of the AWS config and credentials files (one per cluster, e.g.);
+    a profile that does not exist is refused with a ``ValueError`` naming it."""
     core = botocore.session.Session()
-    session = boto3.session.Session(
-        aws_access_key_id=aws_access_key_id,
-        aws_secret_access_key=aws_secret_access_key,
-        botocore_session=core,
-    )
+    try:
+        session = boto3.session.Session(
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=session_token,
+            profile_name=profile,
+            botocore_session=core,
+        )
+    except botocore.exceptions.ProfileNotFound:
+        raise ValueError(
+            f"the AWS profile {profile!r} is not in the AWS config or credentials files "
+            "(~/.aws/config, ~/.aws/credentials, or $AWS_CONFIG_FILE / $AWS_SHARED_CREDENTIALS_FILE)"
+        ) from None
     region = region or session.region_name or "us-east-1"
     merged = Config(
         region_name=region,

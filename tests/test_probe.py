@@ -164,3 +164,11 @@ def test_configs_without_the_field_read_as_shared_and_a_bad_value_is_refused() -
     with pytest.raises(ManifestError, match="single_writer"):
         RepoConfig.decode(json.dumps(doc).encode(), CONFIG_KEY)
     assert RepoConfig.decode(RepoConfig("ab" * 8, 1.0, single_writer=True).encode(), CONFIG_KEY).single_writer
+
+
+def test_single_writer_on_a_local_directory_is_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(tmp_path / "repo")
+    assert main(["init", url, "--single-writer", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["single_writer"] is True
+    assert tqsnap.open_repo(url).config.single_writer is True
+    assert main(["doctor", str(tmp_path / "other"), "--single-writer"]) == 0

@@ -98,8 +98,8 @@ def storage_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if getattr(args, "endpoint_url", None):
         opts["endpoint_url"] = args.endpoint_url
-    if getattr(args, "single_writer", False):
-        opts["single_writer"] = True
+    if getattr(args, "single_writer", False) and str(getattr(args, "url", "")).startswith(("s3://", "obs://")):
+        opts["single_writer"] = True  # an S3 store option; local and memory stores create atomically
     return opts
 
 

@@ -248,6 +248,7 @@ TAG_CASES: dict[str, bytes] = {
     "deep": (b'{"format_version": "1.0", "name": "keep", "x": ' + b"{\"a\":" * 30_000 + b"1" + b"}" * 30_000 + b"}"),
     "duplicate-key": json.dumps(GOOD_TAG).replace('"name": "keep"', '"name": "keep", "name": "other"').encode(),
     "array": b"[1, 2]",
+    "name-mismatch": json.dumps({**GOOD_TAG, "name": "other"}).encode(),
 }
 
 

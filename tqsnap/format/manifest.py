@@ -383,6 +383,8 @@ class Tag:
             validate_name(name, "tag")
         except ValueError as exc:
             raise ManifestError(f"tag {key!r}: {exc}") from None
+        if key.startswith("tags/") and key != f"tags/{name}.json":
+            raise ManifestError(f"tag {key!r} claims to be tag {name!r}")
         target = SnapshotId.from_json(strict.obj(doc.get("target"), key, what, "target"), key, what)
         assert target is not None
         return cls(

@@ -32,7 +32,7 @@ from tqsnap.adapters.transferqueue.layout import (
     sampler_path,
 )
 from tqsnap.engine import Repository
-from tqsnap.errors import FormatError
+from tqsnap.errors import FormatError, TqsnapError
 
 SOURCE = "real"
 HUGE = 10**10  # indexes a few bytes of JSON can declare
@@ -359,3 +359,10 @@ def test_what_unit_actors_decode_is_bounded_by_the_block_before_any_allocation()
     assert "crash" not in got, got
     assert all(v is not None and v[1] for v in got["cases"].values()), got["cases"]
     assert (got["maxrss_kib"] - got["base_maxrss_kib"]) / 1024 < 256
+
+
+def test_a_snapshot_is_never_written_with_a_block_size_a_restore_refuses(tq_cluster, tmp_path):
+    repo = Repository.open(str(tmp_path / "repo"), create=True)
+    with pytest.raises(TqsnapError, match="block_size"):
+        snapshot_system(tq_cluster["main"].system, repo, "s", block_size=MAX_BLOCK_SIZE + 1)
+    assert repo.visible_seqs("s") == []

@@ -24,14 +24,17 @@ from faultproxy import ProxiedBucket
 import tqsnap
 from tqsnap.adapters.state_dict import save_state
 from tqsnap.engine import Repository, RetentionPolicy, SnapshotWriter, forget
+from tqsnap.errors import CommitOutcomeUnknownError
 from tqsnap.store import open_store
 
 pytestmark = pytest.mark.s3
 
 
-def _repo(bucket: ProxiedBucket, **options: Any) -> Repository:
+def _repo(bucket: ProxiedBucket, *, max_write_duration: float = 20, **options: Any) -> Repository:
     """A repository opened through the proxy (created directly, so no fault hits the setup)."""
-    Repository.init(bucket.url, storage_options=bucket.server.options(), grace=60, max_write_duration=20)
+    Repository.init(
+        bucket.url, storage_options=bucket.server.options(), grace=3 * max_write_duration, max_write_duration=max_write_duration
+    )
     return Repository.open(bucket.url, storage_options={**bucket.options, **options})
 
 
@@ -113,6 +116,22 @@ def test_a_commit_landing_just_after_the_drop_is_not_skipped_by_a_rebase(
     info = _save_with_script(repo, bucket.proxy, script, STATE)
     _assert_exactly_one(bucket, info, STATE)
     _next_save_works(repo, bucket)
+
+
+def test_a_read_back_that_never_answers_ends_in_unknown_not_in_a_second_commit(
+    faulty_s3: Callable[..., ProxiedBucket],
+) -> None:
+    """Until the deadline every read of the commit fails: the save says the outcome is unknown
+    (naming its write_id), and commits nowhere else."""
+    bucket = faulty_s3()
+    repo = _repo(bucket, max_write_duration=5, retries=1)
+    writer_script = [("conditional_put", "apply_then_drop", 1), ("get", "503", 10_000)]
+    with pytest.raises(CommitOutcomeUnknownError, match="write_id") as err:
+        _save_with_script(repo, bucket.proxy, writer_script, STATE)
+    bucket.proxy.clear()
+    assert err.value.key == "snapshots/s/00000000000000000001.json"
+    infos = _direct(bucket).snapshots("s")
+    assert len(infos) == 1 and infos[0].write_id in str(err.value), "the one commit is the save's own"
 
 
 def test_every_ordering_through_the_public_api(faulty_s3: Callable[..., ProxiedBucket]) -> None:

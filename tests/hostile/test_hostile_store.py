@@ -291,3 +291,30 @@ def test_errors_are_tqsnap_errors() -> None:
     for cls in (IncompleteListingError, UnsafeObjectError, InvalidKeyError):
         assert issubclass(cls, TqsnapError)
     assert fingerprint(Path("/nonexistent-dir")) == {}
+
+
+def test_a_listing_during_deletes_still_sees_every_file_that_stays(tmp_path: Path) -> None:
+    import threading
+
+    store = LocalStore(tmp_path / "repo", fsync=False)
+    for i in range(1500):
+        store.put(f"shards/aa/{i:05d}", b"x")
+    doomed = [f"shards/aa/{i:05d}" for i in range(0, 1500, 2)]
+    kept = {f"shards/aa/{i:05d}" for i in range(1, 1500, 2)}
+    stop = threading.Event()
+
+    def delete() -> None:
+        for key in doomed:
+            if stop.is_set():
+                return
+            store.delete_many([key])
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    try:
+        for _ in range(30):
+            listed = {i.key for i in store.list("shards/")}
+            assert kept <= listed  # a file deleted mid-walk never hides its neighbours
+    finally:
+        stop.set()
+        deleter.join(timeout=30)

@@ -322,11 +322,16 @@ class LocalStore(ObjectStore):
                 "absent; fix the repository (or its permissions) and retry"
             )
 
+        names: list[tuple[str, os.stat_result]] = []
         try:
             with os.scandir(fd) as entries:
-                names = [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+                for entry in entries:
+                    try:
+                        names.append((entry.name, entry.stat(follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue  # deleted between the read of the directory and the stat
         except FileNotFoundError:
-            return  # removed while we walked: it held nothing then
+            return  # the directory was removed while we walked: it held nothing then
         except OSError as exc:
             raise incomplete(f"directory {rel or '/'!r} cannot be read ({exc.strerror})") from None
         for name, st in names:
@@ -484,7 +489,10 @@ class LocalStore(ObjectStore):
             with os.scandir(tmp_dir) as entries:
                 for e in entries:
                     key = f"{_TMP_DIR}/{e.name}"
-                    st = e.stat(follow_symlinks=False)
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # a write that finished (or was removed) meanwhile
                     if stat.S_ISREG(st.st_mode) and key.startswith(prefix):
                         out.append(PendingUpload(key, e.name, st.st_mtime))
         except FileNotFoundError:

@@ -102,7 +102,8 @@ class KillHarness:
         self.stats = KillStats()
         self.multipart_ids: set[int] = set()
         self._next_id = seed * 100_000
-        self._seen: set[tuple[str, str, int, str]] = set()  # (repo, stream, seq, write_id) read in full
+        #: (repo, stream, seq, write_id) read in full -> its shard keys (manifests never change)
+        self._seen: dict[tuple[str, str, int, str], list[str]] = {}
         for target in (url, dst_url):
             Repository.init(target, grace=GRACE_S, max_write_duration=MAX_WRITE_S, storage_options=self.options)
         self.src = Repository.open(url, storage_options=self.options)
@@ -119,7 +120,7 @@ class KillHarness:
         spec["options"] = self.options | (MULTIPART_OPTIONS if op == "save_multipart" else {})
         if op == "save_multipart":
             self.multipart_ids.add(cid)
-        use_checkpoint = self.rng.random() < 0.4
+        use_checkpoint = self.rng.random() < 0.5
         if use_checkpoint:
             spec["checkpoint"] = self.rng.choice(_CHECKPOINTS[op])
         delay = self.rng.uniform(0, self.max_delay_s)
@@ -189,9 +190,6 @@ class KillHarness:
         for info in infos:
             if info.tombstoned:
                 continue
-            manifest = repo.load_manifest(stream, info.seq)
-            missing = [ref.key for ref in manifest.shards if ref.key not in listed]
-            assert not missing, f"{repo.url} {info.id} lost shards: {missing[:3]}"
             seen = (repo.url, stream, info.seq, info.write_id)
             if seen not in self._seen:
                 cid = info.metadata["content_id"]
@@ -199,8 +197,10 @@ class KillHarness:
                 assert reader.verify().ok, f"{info.id} does not verify"
                 loaded = {path: bytes(data) for path, data in reader.read_items().items()}
                 assert loaded == content(cid, multipart=cid in self.multipart_ids), f"{info.id} loads wrong data"
-                self._seen.add(seen)
+                self._seen[seen] = [ref.key for ref in reader.manifest.shards]
                 self.stats.snapshots_seen += 1
+            missing = [key for key in self._seen[seen] if key not in listed]
+            assert not missing, f"{repo.url} {info.id} lost shards: {missing[:3]}"
             self.stats.checks += 1
 
     # --- the end -----------------------------------------------------------------------------

@@ -33,7 +33,8 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
-from fault_workload import WorkloadConfig, WorkloadResult, combine, run_workload  # noqa: E402
+from fault_results import WorkloadResult, combine  # noqa: E402
+from fault_workload import WorkloadConfig, run_workload  # noqa: E402
 from s3servers import start_seaweedfs  # noqa: E402
 
 log = logging.getLogger("stress_faults")

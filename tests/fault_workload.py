@@ -17,9 +17,9 @@ The server itself, reached without the proxy, is the oracle: it says what a forg
 tombstoned (only snapshots outside the policy may be), and after the run what is visible, what
 gc left behind once the grace period has passed, and which multipart uploads are still open.
 
-Goal figures (:meth:`WorkloadResult.goal_failures`): every operation completes; 0 wrong data,
-0 lost commits, 0 duplicate commits, 0 wrongly forgotten snapshots, 0 orphan shards and 0
-incomplete uploads after the final gc.
+Goal figures (:meth:`fault_results.WorkloadResult.goal_failures`): every operation
+completes; 0 wrong data, 0 lost commits, 0 duplicate commits, 0 wrongly forgotten snapshots, 0
+miscounting forget reports, 0 orphan shards and 0 incomplete uploads after the final gc.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from faultproxy import KINDS, FaultProxy, proxied_bucket
+from fault_results import OPS, Failure, WorkloadResult
+from faultproxy import CLASSES, KINDS, FaultProxy, proxied_bucket
 
 import tqsnap
 from tqsnap.engine import PackOptions, Repository
@@ -43,15 +44,22 @@ from tqsnap.format.keys import SHARDS_PREFIX, SNAPSHOTS_PREFIX, parse_stream_key
 log = logging.getLogger(__name__)
 
 KiB, MiB = 2**10, 2**20
-OPS = ("save", "load", "verify", "snapshots", "forget", "gc", "copy", "tag")
-#: Relative frequency of each operation; a save is one of three sizes (see ``save_shape``).
+#: Relative frequency of each operation; a save takes one of four shapes (see ``save_shape``).
 OP_WEIGHTS = {"save": 30, "load": 18, "verify": 9, "snapshots": 9, "forget": 6, "gc": 5, "copy": 8, "tag": 7}
+#: The first operations, so that even a short run does each kind: three saves, then one of each.
+OPENING = ("save", "save", "save", *(k for k in OPS if k != "save"))
 #: Small shards, so a save makes several, and the ``shared`` item is one shard a child reuses.
 SMALL_PACK = PackOptions(chunk_size=128 * KiB, pack_size=64 * KiB, small_item=16 * KiB, upload_threads=4)
 #: One shard per large item, so a large save is one object uploaded in several parts.
 LARGE_PACK = PackOptions(chunk_size=16 * MiB, pack_size=64 * KiB, small_item=16 * KiB, upload_threads=4)
 #: Store options that send every object of 64 KiB or more up as a multipart upload.
 MULTIPART = {"multipart_threshold": 64 * KiB, "multipart_chunk": 5 * MiB}
+#: Items of a ``wide`` save: enough for a manifest over 64 KiB, whose commit is then a
+#: multipart upload completed with If-None-Match.
+WIDE_ITEMS = 1200
+#: Request classes that write: shard PUTs, multipart uploads, and the conditional creates
+#: (manifests, tombstones, tags) whose lost replies make a commit's outcome unknown.
+WRITES = ("put", "multipart", "conditional_put")
 
 
 @dataclass
@@ -70,110 +78,13 @@ class WorkloadConfig:
     max_write_duration: float = 6.0
     multipart_fraction: float = 0.25
     large_fraction: float = 0.02
-    large_bytes: int = 6 * MiB  # with 5 MiB parts: two parts
+    wide_fraction: float = 0.03
     latency_s: float = 0.1
     late_s: float = 0.05
     time_limit_s: float = 900.0
     kinds: tuple[str, ...] = KINDS
-
-
-@dataclass
-class Failure:
-    """One operation that raised, or returned something a user would call wrong."""
-
-    op: int
-    kind: str
-    detail: str
-    trace: str = ""
-
-
-@dataclass
-class WorkloadResult:
-    """Counts per operation kind, the injected faults, and the findings of the final checks."""
-
-    config: WorkloadConfig
-    attempted: Counter[str] = field(default_factory=Counter)
-    completed: Counter[str] = field(default_factory=Counter)
-    seconds: Counter[str] = field(default_factory=Counter)
-    failures: list[Failure] = field(default_factory=list)
-    injected: Counter[tuple[str, str]] = field(default_factory=Counter)
-    requests: Counter[str] = field(default_factory=Counter)
-    wrong_data: list[str] = field(default_factory=list)
-    lost_commits: list[str] = field(default_factory=list)
-    duplicate_commits: list[str] = field(default_factory=list)
-    wrongly_forgotten: list[str] = field(default_factory=list)
-    missing_tags: list[str] = field(default_factory=list)
-    orphan_shards: list[str] = field(default_factory=list)
-    incomplete_uploads: list[str] = field(default_factory=list)
-    landed_after_error: int = 0
-    visible_snapshots: int = 0
-    final_gc_passes: int = 0
-    final_gc: Counter[str] = field(default_factory=Counter)  # what the gc after grace removed
-    duration_s: float = 0.0
-
-    @property
-    def failed(self) -> Counter[str]:
-        return Counter(f.kind for f in self.failures)
-
-    def goal_failures(self) -> list[str]:
-        """Every goal figure the run missed, in words; empty when all were met."""
-        out = [f"{n} of {self.attempted[k]} {k} operations failed" for k, n in sorted(self.failed.items())]
-        out += [f"{n} {name}" for name, n in self.findings().items() if n]
-        return out
-
-    def describe(self, limit: int = 10) -> str:
-        """The table, then the first ``limit`` failures and findings with their tracebacks."""
-        out = [self.table()]
-        for failure in self.failures[:limit]:
-            out.append(f"--- op {failure.op} {failure.kind}: {failure.detail}\n{failure.trace}")
-        for name in ("wrong_data", "lost_commits", "duplicate_commits", "wrongly_forgotten", "missing_tags",
-                     "orphan_shards", "incomplete_uploads"):
-            for line in getattr(self, name)[:limit]:
-                out.append(f"--- {name.replace('_', ' ')}: {line}")
-        return "\n".join(out)
-
-    def findings(self) -> dict[str, int]:
-        return {
-            "wrong data": len(self.wrong_data),
-            "lost commits": len(self.lost_commits),
-            "duplicate commits": len(self.duplicate_commits),
-            "wrongly forgotten": len(self.wrongly_forgotten),
-            "missing or moved tags": len(self.missing_tags),
-            "orphan shards after final gc": len(self.orphan_shards),
-            "incomplete uploads after final gc": len(self.incomplete_uploads),
-        }
-
-    def table(self) -> str:
-        """The per-operation table, the injected faults per kind, and the findings, as Markdown."""
-        lines = ["| operation | attempted | completed | failed | seconds |", "|---|---:|---:|---:|---:|"]
-        for kind in OPS:
-            lines.append(
-                f"| {kind} | {self.attempted[kind]} | {self.completed[kind]} | {self.failed[kind]} "
-                f"| {self.seconds[kind]:.1f} |"
-            )
-        lines.append(
-            f"| **all** | {sum(self.attempted.values())} | {sum(self.completed.values())} "
-            f"| {len(self.failures)} | {sum(self.seconds.values()):.1f} |"
-        )
-        per_kind: Counter[str] = Counter()
-        for (_, kind), n in self.injected.items():
-            per_kind[kind] += n
-        lines += ["", "| fault | injected |", "|---|---:|"]
-        lines += [f"| {kind} | {per_kind[kind]} |" for kind in KINDS]
-        lines.append(f"| **all** (of {sum(self.requests.values())} requests) | {sum(per_kind.values())} |")
-        per_class: Counter[str] = Counter()
-        for (klass, _), n in self.injected.items():
-            per_class[klass] += n
-        lines += ["", "| request class | requests | faulted |", "|---|---:|---:|"]
-        lines += [f"| {k} | {n} | {per_class[k]} |" for k, n in sorted(self.requests.items())]
-        lines += ["", "| check | count |", "|---|---:|"]
-        lines += [f"| {name} | {n} |" for name, n in self.findings().items()]
-        lines.append(f"| snapshots visible at the end | {self.visible_snapshots} |")
-        lines.append(f"| commits that landed although the save raised | {self.landed_after_error} |")
-        lines.append(f"| final gc passes (until one deletes nothing) | {self.final_gc_passes} |")
-        for what, n in sorted(self.final_gc.items()):
-            lines.append(f"| final gc: {what} | {n} |")
-        return "\n".join(lines)
+    #: The request classes the rate applies to (default: all); ``WRITES`` aims it at the commits.
+    classes: tuple[str, ...] = CLASSES
 
 
 def content(seed: int, op: int, size: str) -> dict[str, Any]:
@@ -194,6 +105,8 @@ def content(seed: int, op: int, size: str) -> dict[str, Any]:
         state["block"] = rng.randbytes(rng.randrange(70 * KiB, 160 * KiB))
     elif size == "large":
         state["block"] = rng.randbytes(rng.randrange(5 * MiB + 1, 7 * MiB))
+    elif size == "wide":  # so many items that the manifest itself goes up in parts
+        state["rows"] = [rng.randbytes(rng.randrange(1, 64)) for _ in range(WIDE_ITEMS)]
     return state
 
 
@@ -227,6 +140,7 @@ class FaultWorkload:
             seed=config.seed,
             rate=0.0,
             kinds=config.kinds,
+            classes=config.classes,
             latency_s=config.latency_s,
             late_s=config.late_s,
         )
@@ -241,8 +155,8 @@ class FaultWorkload:
         self.failed_saves: set[int] = set()
         self.forgotten: set[tuple[str, int]] = set()  # tombstoned, as the server says
         self.forgettable: set[tuple[str, int]] = set()  # outside the policy of some forget
-        self.copied: set[tuple[str, int]] = set()  # sources already copied (or tried)
-        self.copies: dict[int, SaveRecord] = {}  # op -> the destination snapshot
+        self.copy_mark: dict[str, int] = {}  # source stream -> the last seq a copy was tried of
+        self.copies: dict[tuple[str, int], SaveRecord] = {}  # source snapshot -> its copy
         self.tags: dict[str, tuple[str, int]] = {}
         self.src: Repository | None = None
         self.src_multipart: Repository | None = None
@@ -275,7 +189,7 @@ class FaultWorkload:
                 if time.monotonic() - t0 > cfg.time_limit_s:
                     log.warning("time limit reached after %d operations", op)
                     break
-                kind = self.rng.choices(ops, weights)[0] if op >= 2 else "save"
+                kind = OPENING[op] if op < len(OPENING) else self.rng.choices(ops, weights)[0]
                 self._run_op(op, kind)
             self.proxy.clear()
             self.result.injected = Counter(self.proxy.injected)
@@ -318,10 +232,18 @@ class FaultWorkload:
     # --- the operations ----------------------------------------------------------------------
 
     def save_shape(self) -> str:
+        """``small``, ``multipart`` (shards over 64 KiB go up in parts), ``large`` (several
+        parts) or ``wide`` (a manifest over 64 KiB, committed by a conditional multipart upload)."""
         draw = self.rng.random()
-        if draw < self.config.large_fraction:
-            return "large"
-        return "multipart" if draw < self.config.large_fraction + self.config.multipart_fraction else "small"
+        for shape, fraction in (
+            ("large", self.config.large_fraction),
+            ("wide", self.config.wide_fraction),
+            ("multipart", self.config.multipart_fraction),
+        ):
+            if draw < fraction:
+                return shape
+            draw -= fraction
+        return "small"
 
     def _op_save(self, op: int) -> None:
         stream = self.rng.choice(self.config.streams)
@@ -388,32 +310,57 @@ class FaultWorkload:
         keep = self.rng.randint(2, 4)
         oracle = self.oracle
         before = oracle.visible_seqs(stream)
+        stones = oracle.tombstoned_seqs(stream)
         allowed = set(before[:-keep])
         self.forgettable |= {(stream, s) for s in allowed}
         try:
-            tqsnap.forget(self.src, streams=stream, keep_last=keep)
+            report = tqsnap.forget(self.src, streams=stream, keep_last=keep)
         finally:
             # Whether it completed or not: what it tombstoned is no longer a load target.
-            self.forgotten |= {(stream, s) for s in oracle.tombstoned_seqs(stream)}
+            written = oracle.tombstoned_seqs(stream) - stones
+            self.forgotten |= {(stream, s) for s in written}
+        # The report says what this run wrote, even where a tombstone's reply was lost.
+        if report.tombstones_written != len(written) or {d.seq for d in report.removed} != allowed:
+            self.result.wrong_reports.append(
+                f"op {op} forget keep_last={keep} of {stream}@{before}: report wrote "
+                f"{report.tombstones_written} and removed {sorted(d.seq for d in report.removed)}; "
+                f"the server shows new tombstones {sorted(written)}"
+            )
 
     def _op_gc(self, op: int) -> None:
         tqsnap.gc(self.src)
 
     def _op_copy(self, op: int) -> None:
-        candidates = [r for r in self._visible_records() if (r.stream, r.seq) not in self.copied]
-        if not candidates:
+        """Mirror a snapshot into the second bucket, in order, as a mirror job does.
+
+        A destination stream's latest never goes backwards, so only a snapshot at or after the
+        last one copied from its stream is a candidate; copying that last one again must find
+        the earlier copy ("already present") and commit nothing.
+        """
+        stream = self.rng.choice(self.config.streams)
+        mark = self.copy_mark.get(stream, 0)
+        candidates = [r for r in self._visible_records() if r.stream == stream and r.seq > mark]
+        again = [r for r in self._visible_records() if (r.stream, r.seq) == (stream, mark)]
+        if again and (not candidates or self.rng.random() < 0.25):
+            record = again[0]
+        elif candidates:
+            record = self.rng.choice(candidates)
+        else:
             return
-        record = self.rng.choice(candidates)
-        self.copied.add((record.stream, record.seq))  # never twice, even after a failure
+        self.copy_mark[stream] = record.seq
         try:
-            info = tqsnap.copy(self.src, self.dst, stream=record.stream, snapshot=record.seq)
+            result = tqsnap.copy(self.src, self.dst, stream=record.stream, snapshot=record.seq)
         finally:
             self._scan(self.dst_oracle, "copy")
+        info = result.info
+        if info is None or info.metadata.get("content_id") != record.cid:
+            self._wrong(op, "copy", f"copy of {record.stream}@{record.seq} reported {result.to_json()}")
+        earlier = self.copies.get((record.stream, record.seq))
+        if earlier is not None and (earlier.stream, earlier.seq) != (info.stream, info.seq):
+            self._wrong(op, "copy", f"copied {record.cid} again as {info.stream}@{info.seq}, not {earlier.seq}")
         if self.manifest_cids.get(("copy", info.stream, info.seq)) != record.cid:
             self.result.lost_commits.append(f"op {op}: copy reported {info.stream}@{info.seq}, not its own")
-        if info.metadata.get("content_id") != record.cid:
-            self._wrong(op, "copy", f"copy of {record.stream}@{record.seq} reported {info.metadata}")
-        self.copies[op] = SaveRecord(info.stream, info.seq, record.cid, "copy")
+        self.copies[(record.stream, record.seq)] = SaveRecord(info.stream, info.seq, record.cid, "copy")
 
     def _op_tag(self, op: int) -> None:
         again = [n for n, target in self.tags.items() if target not in self.forgotten]
@@ -469,7 +416,10 @@ class FaultWorkload:
             src.close()
             dst.close()
 
-    def _check_repo(self, repo: Repository, label: str, done: dict[int, SaveRecord], failed: set[int]) -> None:
+    def _check_repo(
+        self, repo: Repository, label: str, done: dict[Any, SaveRecord], failed: set[int]
+    ) -> None:
+        """``done``: what each successful save (by op) or copy (by source) reported."""
         self._scan(repo, label)
         visible = repo.snapshots()
         if label == "source":  # only snapshots outside the policy of some forget may be tombstoned
@@ -505,13 +455,13 @@ class FaultWorkload:
             1 for cid in committed if (parsed := parse_content_id(cid)) is not None and parsed[1] in failed
         )
         listed = {(i.stream, i.seq): i.metadata.get("content_id") for i in visible}
-        for op, record in done.items():
+        for what, record in done.items():
             found = listed.get((record.stream, record.seq))
             if found is None and label == "source" and (record.stream, record.seq) in self.forgotten:
                 continue  # tombstoned by a forget (and perhaps finalised by gc since)
             if found != record.cid:
                 self.result.lost_commits.append(
-                    f"{label} op {op}: {record.cid} reported as {record.stream}@{record.seq}, which holds {found}"
+                    f"{label} {what}: {record.cid} reported as {record.stream}@{record.seq}, which holds {found}"
                 )
 
     def _final_gc(self, repo: Repository) -> None:
@@ -540,20 +490,3 @@ class FaultWorkload:
 def run_workload(server: Any, config: WorkloadConfig) -> WorkloadResult:
     """Run one seeded workload through a fresh proxy and fresh buckets on ``server``."""
     return FaultWorkload(server, config).run()
-
-
-def combine(results: list[WorkloadResult]) -> WorkloadResult:
-    """One result summing several runs (the counts add up; the findings are concatenated)."""
-    total = WorkloadResult(results[0].config)
-    for r in results:
-        for name in ("attempted", "completed", "seconds", "injected", "requests"):
-            getattr(total, name).update(getattr(r, name))
-        for name in ("failures", "wrong_data", "lost_commits", "duplicate_commits", "wrongly_forgotten",
-                     "missing_tags", "orphan_shards", "incomplete_uploads"):
-            getattr(total, name).extend(getattr(r, name))
-        total.final_gc.update(r.final_gc)
-        total.landed_after_error += r.landed_after_error
-        total.visible_snapshots += r.visible_snapshots
-        total.final_gc_passes = max(total.final_gc_passes, r.final_gc_passes)
-        total.duration_s += r.duration_s
-    return total

@@ -268,3 +268,15 @@ def test_a_controller_with_more_indexes_than_a_restore_accepts_is_not_encoded():
     state.index_manager.global_index_counter = MAX_INDEXES + 1
     with pytest.raises(FormatError, match="global indexes"):
         controller_codec.encode(state, allow_pickle=False)
+
+
+def test_a_value_nested_deeper_than_a_restore_reads_is_refused_at_the_save():
+    deep: list = []
+    for _ in range(2000):  # deeper than Python's recursion limit
+        deep = [deep]
+    with pytest.raises(FormatError, match="nests deeper"):
+        jsonval.dumps({"tag": deep}, where="tag of sample 3")
+    ok: object = 1
+    for _ in range(jsonval.MAX_VALUE_DEPTH // 3):
+        ok = {"k": ok}
+    assert jsonval.loads(jsonval.dumps(ok)) == ok  # as deep as allowed: written and read back

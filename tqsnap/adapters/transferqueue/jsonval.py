@@ -28,6 +28,13 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+#: JSON levels each container may take once encoded (a dict with odd keys becomes
+#: ``{"$dict": [[k, v], ...]}``, three levels), and the most a value may take in all: the
+#: strict reader's limit less the levels of the documents that hold values.
+_LEVELS = {list: 1, tuple: 2, set: 2, frozenset: 2, dict: 3}
+MAX_VALUE_DEPTH = strict.MAX_DEPTH - 8
+
+
 class Encoder:
     """Turns values into JSON-able trees; remembers whether it had to pickle anything."""
 
@@ -35,6 +42,7 @@ class Encoder:
         self.allow_pickle = allow_pickle
         self.where = where
         self.pickled = False
+        self._depth = 0  # JSON levels above the value being encoded
 
     def encode(self, v: Any) -> Any:
         t = type(v)
@@ -42,6 +50,23 @@ class Encoder:
             return v
         if t is float:
             return typed_json.encode_float(v)
+        levels = _LEVELS.get(t)
+        if levels is None:
+            return self._leaf(v, t)
+        # A restore refuses JSON nested deeper than strict.MAX_DEPTH, so a value that deep is
+        # refused here, at the save, with a typed error instead of a RecursionError.
+        self._depth += levels
+        try:
+            if self._depth > MAX_VALUE_DEPTH:
+                raise FormatError(
+                    f"{self.where or 'a value'} nests deeper than {MAX_VALUE_DEPTH} levels of typed JSON; "
+                    "a snapshot could not restore it"
+                )
+            return self._container(v, t)
+        finally:
+            self._depth -= levels
+
+    def _container(self, v: Any, t: type) -> Any:
         if t is list:
             return [self.encode(x) for x in v]
         if t is dict:
@@ -50,10 +75,6 @@ class Encoder:
             return typed_json.dict_node([[self.encode(k), self.encode(x)] for k, x in v.items()])
         if t is tuple:
             return typed_json.tuple_node([self.encode(x) for x in v])
-        if t is bytes:
-            return {"$b": _b64(v)}
-        if t is bytearray:
-            return {"$ba": _b64(v)}
         if t is set or t is frozenset:
             items = [self.encode(x) for x in v]
             try:
@@ -61,6 +82,13 @@ class Encoder:
             except TypeError:  # pragma: no cover - encoded items are always JSON
                 pass
             return {"$set" if t is set else "$fset": items}
+        raise AssertionError(t)  # pragma: no cover - _LEVELS lists the containers above
+
+    def _leaf(self, v: Any, t: type) -> Any:
+        if t is bytes:
+            return {"$b": _b64(v)}
+        if t is bytearray:
+            return {"$ba": _b64(v)}
         special = self._special(v)
         if special is not None:
             return special

@@ -260,6 +260,28 @@ print("refused")
     assert out.stdout.strip() == "refused"
 
 
+def test_an_honest_shard_larger_than_the_memory_cap_is_a_typed_error(tmp_path: Path) -> None:
+    """Sizes within the limits, but more than the process may map: OutOfMemoryError naming the key."""
+    script = f"""
+import resource
+from tqsnap.engine.shards import Shards
+from tqsnap.errors import OutOfMemoryError
+from tqsnap.store import open_store
+shards = Shards(open_store({str(tmp_path)!r}))
+ref = shards.put([bytes(600 << 20)], "raw")
+used = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSize:"))) << 10
+resource.setrlimit(resource.RLIMIT_AS, (used + (300 << 20),) * 2)  # room for small things only
+try:
+    shards.get(ref)
+except OutOfMemoryError as exc:
+    assert ref.key in str(exc), exc
+    print("typed")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "typed"
+
+
 def test_the_limit_is_configurable_and_writers_respect_it(store: ObjectStore) -> None:
     small = Shards(store, max_shard_size=1000)
     with pytest.raises(ValueError, match="exceeds the 1000-byte limit"):

@@ -176,6 +176,10 @@ class RestoreError(TqsnapError):
     """A restore could not be carried out; the target was left unchanged."""
 
 
+class OutOfMemoryError(TqsnapError, MemoryError):
+    """The memory an object needs could not be had (an address-space limit, a full machine)."""
+
+
 class ShapeMismatchError(TqsnapError, ValueError):
     """Stored bytes and the tensor a loader asked for disagree in shape (or size in bytes)."""
 

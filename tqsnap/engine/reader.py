@@ -53,7 +53,7 @@ def item_view(item: Item, shards: Mapping[int, memoryview] | Sequence[memoryview
     if len(item.extents) == 1:
         e = item.extents[0]
         return shards[e.shard][e.offset : e.offset + e.length]
-    buf = writable_buffer(item.size)
+    buf = writable_buffer(item.size, f"item {item.path!r}")
     pos = 0
     for e in item.extents:
         buf[pos : pos + e.length] = shards[e.shard][e.offset : e.offset + e.length]

@@ -273,7 +273,7 @@ class Shards:
     def _read_stored(self, ref: ShardRef, snapshot: str, ranges: ThreadPoolExecutor | None) -> memoryview:
         """The stored object in a buffer of ours; one byte more is asked for, to see a longer object."""
         self.check_ref(ref)
-        buf = writable_buffer(ref.stored_size + 1)
+        buf = writable_buffer(ref.stored_size + 1, f"shard {ref.key!r}")
         got = self._read(ref, buf, snapshot, ranges)
         self._check_length(ref, got, got > ref.stored_size)
         return buf[: ref.stored_size]

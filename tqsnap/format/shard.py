@@ -51,7 +51,7 @@ def decode(stored: Buffer, codec: str, size: int, out: memoryview | None = None)
     if codec == "raw":
         return stored
     if codec == "zstd":
-        out = writable_buffer(size) if out is None else out
+        out = writable_buffer(size, "a decoded zstd shard") if out is None else out
         try:
             reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False)
             done = 0

@@ -1,6 +1,7 @@
 """Stress: the full engine fault run, several seeds of a seeded operation mix at 5% faults.
 
     python benchmarks/stress_faults.py --ops 400 --seeds 1 2 3 --rate 0.05 --out bench-out/faults.md
+    python benchmarks/stress_faults.py --ops 150 --seeds 4 --rate 0.25 --classes put multipart conditional_put
 
 Starts SeaweedFS on loopback and, per seed, runs ``--ops`` user operations (saves small,
 multipart and several-part, loads, verifies, listings, forgets, gcs, copies to a second bucket,
@@ -35,6 +36,7 @@ for _name, _value in (
 
 from fault_results import WorkloadResult, combine  # noqa: E402
 from fault_workload import WorkloadConfig, run_workload  # noqa: E402
+from faultproxy import CLASSES  # noqa: E402
 from s3servers import start_seaweedfs  # noqa: E402
 
 log = logging.getLogger("stress_faults")
@@ -45,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=400, help="operations per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--rate", type=float, default=0.05, help="fraction of requests hit by a fault")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        choices=CLASSES,
+        default=list(CLASSES),
+        help="request classes the rate applies to (default: all; 'put multipart conditional_put' aims at writes)",
+    )
     parser.add_argument("--grace", type=float, default=13.0, help="the repository's grace, seconds")
     parser.add_argument("--max-write", type=float, default=6.0, help="the repository's max_write_duration")
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds per seed, at most")
@@ -62,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed=seed,
                     ops=args.ops,
                     rate=args.rate,
+                    classes=tuple(args.classes),
                     grace=args.grace,
                     max_write_duration=args.max_write,
                     time_limit_s=args.time_limit,
@@ -75,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     total = combine(results)
     seeds = " ".join(str(s) for s in args.seeds)
+    where = "all requests" if set(args.classes) == set(CLASSES) else " ".join(args.classes) + " requests"
     header = (
-        f"## all seeds ({seeds}): {sum(total.attempted.values())} operations at {args.rate:.0%} faults, "
-        f"{total.duration_s:.0f} s\n\n"
+        f"## all seeds ({seeds}): {sum(total.attempted.values())} operations, {args.rate:.0%} of {where} "
+        f"faulted, {total.duration_s:.0f} s\n\n"
     )
     sys.stdout.write("\n" + header + total.table() + "\n")
     missed = total.goal_failures()

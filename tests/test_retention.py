@@ -122,7 +122,7 @@ def test_keep_within_is_measured_from_the_streams_newest_snapshot() -> None:
 def test_keep_tag_keeps_tagged_snapshots_and_accepts_globs() -> None:
     snaps = [snap(i, T0 + i) for i in range(1, 6)]
     tags = {SnapshotId("s", 2): ["release-1"], SnapshotId("s", 3): ["nightly"]}
-    kept, removed = decide(snaps, tags, keep_tags=("release-*",))
+    kept, removed = decide(snaps, tags, keep_tags=("release-*",), untag=True)
     assert kept == {5: ["newest of stream"], 2: ["tag release-1"]}
     assert removed == {1, 3, 4}
 

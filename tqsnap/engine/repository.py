@@ -24,13 +24,11 @@ from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION, RepoConfi
 from ..format.keys import (
     CONFIG_KEY,
     SNAPSHOTS_PREFIX,
-    TAGS_PREFIX,
     TOMBSTONES_PREFIX,
     parse_seq_key,
     parse_stream_key,
     snapshot_key,
     snapshot_prefix,
-    tag_key,
     tombstone_key,
     tombstone_prefix,
     validate_name,
@@ -41,12 +39,12 @@ from ..store import ObjectStore, open_store
 from ..store.probe import check_store_for_init
 from .create_once import create_once
 from .reader import SnapshotReader, VerifyReport
+from .tags import list_tags, read_tag, set_tag
 
 log = logging.getLogger(__name__)
 
 #: A seq given as text: ASCII digits only, nothing around them (no sign, space or '.').
 _SEQ_TEXT = re.compile(r"[0-9]{1,20}", re.ASCII)
-_TAG_FILE = re.compile(r"tags/([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json", re.ASCII)
 
 
 def read_document(store: ObjectStore, key: str, limit: int) -> bytes:
@@ -314,36 +312,26 @@ class Repository:
 
     # --- tags and tombstones -----------------------------------------------------------------
 
-    def tag(self, name: str, stream: str, snapshot: str | int = "latest") -> Tag:
-        """Create an immutable tag; a tag that exists is never moved.
+    def tag(self, name: str, stream: str, snapshot: str | int = "latest", *, move: bool = False) -> Tag:
+        """Name a visible snapshot; a tag naming another snapshot moves only with ``move=True``.
 
         Idempotent: tagging the snapshot a tag already names returns the existing tag, so a
-        command re-run after a lost reply succeeds; a tag naming another snapshot is refused.
+        command re-run after a lost reply succeeds (engine/tags.py reads every create back).
         """
         sid = self.resolve(stream, snapshot)
-        tag = Tag(validate_name(name, "tag"), sid, self.store.now())
-        if create_once(self.store, tag_key(name), tag.encode()):
-            return tag
-        existing = self.read_tag(name)
-        if existing.target == sid:
-            return existing
-        raise FileExistsError(
-            f"tag {name!r} already exists in {self.url} and names {existing.target}; tags are immutable"
-        )
+        return set_tag(self.store, validate_name(name, "tag"), sid, move=move)
+
+    def untag(self, name: str) -> Tag:
+        """Delete tag ``name`` by writing a version with no target; returns that version."""
+        return set_tag(self.store, name, None)
 
     def read_tag(self, name: str) -> Tag:
-        key = tag_key(name)
-        try:
-            return Tag.decode(read_document(self.store, key, MAX_SMALL_DOC_BYTES), key)
-        except ObjectNotFoundError:
-            raise SnapshotNotFoundError(f"tag {name!r} does not exist in {self.url}") from None
+        """The live tag ``name`` (its highest version); SnapshotNotFoundError if absent or deleted."""
+        return read_tag(self.store, name)
 
     def tags(self) -> list[Tag]:
-        out = []
-        for info in self.store.list(TAGS_PREFIX):
-            if _TAG_FILE.fullmatch(info.key):
-                out.append(Tag.decode(read_document(self.store, info.key, MAX_SMALL_DOC_BYTES), info.key))
-        return out
+        """Every live tag, by name."""
+        return list_tags(self.store)
 
     def write_tombstone(self, stream: str, seq: int, reason: str = "") -> bool:
         """Mark a snapshot forgotten. True if this call wrote the tombstone, False if one existed.

@@ -16,6 +16,8 @@ The policy follows restic's ``forget`` semantics, applied to each stream on its 
   unless a timezone is given; when a bucket rule still has counts left at the oldest snapshot,
   that snapshot is kept too (restic's "oldest" rule, which stretches the history kept);
 - ``keep_within`` keeps every snapshot taken within that duration of the stream's newest one;
+- every tag pins the snapshot it names (reason "pinned by tag <name>") unless ``untag``; then a
+  tagged snapshot no rule keeps is forgotten and its tags are deleted
 - ``keep_tags`` keeps every snapshot a matching tag (``tags/<name>.json``, glob patterns allowed)
   points at;
 - rules are ORed, and the newest snapshot (highest seq) of every stream is always kept, so a
@@ -76,6 +78,9 @@ class RetentionPolicy:
     keep_within: float | str | None = None
     keep_tags: tuple[str, ...] = ()
     timezone: str = "UTC"
+    #: Tags pin the snapshots they name unless this is set: then a tagged snapshot no rule keeps
+    #: is forgotten and its tags are deleted (``forget`` reports them).
+    untag: bool = False
 
     def __post_init__(self) -> None:
         for name in ("keep_last", *(f"keep_{b}" for b, _ in _BUCKETS)):
@@ -124,6 +129,8 @@ class RetentionPolicy:
         if self.keep_within:
             parts.append(f"keep-within {format_duration(float(self.keep_within))}")
         parts += [f"keep-tag {t}" for t in self.keep_tags]
+        if self.untag:
+            parts.append("untag")
         if self.timezone.upper() != "UTC" and any(getattr(self, f"keep_{b}") for b, _ in _BUCKETS):
             parts.append(f"timezone {self.timezone}")
         return ", ".join(parts) or "no keep rule (--all)"
@@ -135,6 +142,7 @@ class RetentionPolicy:
             "keep_within_seconds": self.keep_within,
             "keep_tags": list(self.keep_tags),
             "timezone": self.timezone,
+            "untag": self.untag,
         }
 
 
@@ -171,6 +179,8 @@ class ForgetReport:
     decisions: list[Decision]
     dry_run: bool
     tombstones_written: int = 0
+    #: Tags deleted (``untag``) because they named a snapshot this run forgot.
+    tags_removed: list[str] = field(default_factory=list)
 
     @property
     def kept(self) -> list[Decision]:
@@ -188,6 +198,7 @@ class ForgetReport:
             "kept": len(self.kept),
             "removed": len(self.removed),
             "tombstones_written": self.tombstones_written,
+            "tags_removed": self.tags_removed,
             "snapshots": [d.to_json() for d in self.decisions],
         }
 
@@ -220,6 +231,8 @@ def apply_policy(
             reasons.append("newest of stream")
         for pattern in policy.keep_tags:
             reasons += [f"tag {name}" for name in tags.get(snap.id, []) if fnmatch.fnmatchcase(name, pattern)]
+        if not policy.untag:
+            reasons += [f"pinned by tag {n}" for n in tags.get(snap.id, []) if f"tag {n}" not in reasons]
         if policy.keep_within and _captured(snap) > latest_time - float(policy.keep_within):
             reasons.append(f"within {format_duration(float(policy.keep_within))}")
         local = datetime.fromtimestamp(_captured(snap), zone)
@@ -277,7 +290,7 @@ def plan_forget(
             "stream; give --keep-last/--keep-daily/... or pass --all (allow_empty_policy=True) to mean it"
         )
     chosen = _choose_streams(repo, streams)
-    tags = _tags_by_snapshot(repo) if policy.keep_tags else {}
+    tags = _tags_by_snapshot(repo)
     decisions: list[Decision] = []
     for name in chosen:
         decisions += apply_policy(repo.snapshots(name), policy, tags)
@@ -306,6 +319,12 @@ def forget(
     for decision in report.removed:
         if repo.write_tombstone(decision.stream, decision.seq, reason):
             report.tombstones_written += 1
+    if policy.untag:
+        removed = {d.id for d in report.removed}
+        for tag in repo.tags():
+            if tag.target in removed:
+                repo.untag(tag.name)
+                report.tags_removed.append(tag.name)
     log.info(
         "forget: kept %d, removed %d snapshots (%d new tombstones) in %s",
         len(report.kept),

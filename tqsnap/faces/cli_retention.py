@@ -27,6 +27,8 @@ def _forget_text(report: ForgetReport) -> str:
     )
     if not report.dry_run:
         summary += f"; {report.tombstones_written} tombstones written, run `tqsnap gc` to reclaim space"
+    if report.tags_removed:
+        summary += f"; tags deleted: {', '.join(report.tags_removed)}"
     return (table(["stream", "seq", "time (UTC)", "action", "reasons"], rows) + "\n" + summary).lstrip()
 
 
@@ -59,6 +61,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         keep_within=args.keep_within,
         keep_tags=tuple(args.keep_tag or ()),
         timezone=args.timezone,
+        untag=args.untag,
     )
     repo = open_repository(args)
     report = forget(
@@ -126,6 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--all",
         action="store_true",
         help="allow a policy with no keep rule: forget everything but the newest snapshot of each stream",
+    )
+    p.add_argument(
+        "--untag",
+        action="store_true",
+        help="forget tagged snapshots no rule keeps and delete their tags (by default a tag pins its snapshot)",
     )
     p.add_argument("--dry-run", action="store_true", help="list every snapshot with keep/remove and why")
     p.set_defaults(func=cmd_forget)

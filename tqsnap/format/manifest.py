@@ -356,22 +356,33 @@ class Tombstone:
 
 @dataclass(frozen=True)
 class Tag:
-    """An immutable name for one snapshot, created with put-if-absent."""
+    """A name for one snapshot (docs/format.md section 8).
+
+    ``version`` 0 is the original write-once object ``tags/<name>.json``; a move or a deletion
+    adds ``tags/<name>/<version:020d>.json`` with put-if-absent, and the highest version wins.
+    ``target`` is None in a version that deletes the tag.
+    """
 
     name: str
-    target: SnapshotId
+    target: SnapshotId | None
     created_at: float
     format_version: str = FORMAT_VERSION
+    version: int = 0
+
+    @property
+    def deleted(self) -> bool:
+        return self.target is None
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "format_version": self.format_version,
-                "name": self.name,
-                "target": self.target.to_json(),
-                "created_at": self.created_at,
-            }
-        ).encode()
+        doc: dict[str, Any] = {
+            "format_version": self.format_version,
+            "name": self.name,
+            "target": self.target.to_json() if self.target else None,
+            "created_at": self.created_at,
+        }
+        if self.version:  # version 0 stays byte-compatible with format 1.0
+            doc["version"] = self.version
+        return json.dumps(doc).encode()
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> Tag:
@@ -383,13 +394,21 @@ class Tag:
             validate_name(name, "tag")
         except ValueError as exc:
             raise ManifestError(f"tag {key!r}: {exc}") from None
-        if key.startswith("tags/") and key != f"tags/{name}.json":
-            raise ManifestError(f"tag {key!r} claims to be tag {name!r}")
-        target = SnapshotId.from_json(strict.obj(doc.get("target"), key, what, "target"), key, what)
-        assert target is not None
+        version = strict.integer(doc, "version", key, what, hi=MAX_SEQ) if "version" in doc else 0
+        if key.startswith("tags/"):
+            expected = f"tags/{name}.json" if version == 0 else f"tags/{name}/{version:020d}.json"
+            if key != expected:
+                raise ManifestError(f"tag {key!r} claims to be tag {name!r} version {version}")
+        raw_target = doc.get("target")
+        if raw_target is None and version == 0:
+            raise ManifestError(f"tag {key!r}: the first version of a tag must name a snapshot")
+        target = None
+        if raw_target is not None:
+            target = SnapshotId.from_json(strict.obj(raw_target, key, what, "target"), key, what)
         return cls(
             name,
             target,
             strict.timestamp(doc, "created_at", key, what),
             strict.string(doc, "format_version", key, what, max_len=32),
+            version,
         )

@@ -24,10 +24,11 @@ from typing import Any
 
 from ...engine.reader import iter_items
 from ...engine.shards import Shards
-from ...errors import RestoreError, TargetNotEmptyError
+from ...errors import FormatError, RestoreError, TargetNotEmptyError
 from ...format.manifest import Item, ShardRef
 from .blocks import decode_block
 from .guard import hold, inside_hold, original, release
+from .layout import parse_data_path
 from .system import in_actor
 from .unit_upload import MUTATORS
 
@@ -75,16 +76,17 @@ def stage_unit(self: Any, job: StageJob) -> dict[str, Any]:
     )
     for (name, _), (item, data) in zip(job.items, fetched, strict=True):
         nbytes += data.nbytes
+        rerouted = job.units != _source_units(item, job.snapshot)
         gis, values = decode_block(
             item.meta,
             item.dtype,
             item.shape,
             data,
-            wanted=None if job.units == _source_units(item) else _wanted(item, job.unit, job.units),
+            wanted=_wanted(item, job.unit, job.units) if rerouted else None,
             allow_pickle=job.allow_pickle,
             where=f"item {item.path!r} of {job.snapshot}",
         )
-        if job.units != _source_units(item):
+        if rerouted:
             keep = [(g, v) for g, v in zip(gis, values, strict=True) if g % job.units == job.unit]
         else:
             keep = list(zip(gis, values, strict=True))
@@ -105,8 +107,12 @@ def stage_unit(self: Any, job: StageJob) -> dict[str, Any]:
     }
 
 
-def _source_units(item: Item) -> int:
-    return int(item.path.rsplit("of", 1)[1])
+def _source_units(item: Item, snapshot: str) -> int:
+    """How many units wrote this block, from its path (the coordinator checked every path)."""
+    parsed = parse_data_path(item.path)
+    if parsed is None:
+        raise FormatError(f"item {item.path!r} of {snapshot} is not a data block path")
+    return parsed[4]
 
 
 def _wanted(item: Item, unit: int, units: int) -> set[int]:

@@ -16,6 +16,10 @@ Rules, each for a reason:
   repository, from the source snapshot itself, a fork, so nothing is uploaded), from young
   orphans an interrupted copy left (:mod:`.copy_resume`), and everything else is verified
   and uploaded to fresh keys (:meth:`~.shards.Shards.adopt_many`).
+
+"Once" is checked by reading the destination before the commit, so two copy jobs of the same
+snapshot into the same stream at the same moment can both commit it (each a valid snapshot):
+run one mirror job per destination stream.
 """
 
 from __future__ import annotations

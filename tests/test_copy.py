@@ -234,6 +234,8 @@ def test_tags_follow_and_a_taken_name_is_skipped_and_reported(tmp_path) -> None:
     best = repo.read_tag("best").target
     assert best.stream == "s" and repo.load_manifest("s", best.seq).metadata["copied_from"]["seq"] == 2
     assert repo.read_tag("final").target.stream == "own", "the destination's own tag is untouched"
+    again = tqsnap.copy(src, dst, stream="s", snapshot="all", tags=True)
+    assert [r.tags_copied for r in again] == [[], [], []] and "final" in again[2].tags_skipped
 
 
 def test_a_fork_within_one_repository_uploads_nothing(tmp_path) -> None:

@@ -284,9 +284,13 @@ def _follow_tags(dst: Repository, sid: SnapshotId, result: CopyResult, src_tags:
     """Create the source's tags of ``sid`` at the destination; a name taken there is skipped."""
     if result.info is None:
         return
-    for tag in src_tags:
-        if tag.target != sid:
-            continue
+    wanted = [tag for tag in src_tags if tag.target == sid]
+    if not wanted:
+        return
+    there = {tag.name: tag.target for tag in dst.tags()}
+    for tag in wanted:
+        if there.get(tag.name) == result.info.id:
+            continue  # followed by an earlier run
         try:
             dst.tag(tag.name, result.info.stream, result.info.seq)
             result.tags_copied.append(tag.name)

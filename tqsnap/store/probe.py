@@ -24,7 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import CommitOutcomeUnknownError, ConditionalWriteUnsupportedError, StoreError
+from ..errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CommitOutcomeUnknownError,
+    ConditionalWriteUnsupportedError,
+    StoreError,
+)
 from .base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -117,6 +123,10 @@ class _Probe:
             fn()
         except CommitOutcomeUnknownError as exc:
             self.add(check, WARN, f"inconclusive: a reply was lost ({exc})", required=required)
+        except (AccessDeniedError, BucketNotFoundError) as exc:
+            if not self.full:
+                raise  # init: the real problem, reported as such rather than as a failed probe
+            self.add(check, FAIL, f"{type(exc).__name__}: {exc}", required=required)
         except StoreError as exc:
             self.add(check, FAIL, f"{type(exc).__name__}: {exc}", required=required)
 

@@ -311,19 +311,26 @@ class FaultWorkload:
         oracle = self.oracle
         before = oracle.visible_seqs(stream)
         stones = oracle.tombstoned_seqs(stream)
-        allowed = set(before[:-keep])
+        pinned = {seq for s, seq in self.tags.values() if s == stream}  # a tag pins its snapshot
+        allowed = set(before[:-keep]) - pinned
         self.forgettable |= {(stream, s) for s in allowed}
         try:
             report = tqsnap.forget(self.src, streams=stream, keep_last=keep)
         finally:
-            # Whether it completed or not: what it tombstoned is no longer a load target.
+            # Whether it completed or not: only what the policy removes may be tombstoned, and
+            # what was is no longer a load target.
             written = oracle.tombstoned_seqs(stream) - stones
             self.forgotten |= {(stream, s) for s in written}
+            for seq in sorted(written - allowed):
+                self.result.wrongly_forgotten.append(
+                    f"op {op} forget keep_last={keep} of {stream}@{before} (pinned {sorted(pinned)}): {seq}"
+                )
         # The report says what this run wrote, even where a tombstone's reply was lost.
-        if report.tombstones_written != len(written) or {d.seq for d in report.removed} != allowed:
+        removed = {d.seq for d in report.removed}
+        if report.tombstones_written != len(written) or removed != written:
             self.result.wrong_reports.append(
                 f"op {op} forget keep_last={keep} of {stream}@{before}: report wrote "
-                f"{report.tombstones_written} and removed {sorted(d.seq for d in report.removed)}; "
+                f"{report.tombstones_written} and removed {sorted(removed)}; "
                 f"the server shows new tombstones {sorted(written)}"
             )
 
@@ -424,8 +431,8 @@ class FaultWorkload:
         visible = repo.snapshots()
         if label == "source":  # only snapshots outside the policy of some forget may be tombstoned
             for stream in repo.streams():
-                for seq in sorted(repo.tombstoned_seqs(stream)):
-                    if (stream, seq) not in self.forgettable:
+                for seq in sorted(repo.tombstoned_seqs(stream)):  # those no forget op saw appear
+                    if (stream, seq) not in self.forgotten | self.forgettable:
                         self.result.wrongly_forgotten.append(f"{stream}@{seq} was never outside a policy")
                     self.forgotten.add((stream, seq))
         self.result.visible_snapshots += len(visible)

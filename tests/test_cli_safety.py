@@ -110,7 +110,7 @@ def test_json_output_escapes_a_crafted_kind(repo: Path) -> None:
     proc = run("snapshots", str(repo), "--json")
     assert_clean(proc, {EXIT_OK, EXIT_PROBLEM})
     if proc.returncode == EXIT_OK:
-        assert any(s["kind"] == "x" + CLEAR_SCREEN for s in json.loads(proc.stdout))
+        assert any(s["kind"] == "x" + CLEAR_SCREEN for s in map(json.loads, proc.stdout.splitlines()))
 
 
 def test_metadata_with_terminal_escapes_is_shown_escaped(tmp_path: Path) -> None:

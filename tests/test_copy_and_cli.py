@@ -52,7 +52,7 @@ def test_cli_init_snapshots_show_verify_diff_stats_as_json(tmp_path, capsys) -> 
     tqsnap.save(url, {"a": torch.ones(10), "b": torch.zeros(5)}, stream="s")
     tqsnap.save(url, {"a": torch.ones(10), "b": torch.ones(5), "c": 1}, stream="s")
     assert main(["snapshots", url, "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON Lines
     assert [(s["stream"], s["seq"]) for s in listed] == [("s", 1), ("s", 2)]
     assert main(["show", url, "--stream", "s", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["seq"] == 2

@@ -4,16 +4,24 @@ The tree's structure and every JSON-able leaf go into the manifest's ``extra.tre
 and bytes become items named by their position (``model/layers/0/weight``), so an unchanged
 tensor yields the same shards in the next snapshot. Other Python objects are pickled only with
 ``allow_pickle=True``, and loaded only with it too.
+
+``include`` loads part of a snapshot (restic's ``restore --include``): glob patterns matched
+against item paths (``model/*``, ``optim/state/*/exp_avg``), a pattern matching a path's
+ancestor (``model``) taking everything below it. Only the shards the chosen items live in are
+fetched, and the tree comes back with only the chosen leaves (lists keep the chosen elements,
+in order; empty containers are dropped).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import pickle
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
-from ..errors import FormatError, PickleNotAllowedError, TqsnapError
+from ..errors import FormatError, PickleNotAllowedError, SnapshotNotFoundError, TqsnapError
 from ..format import typed_json
 from ..format.keys import snapshot_key
 from ..format.manifest import SnapshotId
@@ -121,27 +129,61 @@ def save_state(
     return writer.commit(extra={"tree_version": TREE_VERSION, "tree": tree}, metadata=metadata)
 
 
-class _TreeDecoder:
-    def __init__(self, values: dict[str, memoryview], kinds: dict[str, Any], allow_pickle: bool) -> None:
-        self.values, self.kinds, self.allow_pickle = values, kinds, allow_pickle
+def path_matcher(include: Sequence[str] | None) -> Callable[[str], bool] | None:
+    """A test for item paths: true when a pattern matches the path or one of its ancestors."""
+    if include is None:
+        return None
+    patterns = [include] if isinstance(include, str) else list(include)
 
-    def decode(self, node: Any) -> Any:
+    def matches(path: str) -> bool:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]
+        return any(fnmatch.fnmatchcase(p, pat) for p in prefixes for pat in patterns)
+
+    return matches
+
+
+_SKIP = object()  # a subtree with no included leaf
+
+
+class _TreeDecoder:
+    def __init__(
+        self,
+        values: dict[str, memoryview],
+        kinds: dict[str, Any],
+        allow_pickle: bool,
+        keep: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.values, self.kinds, self.allow_pickle, self.keep = values, kinds, allow_pickle, keep
+
+    def decode(self, node: Any, parts: list[str] | None = None) -> Any:
+        """The value of ``node``; with ``keep``, :data:`_SKIP` for a subtree with no chosen leaf."""
         if not isinstance(node, dict) or len(node) != 1:
             raise FormatError(f"malformed state tree node {str(node)[:80]!r}")
+        parts = [] if parts is None else parts
         ((tag, body),) = node.items()
-        if tag == "v":
-            return body
         typed = typed_json.tree_tag(tag)
-        if typed == typed_json.FLOAT:
-            return typed_json.decode_float(body, "state tree")
+        if tag == "v" or typed == typed_json.FLOAT:
+            if self.keep is not None and not self.keep("/".join(_escape(p) for p in parts) or "~root"):
+                return _SKIP
+            return body if tag == "v" else typed_json.decode_float(body, "state tree")
         if tag == "dict":
-            return {k: self.decode(v) for k, v in body.items()}
+            return self._kept({k: self.decode(v, [*parts, k]) for k, v in body.items()})
         if typed == typed_json.DICT:
-            return {self._key(k): self.decode(v) for k, v in typed_json.pairs(body, "state tree")}
+            pairs = typed_json.pairs(body, "state tree")
+            out = {}
+            for k, v in pairs:
+                key = self._key(k)
+                out[key] = self.decode(v, [*parts, str(key)])
+            return self._kept(out)
         if tag == "list":
-            return [self.decode(v) for v in body]
+            return self._kept([self.decode(v, [*parts, str(i)]) for i, v in enumerate(body)])
         if typed == typed_json.TUPLE:
-            return tuple(self.decode(v) for v in typed_json.sequence(body, "state tree"))
+            nodes = typed_json.sequence(body, "state tree")
+            kept = self._kept([self.decode(v, [*parts, str(i)]) for i, v in enumerate(nodes)])
+            return kept if kept is _SKIP else tuple(kept)
+        if self.keep is not None and not self.keep(str(body)):
+            return _SKIP
         item = self.kinds.get(body)
         if item is None:
             raise FormatError(f"state tree names item {body!r}, which the manifest lacks")
@@ -165,15 +207,39 @@ class _TreeDecoder:
         raise FormatError(f"unknown state tree node type {tag!r}")
 
     def _key(self, node: Any) -> Any:
-        key = self.decode(node)
+        keep, self.keep = self.keep, None  # a key is never filtered: it belongs to its value
+        try:
+            key = self.decode(node)
+        finally:
+            self.keep = keep
         return tuple(key) if isinstance(key, list) else key
+
+    def _kept(self, decoded: Any) -> Any:
+        """A container without its skipped children; itself skipped when nothing in it was chosen."""
+        if self.keep is None:
+            return decoded
+        if isinstance(decoded, dict):
+            decoded = {k: v for k, v in decoded.items() if v is not _SKIP}
+        else:
+            decoded = [v for v in decoded if v is not _SKIP]
+        return _SKIP if not decoded else decoded
 
 
 def load_state(
-    repo: Repository, *, stream: str, snapshot: str | int = "latest", allow_pickle: bool = False
+    repo: Repository,
+    *,
+    stream: str,
+    snapshot: str | int = "latest",
+    allow_pickle: bool = False,
+    include: Sequence[str] | None = None,
 ) -> Any:
-    """Load a ``state_dict`` snapshot; every shard is verified before anything is returned."""
+    """Load a ``state_dict`` snapshot; every shard is verified before anything is returned.
+
+    ``include`` (glob patterns over item paths) loads only the matching leaves and fetches
+    only the shards they need; a pattern list that matches nothing is refused.
+    """
     reader = repo.reader(stream, snapshot, kind=KIND)
+    keep = path_matcher(include)
     extra = reader.manifest.extra
     version = extra.get("tree_version")
     if type(version) is not int or version not in READABLE_TREE_VERSIONS or "tree" not in extra:
@@ -181,16 +247,17 @@ def load_state(
             f"snapshot {reader.name} has no state tree of a version this tqsnap reads "
             f"({', '.join(map(str, READABLE_TREE_VERSIONS))}); a newer tqsnap wrote it?"
         )
+    chosen = [p for p in reader.items if keep is None or keep(p)]
     if not allow_pickle:
-        for item in reader.items.values():
+        for item in (reader.items[p] for p in chosen):
             if item.kind == "pickle":
                 raise PickleNotAllowedError(
                     f"snapshot {reader.name} holds pickled item {item.path!r}; loading it could run code. "
                     "Pass allow_pickle=True only if you trust everyone who can write this repository"
                 )
-    values = reader.read_items()
+    values = reader.read_items(chosen)
     try:
-        return _TreeDecoder(values, reader.items, allow_pickle).decode(extra["tree"])
+        state = _TreeDecoder(values, reader.items, allow_pickle, keep).decode(extra["tree"])
     except PickleNotAllowedError:
         raise
     except (TqsnapError, TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError) as exc:
@@ -198,3 +265,9 @@ def load_state(
         # decoder trip over is a malformed snapshot, reported as one, naming it.
         key = snapshot_key(reader.manifest.stream, reader.manifest.seq)
         raise FormatError(f"snapshot {reader.name} ({key}) has a malformed state tree or item: {exc}") from exc
+    if state is _SKIP:
+        raise SnapshotNotFoundError(
+            f"nothing in snapshot {reader.name} matches --include {', '.join(map(repr, include or []))}; "
+            f"`tqsnap ls` lists its {len(reader.items)} item paths"
+        )
+    return state

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import (
+    FormatError,
     KindMismatchError,
     ManifestError,
     ObjectNotFoundError,
@@ -217,8 +218,19 @@ class Repository:
             raise ManifestError(f"manifest {key!r} claims to be {manifest.stream}@{manifest.seq}")
         return manifest
 
-    def snapshots(self, stream: str | None = None, *, include_tombstoned: bool = False) -> list[SnapshotInfo]:
-        """Summaries of the snapshots of one stream (or all), oldest first; manifests read in parallel."""
+    def snapshots(
+        self,
+        stream: str | None = None,
+        *,
+        include_tombstoned: bool = False,
+        damaged: list[tuple[SnapshotId, Exception]] | None = None,
+    ) -> list[SnapshotInfo]:
+        """Summaries of the snapshots of one stream (or all), oldest first; manifests read in parallel.
+
+        A manifest that cannot be read as one (malformed, nested too deep) fails the listing,
+        unless ``damaged`` is a list: then it is left out and appended there with its error, so
+        one damaged manifest does not hide every other snapshot of the repository.
+        """
         wanted: list[tuple[str, int, bool]] = []
         for name in [validate_name(stream)] if stream else self.streams():
             dead = self.tombstoned_seqs(name)
@@ -237,6 +249,11 @@ class Repository:
                 if w[2]:  # a forgotten snapshot that a concurrent gc just finalised
                     return None
                 raise
+            except (FormatError, RecursionError) as exc:
+                if damaged is None:
+                    raise
+                damaged.append((SnapshotId(w[0], w[1]), exc))
+                return None
 
         with ThreadPoolExecutor(min(16, len(wanted))) as pool:
             manifests = list(pool.map(load, wanted))

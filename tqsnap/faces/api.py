@@ -7,6 +7,7 @@ place of the URL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..adapters.state_dict import load_state, save_state
@@ -76,10 +77,16 @@ def load(
     snapshot: str | int = "latest",
     allow_pickle: bool = False,
     storage_options: dict[str, Any] | None = None,
+    include: Sequence[str] | None = None,
 ) -> Any:
-    """Load a state saved with :func:`save`; ``snapshot`` is ``latest``, a seq or ``tag:<name>``."""
+    """Load a state saved with :func:`save`; ``snapshot`` is ``latest``, a seq or ``tag:<name>``.
+
+    ``include`` restores chosen items only: glob patterns over item paths (``model/*``; a
+    pattern naming a parent, ``model``, takes all below it). Only the shards holding them are
+    fetched, and the returned tree holds only those leaves.
+    """
     repo = open_repo(url, storage_options=storage_options)
-    return load_state(repo, stream=stream, snapshot=snapshot, allow_pickle=allow_pickle)
+    return load_state(repo, stream=stream, snapshot=snapshot, allow_pickle=allow_pickle, include=include)
 
 
 def snapshots(

@@ -5,7 +5,8 @@ Exit codes (documented in README.md): 0 success; 1 the operation ran and found a
 unsafe config, bad policy); 3 not found (repository, snapshot, bucket); 4 store or access
 failure; 5 a commit conflict or deadline; 70 an unexpected internal error; 130 interrupted;
 141 the output pipe closed early. No input makes it print a traceback (``-vv`` logs one).
-Every subcommand that prints data accepts ``--json``.
+Every subcommand that prints data accepts ``--json`` (JSON Lines, docs/cli-json.md). The
+global options, profiles and completion live in cli_shell.py.
 
 A subcommand is a ``cmd_*(args) -> exit code`` function plus a parser entry; a module of
 subcommands has a ``register(sub)`` function, called from :func:`build_parser`. Shared
@@ -15,6 +16,7 @@ helpers live in cli_common.py, so such modules never import this one.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +25,16 @@ from ..engine.diff import diff_manifests
 from ..engine.reader import load_body
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from ..format.manifest import Manifest
-from . import cli_copy, cli_doctor, cli_retention, cli_tq
+from . import (
+    cli_copy,
+    cli_curate,
+    cli_doctor,
+    cli_inspect,
+    cli_retention,
+    cli_shell,
+    cli_tags,
+    cli_tq,
+)
 from .cli_common import (  # noqa: F401 - EXIT_* and the helpers stay importable from here
     EXIT_CONFLICT,
     EXIT_NOT_FOUND,
@@ -37,10 +48,12 @@ from .cli_common import (  # noqa: F401 - EXIT_* and the helpers stay importable
     fmt_bytes,
     fmt_time,
     open_repository,
+    split_snapshot,
     storage_options,
     table,
     terminal_safe,
 )
+from .cli_curate import damaged_json, report_damaged
 from .cli_errors import run_command
 from .cli_logging import configure_logging
 
@@ -75,7 +88,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
     repo = open_repository(args)
-    infos = repo.snapshots(args.stream)
+    damaged: list = []
+    infos = repo.snapshots(args.stream, damaged=damaged)
+    tags: dict[tuple[str, int], list[str]] = {}
+    for t in repo.tags():
+        if t.target is not None:
+            tags.setdefault((t.target.stream, t.target.seq), []).append(t.name)
     rows = [
         [
             i.stream,
@@ -85,15 +103,18 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
             str(i.parent or "-"),
             fmt_bytes(i.stats.get("item_bytes", 0)),
             fmt_bytes(i.stats.get("stored_bytes", 0)),
+            ",".join(tags.get((i.stream, i.seq), [])) or "-",
         ]
         for i in infos
     ]
+    rows += [[sid.stream, sid.seq, "DAMAGED", "-", "-", "-", "-", "-"] for sid, _ in sorted(damaged, key=lambda d: d[0])]
     emit(
         args,
-        [i.to_json() for i in infos],
-        lambda: table(["stream", "seq", "kind", "committed (UTC)", "parent", "size", "uploaded"], rows),
+        [i.to_json() | {"tags": tags.get((i.stream, i.seq), []), "damaged": False} for i in infos]
+        + damaged_json(damaged),
+        lambda: table(["stream", "seq", "kind", "committed (UTC)", "parent", "size", "uploaded", "tags"], rows),
     )
-    return EXIT_OK
+    return report_damaged(damaged)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -101,16 +122,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     sid = repo.resolve(args.stream, args.snapshot)
     m = load_body(repo.store, repo.load_manifest(sid.stream, sid.seq))
     doc = m.to_json(include_items=False) | {"items": len(m.items)}
-    emit(
-        args,
-        doc,
-        lambda: (
-            "\n".join(
-                f"{terminal_safe(k)}: {terminal_safe(v)}" for k, v in doc.items() if k not in ("shards", "extra")
-            )
-            + f"\nshards: {len(m.shards)}"
-        ),
-    )
+    emit(args, doc, lambda: cli_inspect.show_text(m))
     return EXIT_OK
 
 
@@ -130,16 +142,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_PROBLEM
 
 
-def cmd_tag(args: argparse.Namespace) -> int:
-    tag = open_repository(args).tag(args.name, args.stream, args.snapshot)
-    emit(
-        args,
-        {"name": tag.name, "stream": tag.target.stream, "seq": tag.target.seq},
-        lambda: f"tagged {terminal_safe(tag.target)} as {terminal_safe(tag.name)}",
-    )
-    return EXIT_OK
-
-
 def _manifest(repo: Repository, stream: str, snapshot: str) -> Manifest:
     sid = repo.resolve(stream, snapshot)
     return load_body(repo.store, repo.load_manifest(sid.stream, sid.seq))
@@ -147,7 +149,8 @@ def _manifest(repo: Repository, stream: str, snapshot: str) -> Manifest:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     repo = open_repository(args)
-    a, b = _manifest(repo, args.stream, args.a), _manifest(repo, args.stream, args.b)
+    a = _manifest(repo, *split_snapshot(args.a, args.stream))  # type: ignore[arg-type]
+    b = _manifest(repo, *split_snapshot(args.b, args.stream))  # type: ignore[arg-type]
     d = diff_manifests(a, b)
 
     def text() -> str:
@@ -166,7 +169,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     repo = open_repository(args)
-    infos = repo.snapshots(args.stream, include_tombstoned=True)
+    damaged: list = []
+    infos = repo.snapshots(args.stream, include_tombstoned=True, damaged=damaged)
     shard_objects = shard_bytes = 0
     for info in repo.store.list("shards/"):
         shard_objects += 1
@@ -184,21 +188,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "logical_to_stored_ratio": round(logical / shard_bytes, 3) if shard_bytes else None,
         "grace_seconds": repo.config.grace,
         "max_write_duration_seconds": repo.config.max_write_duration,
+        "damaged": damaged_json(damaged),
     }
     emit(
         args,
         doc,
         lambda: "\n".join(
-            f"{k}: {fmt_bytes(v) if k.endswith('bytes') else terminal_safe(v)}" for k, v in doc.items()
-        ),
+            f"{k}: {fmt_bytes(v) if k.endswith('bytes') else terminal_safe(v)}"
+            for k, v in doc.items()
+            if k != "damaged"
+        )
+        + (f"\ndamaged: {', '.join(d['snapshot'] for d in doc['damaged'])}" if damaged else ""),
     )
-    return EXIT_OK
+    return report_damaged(damaged)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tqsnap", description="Incremental, atomic snapshots of ML state.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = cli_shell.TqsnapArgumentParser(
+        prog="tqsnap",
+        description="Incremental, atomic snapshots of ML state.",
+        epilog="exit codes: 0 ok; 1 a problem found; 2 bad usage; 3 not found; 4 store failure; "
+        "5 commit conflict; 70 internal error; 130 interrupted; 141 output pipe closed",
+    )
+    parser.add_argument("--version", action="version", version=cli_shell.version_line())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="create a repository with its gc timings")
     add_repo_args(p)
@@ -217,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", default=None, help="only this stream")
     p.set_defaults(func=cmd_snapshots)
 
-    p = sub.add_parser("show", help="print one snapshot's manifest summary")
+    p = sub.add_parser("show", help="print one snapshot's summary: times, sizes, items, shards")
     add_repo_args(p, stream=True, snapshot=True)
     p.set_defaults(func=cmd_show)
 
@@ -227,10 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_repo_args(p, stream=True, snapshot=True)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("tag", help="give a snapshot an immutable name")
-    add_repo_args(p, stream=True, snapshot=True)
-    p.add_argument("name")
-    p.set_defaults(func=cmd_tag)
+    cli_tags.register(sub)
 
     cli_copy.register(sub)
 
@@ -248,14 +258,32 @@ def build_parser() -> argparse.ArgumentParser:
     cli_retention.register(sub)
     cli_tq.register(sub)
     cli_doctor.register(sub)
+    cli_inspect.register(sub)
+    cli_curate.register(sub)
+    cli_shell.register(sub)
+    cli_shell.add_global_options(parser, sub)  # last: every subcommand gets them
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit code (README.md). No input makes it raise."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    return run_command(args.func, args)
+    parser = build_parser()
+    cli_shell.autocomplete(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cli_shell.JSON_REQUESTED = "--json" in argv
+    try:
+        args = cli_shell.parse_args(parser, argv)
+    except SystemExit as exc:  # --help, --version, bad usage (already said on stderr)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler = configure_logging(max(0, cli_shell.verbosity(args)))
+    if cli_shell.verbosity(args) < 0:
+        handler.setLevel(logging.ERROR)
+
+    def run(a: argparse.Namespace) -> int | None:
+        cli_shell.prepare(a)
+        return a.func(a)
+
+    return run_command(cli_shell.with_json_errors(run), args)
 
 
 if __name__ == "__main__":  # pragma: no cover

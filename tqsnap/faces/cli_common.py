@@ -77,9 +77,18 @@ def terminal_safe(text: object, *, keep_newlines: bool = False) -> str:
 def add_repo_args(
     p: argparse.ArgumentParser, *, stream: bool = False, snapshot: bool = False, json_flag: bool = True
 ) -> None:
-    """Arguments most subcommands share: the URL, store options, and optionally a snapshot."""
-    p.add_argument("url", help="repository URL: a path, file://, s3://bucket/prefix, obs://bucket/prefix")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL or AWS)")
+    """Arguments most subcommands share: the URL, store options, and optionally a snapshot.
+
+    The URL may be left out when ``--repo``, ``$TQSNAP_REPO`` or a profile of the config file
+    names the repository (cli_shell.py fills it in). ``--json``, ``-v`` and ``-q`` are global
+    options that every subcommand accepts (cli_shell.py); ``json_flag`` is kept for callers.
+    """
+    p.add_argument(
+        "url",
+        help="repository URL: a path, file://, s3://bucket/prefix, obs://bucket/prefix "
+        "(may be left out when --repo, $TQSNAP_REPO or a profile names one)",
+    )
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: the profile's, $AWS_ENDPOINT_URL or AWS)")
     p.add_argument(
         "--single-writer",
         action="store_true",
@@ -88,14 +97,48 @@ def add_repo_args(
     if stream:
         p.add_argument("--stream", default="default", help="stream name (default: %(default)s)")
     if snapshot:
-        p.add_argument("--snapshot", default="latest", help="latest, a seq number, or tag:<name>")
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.add_argument(
+            "--snapshot", default="latest", help="latest, a seq number, tag:<name>, or stream@seq / stream@latest"
+        )
+
+
+def split_snapshot(text: str, stream: str | None) -> tuple[str | None, str]:
+    """``"run@5"`` -> ``("run", "5")``; ``"5"`` -> ``(stream, "5")``.
+
+    Snapshots print as ``stream@seq``, so they are accepted that way wherever one is named:
+    ``run@5``, ``run@latest``, ``run@tag:best``. The stream in the text wins over ``--stream``.
+    Stream names cannot hold ``@`` (format/keys.py), so the split is unambiguous.
+    """
+    if "@" in text:
+        name, _, rest = text.partition("@")
+        if not name or not rest:
+            raise ValueError(f"cannot read snapshot {text!r}: write stream@seq, stream@latest or stream@tag:<name>")
+        return name, rest
+    return stream, text
+
+
+#: Hints written for Python callers, and what the command line says instead.
+CLI_WORDS = {
+    ", or pass create_bucket=True": "",
+    " or pass create_bucket=True": "",
+    "or pass force=True to": "or pass --force to",
+    "pass force=True": "pass --force",
+    "Pass allow_pickle=True": "Pass --allow-pickle",
+    "pass allow_pickle=True": "pass --allow-pickle",
+    " (allow_empty_policy=True)": "",
+}
+
+
+def cli_words(text: str) -> str:
+    """``text`` with Python keyword hints ("pass force=True") replaced by the command's flags."""
+    for python, flag in CLI_WORDS.items():
+        text = text.replace(python, flag)
+    return text
 
 
 def storage_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Store options from the shared flags; empty when none were given."""
-    opts: dict[str, Any] = {}
+    """Store options from the profile, then the shared flags (flags win); empty when none."""
+    opts: dict[str, Any] = dict(getattr(args, "profile_storage_options", None) or {})
     if getattr(args, "endpoint_url", None):
         opts["endpoint_url"] = args.endpoint_url
     if getattr(args, "single_writer", False) and str(getattr(args, "url", "")).startswith(("s3://", "obs://")):
@@ -111,17 +154,73 @@ def open_repository(args: argparse.Namespace, *, create: bool = False) -> Reposi
 # --- output ------------------------------------------------------------------------------------
 
 
-def emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
-    """Print ``data`` as JSON with ``--json``, else the human text.
+#: Version of the ``--json`` documents (docs/cli-json.md); raised when a field changes meaning
+#: or disappears, not when one is added.
+JSON_SCHEMA = 1
 
-    The human text is escaped once more as a whole (newlines kept): commands escape each
-    untrusted field themselves, and this catches any field one of them forgets.
+#: Keys whose documents are the user's own (metadata) or the format's (extra): left untouched.
+_OPAQUE_KEYS = frozenset({"metadata", "extra", "tree"})
+
+
+def tqsnap_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def iso_time(ts: Any) -> str | None:
+    """Epoch seconds as ISO-8601 UTC (``2026-11-29T08:41:54.123456Z``); None when no calendar can show it."""
+    if not _real(ts):
+        return None
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _is_time_key(key: str) -> bool:
+    return key.endswith(("_at", "_time")) or key in ("time", "last_modified")
+
+
+def with_iso_times(data: Any) -> Any:
+    """``data`` with ``<key>_iso`` beside every epoch-seconds field (``committed_at``, ``time``, ...)."""
+    if isinstance(data, list):
+        return [with_iso_times(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out[key] = value if key in _OPAQUE_KEYS else with_iso_times(value)
+        if isinstance(key, str) and _is_time_key(key) and _real(value) and f"{key}_iso" not in data:
+            out[f"{key}_iso"] = iso_time(value)
+    return out
+
+
+def json_document(command: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One ``--json`` document: the envelope (command, version, schema) and the command's fields."""
+    envelope = {"command": command, "tqsnap_version": tqsnap_version(), "schema": JSON_SCHEMA}
+    return envelope | with_iso_times(data) | envelope
+
+
+def write_json_line(command: str, data: dict[str, Any]) -> None:
+    """Print one JSON Lines record (one line, ASCII only, so no control character reaches a terminal)."""
+    sys.stdout.write(json.dumps(json_document(command, data), separators=(",", ":"), default=str) + "\n")
+
+
+def emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
+    """Print ``data`` as JSON Lines with ``--json``, else the human text.
+
+    A dict is one line; a list is one line per element (``snapshots`` prints a line per
+    snapshot), each with the envelope of :func:`json_document`. The human text is escaped once
+    more as a whole (newlines kept): commands escape each untrusted field themselves, and this
+    catches any field one of them forgets.
     """
     if getattr(args, "json", False):
-        out = json.dumps(data, indent=2, default=str)
-    else:
-        out = terminal_safe(text(), keep_newlines=True)
-    sys.stdout.write(out + "\n")
+        command = str(getattr(args, "command", None) or "tqsnap")
+        for doc in data if isinstance(data, list) else [data]:
+            write_json_line(command, doc if isinstance(doc, dict) else {"value": doc})
+        return
+    sys.stdout.write(terminal_safe(text(), keep_newlines=True) + "\n")
 
 
 def _real(n: Any) -> bool:

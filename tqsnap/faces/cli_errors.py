@@ -27,6 +27,7 @@ from .cli_common import (
     EXIT_PROBLEM,
     EXIT_STORE,
     EXIT_USAGE,
+    cli_words,
     terminal_safe,
 )
 
@@ -89,7 +90,7 @@ def describe(exc: BaseException, where: str = "") -> str:
         text = f"{where}: {text}"
     if exit_code_for(exc) == EXIT_INTERNAL:
         text = f"internal error: {text} (run with -vv for the traceback, and please report it)"
-    return terminal_safe(" ".join(text.split("\n")))
+    return terminal_safe(" ".join(cli_words(text).split("\n")))
 
 
 def _where(args: argparse.Namespace) -> str:

@@ -181,6 +181,8 @@ class ForgetReport:
     tombstones_written: int = 0
     #: Tags deleted (``untag``) because they named a snapshot this run forgot.
     tags_removed: list[str] = field(default_factory=list)
+    #: Snapshots whose manifest cannot be parsed: left alone, neither kept nor removed.
+    damaged: list[str] = field(default_factory=list)
 
     @property
     def kept(self) -> list[Decision]:
@@ -199,6 +201,7 @@ class ForgetReport:
             "removed": len(self.removed),
             "tombstones_written": self.tombstones_written,
             "tags_removed": self.tags_removed,
+            "damaged": self.damaged,
             "snapshots": [d.to_json() for d in self.decisions],
         }
 
@@ -282,8 +285,15 @@ def plan_forget(
     *,
     streams: str | Sequence[str] | None = None,
     allow_empty_policy: bool = False,
+    damaged: list[tuple[SnapshotId, Exception]] | None = None,
 ) -> tuple[list[str], list[Decision]]:
-    """Validate the request and decide for every visible snapshot of the chosen streams."""
+    """Validate the request and decide for every visible snapshot of the chosen streams.
+
+    With ``damaged`` (a list), a manifest that cannot be parsed is left out of the decisions
+    and appended there instead of failing the run. That is safe: a snapshot the policy does
+    not see only ever makes it keep more of the others (it fills no keep-last slot or calendar
+    bucket, and the newest readable snapshot is kept as the newest), and it is never removed.
+    """
     if policy.is_empty and not allow_empty_policy:
         raise PolicyError(
             "the policy has no keep rule, so it would forget every snapshot but the newest of each "
@@ -293,7 +303,7 @@ def plan_forget(
     tags = _tags_by_snapshot(repo)
     decisions: list[Decision] = []
     for name in chosen:
-        decisions += apply_policy(repo.snapshots(name), policy, tags)
+        decisions += apply_policy(repo.snapshots(name, damaged=damaged), policy, tags)
     return chosen, decisions
 
 
@@ -310,8 +320,17 @@ def forget(
     Safe beside live writers and other ``forget`` runs: tombstones are put-if-absent, and a
     snapshot committed after the listing is simply not considered this time.
     """
-    chosen, decisions = plan_forget(repo, policy, streams=streams, allow_empty_policy=allow_empty_policy)
-    report = ForgetReport(policy, chosen, decisions, dry_run)
+    damaged: list[tuple[SnapshotId, Exception]] = []
+    chosen, decisions = plan_forget(
+        repo, policy, streams=streams, allow_empty_policy=allow_empty_policy, damaged=damaged
+    )
+    report = ForgetReport(policy, chosen, decisions, dry_run, damaged=sorted(str(sid) for sid, _ in damaged))
+    if damaged:
+        log.warning(
+            "forget left %d damaged manifest(s) alone: %s (forget one by name: tqsnap forget URL STREAM@SEQ)",
+            len(damaged),
+            ", ".join(report.damaged),
+        )
     if dry_run:
         log.info("forget (dry run): would remove %d of %d snapshots", len(report.removed), len(decisions))
         return report

@@ -42,24 +42,27 @@ class Target:
 def tqsnap(target: Target, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``tqsnap <command> <url> [store flags] <rest>``; never raises on a non-zero exit."""
     command, *rest = args
-    argv = [sys.executable, "-m", "tqsnap.faces.cli", command, target.url, *target.cli_args(), *rest]
+    argv = [sys.executable, "-m", "tqsnap.faces.cli", command, target.url, *rest, *target.cli_args()]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=target.env(), check=False)
 
 
-def json_out(proc: subprocess.CompletedProcess[str]) -> Any:
-    """The JSON a ``--json`` run printed (one document, or one per line)."""
+def json_lines(proc: subprocess.CompletedProcess[str]) -> list[Any]:
+    """Every JSON document a successful ``--json`` run printed, one per line (JSON Lines)."""
     assert proc.returncode == 0, proc.stderr
-    text = proc.stdout.strip()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
-@pytest.fixture(name="target", params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def json_out(proc: subprocess.CompletedProcess[str]) -> Any:
+    """The one JSON document a successful ``--json`` run printed."""
+    docs = json_lines(proc)
+    assert len(docs) == 1, proc.stdout
+    return docs[0]
+
+
+@pytest.fixture(name="target", params=["local", pytest.param("seaweedfs", marks=pytest.mark.s3)])
 def target_fixture(request: pytest.FixtureRequest, tmp_path) -> Target:
-    """A fresh repository location: a local directory, then a bucket on the real S3 server."""
+    """A fresh repository: a local directory, then a bucket on the real S3 server (as ``s3_repo_url``)."""
     if request.param == "local":
         return Target(str(tmp_path / "repo"))
-    url, options = request.getfixturevalue("s3_repo_url")
+    url, options = request.getfixturevalue(f"{request.param}_endpoint").make_bucket()
     return Target(url, options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from cli_subprocess import Target, json_out, target_fixture  # noqa: F401 - the fixture
+from cli_subprocess import Target, json_lines, json_out, target_fixture  # noqa: F401 - the fixture
 from cli_subprocess import tqsnap as run
 
 import tqsnap
@@ -28,7 +28,7 @@ def test_tag_move_delete_and_list(target: Target) -> None:
     assert again.returncode == 0, "tagging the same snapshot again is idempotent"
     refused = run(target, "tag", "best", "run@2")
     assert refused.returncode == 2 and "--move" in refused.stderr
-    assert json_out(run(target, "tags", "--json"))[0]["snapshot"] == "run@1", "a refused move changes nothing"
+    assert json_lines(run(target, "tags", "--json"))[0]["snapshot"] == "run@1", "a refused move changes nothing"
 
     moved = json_out(run(target, "tag", "best", "run@2", "--move", "--json"))
     assert moved["snapshot"] == "run@2" and moved["version"] == 1
@@ -37,14 +37,14 @@ def test_tag_move_delete_and_list(target: Target) -> None:
     assert torch.equal(loaded["w"], torch.full((64,), 2.0)), "tag:best now loads the moved-to snapshot"
 
     json_out(run(target, "tag", "nightly", "run@3", "--json"))
-    listed = json_out(run(target, "tags", "--json"))
+    listed = json_lines(run(target, "tags", "--json"))
     assert [(t["name"], t["snapshot"]) for t in listed] == [("best", "run@2"), ("nightly", "run@3")]
-    snaps = json_out(run(target, "snapshots", "--json"))
+    snaps = json_lines(run(target, "snapshots", "--json"))
     assert {s["seq"]: s["tags"] for s in snaps} == {1: [], 2: ["best"], 3: ["nightly"]}
 
     gone = run(target, "untag", "best")
     assert gone.returncode == 0 and "run@2" in gone.stdout
-    assert [t["name"] for t in json_out(run(target, "tags", "--json"))] == ["nightly"]
+    assert [t["name"] for t in json_lines(run(target, "tags", "--json"))] == ["nightly"]
     assert run(target, "untag", "best").returncode == 3, "deleting a deleted tag: not found"
     assert run(target, "show", "--stream", "run", "--snapshot", "tag:best").returncode == 3
     recreated = json_out(run(target, "tag", "best", "run@1", "--json"))
@@ -73,7 +73,7 @@ def test_an_old_style_tag_still_resolves_and_can_move(tmp_path) -> None:
     # what tqsnap with format 1.0 wrote: one write-once object, no versions
     store.put_if_absent("tags/old.json", Tag("old", SnapshotId("run", 1), store.now()).encode())
     t = Target(url)
-    assert json_out(run(t, "tags", "--json"))[0]["snapshot"] == "run@1"
+    assert json_lines(run(t, "tags", "--json"))[0]["snapshot"] == "run@1"
     assert Repository.open(url).resolve("run", "tag:old") == SnapshotId("run", 1)
     assert json_out(run(t, "tag", "old", "run@2", "--move", "--json"))["version"] == 1
     assert Repository.open(url).resolve("run", "tag:old") == SnapshotId("run", 2)
@@ -86,9 +86,9 @@ def test_forget_keeps_tagged_snapshots_unless_untag(target: Target) -> None:
     by_seq = {s["seq"]: s for s in kept["snapshots"]}
     assert by_seq[1]["action"] == "keep" and by_seq[1]["reasons"] == ["pinned by tag release"]
     assert by_seq[2]["action"] == "remove"
-    assert [s["seq"] for s in json_out(run(target, "snapshots", "--json"))] == [1, 3]
+    assert [s["seq"] for s in json_lines(run(target, "snapshots", "--json"))] == [1, 3]
 
     dropped = json_out(run(target, "forget", "--keep-last", "1", "--untag", "--json"))
     assert dropped["tags_removed"] == ["release"]
-    assert [s["seq"] for s in json_out(run(target, "snapshots", "--json"))] == [3]
-    assert json_out(run(target, "tags", "--json")) == [], "no tag is left naming a forgotten snapshot"
+    assert [s["seq"] for s in json_lines(run(target, "snapshots", "--json"))] == [3]
+    assert json_lines(run(target, "tags", "--json")) == [], "no tag is left naming a forgotten snapshot"

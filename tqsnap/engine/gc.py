@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GcConflictError, ManifestError, ObjectNotFoundError
+from ..format.config import CONFIG_VERSIONS_PREFIX
 from ..format.keys import (
     SNAPSHOTS_PREFIX,
     TOMBSTONES_PREFIX,
+    parse_seq_key,
     parse_shard_key,
     parse_stream_key,
     shard_prefixes,
@@ -383,9 +385,25 @@ class GarbageCollector:
 
     # --- all of it ---------------------------------------------------------------------------
 
+    def check_config_unchanged(self) -> None:
+        """Stop before deleting if a newer config version appeared since this run read its own.
+
+        ``tqsnap config`` may raise ``max_write_duration`` once grace allows it; a gc run still
+        holding the older, smaller grace must not delete with it (docs/protocol.md, "Changing
+        the config"). One listing of ``config/``, not counted in the report.
+        """
+        listed = (parse_seq_key(i.key, CONFIG_VERSIONS_PREFIX) for i in self.store.list(CONFIG_VERSIONS_PREFIX))
+        newest = max((v for v in listed if v is not None), default=1)
+        if newest > self.repo.config.version:
+            raise GcConflictError(
+                f"the config of {self.repo.url} changed to version {newest} while gc ran with version "
+                f"{self.repo.config.version}; nothing was deleted, run gc again"
+            )
+
     def run(self) -> GcReport:
         shards = self.list_shards()
         refs = self.list_references()
+        self.check_config_unchanged()
         self.delete_shards(self.garbage(shards, refs))
         self.finalise(refs)
         self.abort_uploads(self.stale_uploads())

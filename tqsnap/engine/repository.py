@@ -20,6 +20,7 @@ from ..errors import (
     ObjectNotFoundError,
     RepositoryNotFoundError,
     SnapshotNotFoundError,
+    UnsafeConfigError,
 )
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION, RepoConfig, parse_duration
 from ..format.keys import (
@@ -38,6 +39,7 @@ from ..format.manifest import Manifest, SnapshotId, Tag, Tombstone
 from ..format.strict import MAX_MANIFEST_BYTES, MAX_SEQ, MAX_SMALL_DOC_BYTES
 from ..store import ObjectStore, open_store
 from ..store.probe import check_store_for_init
+from .config_versions import current_config
 from .create_once import create_once
 from .reader import SnapshotReader, VerifyReport
 from .tags import list_tags, read_tag, set_tag
@@ -157,7 +159,15 @@ class Repository:
             return cls(store, config)
         if not exist_ok:
             raise FileExistsError(f"a repository already exists at {store.url}")
-        return cls.open(store, storage_options=storage_options)
+        repo = cls.open(store, storage_options=storage_options)
+        have = (repo.config.grace, repo.config.max_write_duration)
+        if have != (config.grace, config.max_write_duration):
+            raise UnsafeConfigError(
+                f"a repository already exists at {store.url} with grace {have[0]:g}s and "
+                f"max_write_duration {have[1]:g}s, not {config.grace:g}s and {config.max_write_duration:g}s; "
+                f"change them with `tqsnap config {store.url} --grace ... --max-write-duration ...`"
+            )
+        return repo
 
     @classmethod
     def open(
@@ -173,7 +183,7 @@ class Repository:
             raise RepositoryNotFoundError(
                 f"no repository at {store.url} ({CONFIG_KEY} is missing); run `tqsnap init {store.url}`"
             ) from None
-        config = RepoConfig.decode(raw, CONFIG_KEY)
+        config = current_config(store, RepoConfig.decode(raw, CONFIG_KEY))
         config.check_safe()
         return cls(store, config)
 

@@ -1,7 +1,10 @@
-"""The repository config, ``tqsnap.json``: created once with put-if-absent, never rewritten.
+"""The repository config: ``tqsnap.json`` (version 1) and later versions under ``config/``.
 
-``grace`` and ``max_write_duration`` are fixed for the whole repository because the gc safety
-argument (docs/protocol.md) needs every writer and every gc run to agree on them.
+Every config object is created once with put-if-absent and never rewritten. ``tqsnap config``
+changes ``grace`` or ``max_write_duration`` by creating ``config/<version:020d>.json``; the
+highest version wins. Because writers and gc runs that read an older version may still be
+running, a change must keep the gc safety argument (docs/protocol.md, "Changing the config")
+true for every version still in force: :func:`check_change`.
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ class RepoConfig:
     #: Created for one writer on a store whose conditional create failed its probe (or was not
     #: trusted): only one process may write at a time. Absent from older configs: False.
     single_writer: bool = False
+    #: 1 for ``tqsnap.json``; ``n`` for ``config/<n:020d>.json`` (format 1.1).
+    version: int = 1
+    #: Store time at which a later version was written (None for version 1: ``created_at``).
+    changed_at: float | None = None
+
+    @property
+    def in_force_since(self) -> float:
+        return self.created_at if self.changed_at is None else self.changed_at
 
     def check_safe(self) -> None:
         """Refuse a config where gc could delete a shard a writer within its deadline still needs."""
@@ -94,6 +105,9 @@ class RepoConfig:
         }
         if self.single_writer:  # written only when set, so shared repositories stay byte-identical
             doc["single_writer"] = True
+        if self.version > 1:
+            doc["version"] = self.version
+            doc["changed_at"] = self.changed_at
         return json.dumps(doc, indent=1).encode()
 
     @classmethod
@@ -110,7 +124,11 @@ class RepoConfig:
             strict.string(doc, "hash", key, what, max_len=64),
             strict.string(doc, "format_version", key, what, max_len=32),
             _single_writer(doc, key),
+            strict.integer(doc, "version", key, what, lo=2, hi=strict.MAX_SEQ) if "version" in doc else 1,
+            strict.timestamp(doc, "changed_at", key, what) if "changed_at" in doc else None,
         )
+        if key.startswith(CONFIG_VERSIONS_PREFIX) and key != config_version_key(config.version):
+            raise ManifestError(f"repository config {key!r} claims to be version {config.version}")
         if config.hash != HASH_NAME:
             raise ManifestError(
                 f"repository config {key!r} names hash {config.hash!r}; only {HASH_NAME} is known"
@@ -124,3 +142,54 @@ def _single_writer(doc: dict[str, object], key: str) -> bool:
     if not isinstance(value, bool):
         raise ManifestError(f"repository config {key!r}: single_writer must be true or false, not {value!r:.40}")
     return value
+
+
+#: Where config versions after the first live (format 1.1).
+CONFIG_VERSIONS_PREFIX = "config/"
+#: The format minor version that introduced config versions.
+CONFIG_VERSIONS_FORMAT = "1.1"
+
+
+def config_version_key(version: int) -> str:
+    return f"{CONFIG_VERSIONS_PREFIX}{version:020d}.json"
+
+
+def still_binding_write_duration(history: list[RepoConfig], now: float) -> float:
+    """The longest ``max_write_duration`` a save that may still be running could have begun under.
+
+    A save began under version ``k`` while it was the newest; it must commit within version
+    ``k``'s write duration, so it can still be running until the next version was written plus
+    that duration. The current version always binds.
+    """
+    ordered = sorted(history, key=lambda c: c.version)
+    longest = ordered[-1].max_write_duration
+    for older, newer in zip(ordered, ordered[1:], strict=False):
+        if now < newer.in_force_since + older.max_write_duration:
+            longest = max(longest, older.max_write_duration)
+    return longest
+
+
+def check_change(history: list[RepoConfig], new: RepoConfig, now: float) -> None:
+    """Refuse a new config version that could let gc delete what some writer still needs.
+
+    ``grace > 2 * max_write_duration`` must hold (a) for the new values, (b) for the new grace
+    against the write duration of every save that may still be running under an older version,
+    and (c) for every grace a gc run may still be holding against the new write duration: a gc
+    that read the old config keeps the old grace, so a longer write duration than the old grace
+    allows is refused until grace has been raised first (docs/protocol.md).
+    """
+    new.check_safe()
+    binding = still_binding_write_duration(history, now)
+    if new.grace <= 2 * binding:
+        raise UnsafeConfigError(
+            f"grace {new.grace:g}s must be more than 2 * {binding:g}s: a save begun under an earlier "
+            f"config may still run for up to {binding:g}s; lower grace after those saves have passed "
+            "their deadline, or lower max_write_duration first and wait that long"
+        )
+    current = max(history, key=lambda c: c.version)
+    if current.grace <= 2 * new.max_write_duration:
+        raise UnsafeConfigError(
+            f"max_write_duration {new.max_write_duration:g}s needs grace over {2 * new.max_write_duration:g}s "
+            f"in every gc run, but gc runs that started before this change use grace {current.grace:g}s; "
+            "raise grace first (one `tqsnap config` change), then max_write_duration"
+        )

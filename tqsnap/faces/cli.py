@@ -26,6 +26,7 @@ from ..engine.reader import load_body
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from ..format.manifest import Manifest
 from . import (
+    cli_config,
     cli_copy,
     cli_curate,
     cli_doctor,
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     cli_tags.register(sub)
+    cli_config.register(sub)
 
     cli_copy.register(sub)
 

@@ -56,6 +56,8 @@ class ConfigError(errors.TqsnapError, ValueError):
 JSON_REQUESTED = False
 #: True during the trial parse of :func:`parse_args`: an error raises instead of printing.
 _TRIAL = False
+#: Why --repo-profile / the config file could not name a repository (said if the URL is missing).
+_FALLBACK_PROBLEM = ""
 
 
 class _TrialFailed(Exception):
@@ -68,6 +70,12 @@ class TqsnapArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if _TRIAL:
             raise _TrialFailed(message)
+        if "required: url" in message:
+            message += "; " + (
+                _FALLBACK_PROBLEM
+                or "give the repository URL, --repo URL, set TQSNAP_REPO, or choose a profile of the "
+                "config file with --repo-profile"
+            )
         if JSON_REQUESTED:
             command = self.prog.split(" ", 1)[1] if " " in self.prog else "tqsnap"
             _json_error(command, "UsageError", message, EXIT_USAGE)
@@ -175,14 +183,18 @@ def load_profile(args: argparse.Namespace) -> dict[str, Any]:
 
 def _fallback_repo(argv: list[str]) -> str | None:
     """The repository named other than by the URL argument: --repo, $TQSNAP_REPO, the profile."""
+    global _FALLBACK_PROBLEM
     pre = argparse.ArgumentParser(add_help=False)
     for flag in ("--repo", "--repo-profile", "--config"):
         pre.add_argument(flag)
     try:
         known, _ = pre.parse_known_args(argv)
         return known.repo or os.environ.get("TQSNAP_REPO") or load_profile(known).get("repo")
-    except (SystemExit, errors.TqsnapError, OSError):
-        return None  # said properly once the command runs (resolve_repository)
+    except (errors.TqsnapError, OSError) as exc:
+        _FALLBACK_PROBLEM = str(exc)
+        return None
+    except SystemExit:  # `--repo` without a value: the real parse says so
+        return None
 
 
 def _insert_repo(parser: argparse.ArgumentParser, argv: list[str], url: str) -> list[str]:

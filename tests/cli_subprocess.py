@@ -52,6 +52,13 @@ def json_lines(proc: subprocess.CompletedProcess[str]) -> list[Any]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
+def json_any(proc: subprocess.CompletedProcess[str]) -> Any:
+    """The one JSON document a ``--json`` run printed, whatever its exit code."""
+    docs = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert len(docs) == 1, (proc.stdout, proc.stderr)
+    return docs[0]
+
+
 def json_out(proc: subprocess.CompletedProcess[str]) -> Any:
     """The one JSON document a successful ``--json`` run printed."""
     docs = json_lines(proc)

@@ -26,6 +26,7 @@ from ..engine.reader import load_body
 from ..format.config import DEFAULT_GRACE, DEFAULT_MAX_WRITE_DURATION
 from ..format.manifest import Manifest
 from . import (
+    cli_check,
     cli_config,
     cli_copy,
     cli_curate,
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_tags.register(sub)
     cli_config.register(sub)
+    cli_check.register(sub)
 
     cli_copy.register(sub)
 

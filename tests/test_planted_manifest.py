@@ -9,6 +9,7 @@ is bad, or refuse to commit. The cost is measured in requests per incremental sa
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,18 @@ def test_a_size_check_is_made_against_the_declared_stored_size(tmp_path: Path) -
     info = save_state(repo, STATE, stream="s")
     assert info.stats["new_shards"] == 1
     _restores(repo, info.seq)
+
+
+def test_a_confirmation_is_trusted_for_half_the_grace_period_only(tmp_path: Path) -> None:
+    """After grace/2 a key is confirmed again: gc may delete a key once it has been
+    unreferenced for longer than grace, and the cache must never outlive that."""
+    counting = CountingStore(open_store(str(tmp_path / "repo")))
+    repo = Repository.init(counting, grace=2.0, max_write_duration=0.9)
+    save_state(repo, STATE, stream="s")
+    counting.reset()
+    save_state(repo, STATE, stream="s")
+    assert counting.requests.get("head", 0) == 0, "confirmed by this process a moment ago"
+    time.sleep(1.1)
+    counting.reset()
+    save_state(repo, STATE, stream="s")
+    assert counting.requests.get("head", 0) == len(repo.load_manifest("s", 2).shards)

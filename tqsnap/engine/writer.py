@@ -108,7 +108,7 @@ class SnapshotWriter:
         A planted or damaged parent then costs a re-upload of those shards, never a snapshot
         that cannot be restored (docs/security.md).
         """
-        bad = unconfirmed(self.repo.store, self.reuse_index.values())
+        bad = unconfirmed(self.repo.store, self.reuse_index.values(), self._confirm_ttl)
         for ref, why in bad:
             log.warning(
                 "parent %s references shard %s, which fails its check (%s); uploading that content again",
@@ -117,6 +117,11 @@ class SnapshotWriter:
                 why,
             )
             self.reuse_index.pop(ref.hash, None)
+
+    @property
+    def _confirm_ttl(self) -> float:
+        """How long a confirmed shard stays confirmed: half the grace (see :mod:`.shard_confirm`)."""
+        return self.repo.config.grace / 2
 
     @property
     def deadline(self) -> float:
@@ -166,7 +171,7 @@ class SnapshotWriter:
         self._confirm_reused(manifest.shards)
         info = Committer(self, manifest, max_attempts, _backoff).commit()
         self.committed = info
-        remember(store, manifest.shards)  # the next save in this process reuses them for free
+        remember(store, manifest.shards, self._confirm_ttl)  # the next save here reuses them for free
         log.info(
             "committed %s@%d: %d new shards (%d bytes), %d reused",
             self.stream,
@@ -186,7 +191,7 @@ class SnapshotWriter:
         built its own index (a DCP rank) from a damaged or planted parent.
         """
         reused = [ref for ref in shards if ref.key in self._parent_keys]
-        bad = unconfirmed(self.repo.store, reused)
+        bad = unconfirmed(self.repo.store, reused, self._confirm_ttl)
         if bad:
             ref, why = bad[0]
             raise MissingShardError(

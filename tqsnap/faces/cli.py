@@ -34,6 +34,7 @@ from . import (
     cli_inspect,
     cli_retention,
     cli_shell,
+    cli_stats,
     cli_tags,
     cli_tq,
 )
@@ -170,6 +171,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    if args.stream:
+        return cli_stats.cmd_stream_stats(args)
     repo = open_repository(args)
     damaged: list = []
     infos = repo.snapshots(args.stream, include_tombstoned=True, damaged=damaged)

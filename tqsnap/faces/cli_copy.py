@@ -10,13 +10,12 @@ destination stream holds). With ``--json`` each line is one JSON object (JSON Li
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from ..engine import Repository
 from ..engine.copy import CopyResult, copy_all, copy_snapshot
-from .cli_common import EXIT_OK, add_repo_args, fmt_bytes, storage_options, terminal_safe
+from .cli_common import EXIT_OK, add_repo_args, fmt_bytes, storage_options, terminal_safe, write_json_line
 
 
 def source_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,8 +71,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
         ]
     for result in results:
         if args.json:
-            doc = {"command": "copy", "source_url": src.url, "destination_url": dst.url} | result.to_json()
-            sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
+            write_json_line("copy", {"source_url": src.url, "destination_url": dst.url} | result.to_json())
         else:
             sys.stdout.write(describe(result) + "\n")
     if not args.json and len(results) > 1:

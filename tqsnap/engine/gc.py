@@ -80,6 +80,8 @@ class GcReport:
     bytes_freed: int = 0
     young_garbage: int = 0
     young_garbage_bytes: int = 0
+    #: Server time after which the youngest garbage kept this run is old enough to delete.
+    young_garbage_deletable_at: float | None = None
     manifests_finalised: list[str] = field(default_factory=list)
     tombstones_deleted: int = 0
     foreign_keys: int = 0
@@ -115,6 +117,7 @@ class GcReport:
             "bytes_freed": self.bytes_freed,
             "young_garbage": self.young_garbage,
             "young_garbage_bytes": self.young_garbage_bytes,
+            "young_garbage_deletable_at": self.young_garbage_deletable_at,
             "manifests_finalised": self.manifests_finalised,
             "tombstones_deleted": self.tombstones_deleted,
             "foreign_keys": self.foreign_keys,
@@ -323,6 +326,9 @@ class GarbageCollector:
             if self._require_age and not info.last_modified < self.cutoff:
                 self.report.young_garbage += 1
                 self.report.young_garbage_bytes += info.size
+                due = info.last_modified + self.grace
+                if self.report.young_garbage_deletable_at is None or due > self.report.young_garbage_deletable_at:
+                    self.report.young_garbage_deletable_at = due
                 continue
             out.append(info)
         return out

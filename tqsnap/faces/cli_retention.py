@@ -13,6 +13,7 @@ import argparse
 from ..engine.gc import GcReport, collect_garbage
 from ..engine.retention import ForgetReport, RetentionPolicy, forget
 from .cli_common import EXIT_OK, add_repo_args, emit, fmt_bytes, fmt_time, open_repository, table
+from .metrics import add_metrics_arg, job_metrics
 
 
 def _forget_text(report: ForgetReport) -> str:
@@ -44,6 +45,11 @@ def _gc_text(r: GcReport) -> str:
         f"  kept young {r.young_garbage} unreferenced shards ({fmt_bytes(r.young_garbage_bytes)}) "
         "younger than grace",
         f"  finalised  {len(r.manifests_finalised)} forgotten snapshots, {r.tombstones_deleted} tombstones",
+        *(
+            [f"  later      the young garbage can be deleted by a gc run after {fmt_time(r.young_garbage_deletable_at)} UTC"]
+            if r.young_garbage_deletable_at
+            else []
+        ),
         f"  requests   {r.total_requests} ({', '.join(f'{k} {v}' for k, v in sorted(r.requests.items()))}) "
         f"in {r.duration_s:.2f}s",
     ]
@@ -64,15 +70,29 @@ def cmd_forget(args: argparse.Namespace) -> int:
         untag=args.untag,
     )
     repo = open_repository(args)
-    report = forget(
-        repo, policy, streams=args.stream or None, allow_empty_policy=args.all, dry_run=args.dry_run
+    with job_metrics(args, "forget") as job:
+        report = forget(
+            repo, policy, streams=args.stream or None, allow_empty_policy=args.all, dry_run=args.dry_run
+        )
+        job.set("snapshots_removed", len(report.removed), "Snapshots this run forgot (or would, on a dry run).")
+        job.set("snapshots_kept", len(report.kept), "Snapshots the policy keeps.")
+    # Space comes back at the first gc run after the new tombstones are older than grace.
+    reclaim_after = repo.store.now() + repo.config.grace if report.tombstones_written else None
+    emit(
+        args,
+        report.to_json() | {"space_reclaimable_after": reclaim_after},
+        lambda: _forget_text(report)
+        + (f"; their space comes back at the first gc after {fmt_time(reclaim_after)} UTC" if reclaim_after else ""),
     )
-    emit(args, report.to_json(), lambda: _forget_text(report))
     return EXIT_OK
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    report = collect_garbage(open_repository(args), dry_run=args.dry_run)
+    with job_metrics(args, "gc") as job:
+        report = collect_garbage(open_repository(args), dry_run=args.dry_run)
+        job.set("bytes_freed", report.bytes_freed, "Bytes of shards deleted by the last run.")
+        job.set("shards_deleted", report.shards_deleted, "Shards deleted by the last run.")
+        job.set("young_garbage_bytes", report.young_garbage_bytes, "Unreferenced bytes kept until older than grace.")
     emit(args, report.to_json(), lambda: _gc_text(report))
     return EXIT_OK
 
@@ -136,6 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="forget tagged snapshots no rule keeps and delete their tags (by default a tag pins its snapshot)",
     )
     p.add_argument("--dry-run", action="store_true", help="list every snapshot with keep/remove and why")
+    add_metrics_arg(p)
     p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser(
@@ -149,4 +170,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_repo_args(p)
     p.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")
+    add_metrics_arg(p)
     p.set_defaults(func=cmd_gc)

@@ -96,3 +96,64 @@ def job_metrics(args: argparse.Namespace, command: str) -> Iterator[JobMetrics]:
     finally:
         if path:
             write_textfile(path, job, ok=ok, started=started, duration=time.monotonic() - t0)
+
+
+class SnapshotterMetrics:
+    """Live metrics of one :class:`~tqsnap.faces.scheduler.Snapshotter`, labelled by stream.
+
+    Each Snapshotter gets its own registry (two Snapshotters in one process never collide on
+    metric names); ``port`` serves it over HTTP with ``prometheus_client.start_http_server``.
+    """
+
+    def __init__(self, stream: str, *, port: int | None = None, addr: str = "127.0.0.1") -> None:
+        pc = _client()
+        self.registry = pc.CollectorRegistry()
+        self.stream = stream
+        r, s = self.registry, ["stream"]
+        self.taken = pc.Counter("tqsnap_snapshots_taken", "Snapshots committed.", s, registry=r).labels(stream)
+        self.failed = pc.Counter("tqsnap_snapshots_failed", "Snapshots that failed.", s, registry=r).labels(stream)
+        self.skipped = pc.Counter(
+            "tqsnap_snapshots_skipped", "Scheduled snapshots skipped because one was still running.", s, registry=r
+        ).labels(stream)
+        self.last_success = pc.Gauge(
+            "tqsnap_last_success_timestamp_seconds", "When the last snapshot committed (epoch seconds).", s, registry=r
+        ).labels(stream)
+        self.new_bytes = pc.Counter(
+            "tqsnap_snapshot_new_bytes", "Item bytes that had to be uploaded.", s, registry=r
+        ).labels(stream)
+        self.reused_bytes = pc.Counter(
+            "tqsnap_snapshot_reused_bytes", "Item bytes reused from the parent snapshot.", s, registry=r
+        ).labels(stream)
+        self.duration = pc.Histogram(
+            "tqsnap_snapshot_duration_seconds",
+            "Wall time of a snapshot, start to commit.",
+            s,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        ).labels(stream)
+        self.unit_stall = pc.Gauge(
+            "tqsnap_snapshot_unit_stall_seconds",
+            "Longest time one TransferQueue storage unit was paused by the last snapshot.",
+            s,
+            registry=r,
+        ).labels(stream)
+        self.server: Any = None
+        if port is not None:
+            self.server, _thread = pc.start_http_server(port, addr=addr, registry=r)
+
+    def observe_success(self, *, finished_at: float, duration_s: float, new_bytes: int, reused_bytes: int,
+                        detail: Any = None) -> None:
+        self.taken.inc()
+        self.last_success.set(finished_at)
+        self.new_bytes.inc(max(0, new_bytes))
+        self.reused_bytes.inc(max(0, reused_bytes))
+        self.duration.observe(duration_s)
+        stalls = getattr(detail, "unit_stall_s", None)
+        if stalls:
+            self.unit_stall.set(max(stalls))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

@@ -25,6 +25,7 @@ from ..engine import PackOptions, Repository, SnapshotInfo
 from ..engine.packer import reuse_fraction
 from ..format.config import parse_duration
 from .api import RepoLike, open_repo
+from .metrics import SnapshotterMetrics
 from .sources import SnapshotSource, as_source
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class Snapshotter:
     :class:`~tqsnap.adapters.transferqueue.TransferQueueSystem`), a callable returning a state
     dict (tensors, bytes, JSON values), or a :class:`~tqsnap.faces.sources.SnapshotSource`. ``metadata`` may be a dict or a callable returning one,
     evaluated per snapshot. ``retention`` runs after each successful snapshot.
+
+    ``metrics=True`` keeps Prometheus metrics in ``self.metrics`` (docs/metrics.md);
+    ``metrics_port`` also serves them over HTTP on ``metrics_addr`` (127.0.0.1 unless told).
     """
 
     def __init__(
@@ -86,6 +90,9 @@ class Snapshotter:
         history: int = 100,
         start: bool = True,
         run_immediately: bool = False,
+        metrics: bool = False,
+        metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
     ) -> None:
         self.source: SnapshotSource = as_source(source)
         self.stream = stream
@@ -106,6 +113,9 @@ class Snapshotter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._run_immediately = run_immediately
+        self.metrics: SnapshotterMetrics | None = None
+        if metrics or metrics_port is not None:
+            self.metrics = SnapshotterMetrics(stream, port=metrics_port, addr=metrics_addr)
         if start:
             self.start()
 
@@ -132,6 +142,8 @@ class Snapshotter:
         if final_snapshot:
             with self._busy:
                 self._take()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def __enter__(self) -> Snapshotter:
         return self.start()
@@ -153,6 +165,8 @@ class Snapshotter:
         """Take a snapshot now, in this thread; None (and logged) if one is already running."""
         if not self._busy.acquire(blocking=False):
             self.skipped += 1
+            if self.metrics is not None:
+                self.metrics.skipped.inc()
             log.warning("snapshot of %s skipped: the previous one is still running", self.stream)
             return None
         try:
@@ -169,6 +183,8 @@ class Snapshotter:
             if next_at <= now:  # the snapshot overran its slot(s): skip them rather than pile up
                 missed = int((now - next_at) // self.every) + 1
                 self.skipped += missed
+                if self.metrics is not None:
+                    self.metrics.skipped.inc(missed)
                 log.warning(
                     "snapshot of %s took longer than its %.1fs interval; skipping %d scheduled run(s)",
                     self.stream,
@@ -186,6 +202,8 @@ class Snapshotter:
         except Exception as exc:  # noqa: BLE001 - logged and kept; the schedule goes on
             self.failed += 1
             self.last_error = exc
+            if self.metrics is not None:
+                self.metrics.failed.inc()
             log.error("snapshot of %s failed: %s", self.stream, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             return None
         result.started_at = started
@@ -193,6 +211,14 @@ class Snapshotter:
         self.results.append(result)
         self.taken += 1
         self.last_error = None
+        if self.metrics is not None:
+            self.metrics.observe_success(
+                finished_at=started + result.duration_s,
+                duration_s=result.duration_s,
+                new_bytes=result.new_bytes,
+                reused_bytes=result.reused_bytes,
+                detail=result.detail,
+            )
         if self.retention is not None:
             try:
                 self.retention(self.repo, result)

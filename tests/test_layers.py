@@ -26,7 +26,13 @@ PACKAGE_DIR = Path(tqsnap.__file__).parent
 LAYER_RANK = {"errors": 0, "store": 1, "format": 2, "engine": 3, "adapters": 4, "testing": 5, "faces": 6}
 
 #: Top-level modules that are not in a layer package, and the layer they belong to.
-TOP_LEVEL = {"tqsnap": "faces", "tqsnap.tq": "faces", "tqsnap.dcp": "faces", "tqsnap.errors": "errors"}
+TOP_LEVEL = {
+    "tqsnap": "faces",
+    "tqsnap.__main__": "faces",
+    "tqsnap.tq": "faces",
+    "tqsnap.dcp": "faces",
+    "tqsnap.errors": "errors",
+}
 
 
 def _module_name(path: Path) -> str:

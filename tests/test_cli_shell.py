@@ -296,3 +296,20 @@ def test_the_shell_against_a_real_s3_server(s3_repo_url: tuple[str, dict[str, st
     proc = run("forget", "run@1", "--json", env=env, options=options)
     assert proc.returncode == EXIT_OK, proc.stderr
     assert [s.seq for s in tqsnap.snapshots(url, "run", storage_options=options)] == [2]
+
+
+def test_forget_by_name_keeps_a_tagged_snapshot_unless_untag(repo: str) -> None:
+    tqsnap.tag(repo, "keep-me", stream="run", snapshot=1)
+    proc = run("forget", repo, "run@1")
+    assert proc.returncode == EXIT_USAGE and "keep-me" in proc.stderr and "--untag" in proc.stderr
+    assert [s.seq for s in tqsnap.snapshots(repo, "run")] == [1, 2]
+    proc = run("forget", repo, "run@tag:keep-me", "--untag", "--json")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    (doc,) = json_lines(proc, "forget")
+    assert doc["snapshot"] == "run@1" and doc["tags_removed"] == ["keep-me"]
+    assert [s.seq for s in tqsnap.snapshots(repo, "run")] == [2]
+
+
+def test_two_different_repositories_are_refused(repo: str, tmp_path: Path) -> None:
+    proc = run("snapshots", repo, "--repo", str(tmp_path / "other"))
+    assert proc.returncode == EXIT_USAGE and "two repositories" in proc.stderr

@@ -313,3 +313,16 @@ def test_forget_by_name_keeps_a_tagged_snapshot_unless_untag(repo: str) -> None:
 def test_two_different_repositories_are_refused(repo: str, tmp_path: Path) -> None:
     proc = run("snapshots", repo, "--repo", str(tmp_path / "other"))
     assert proc.returncode == EXIT_USAGE and "two repositories" in proc.stderr
+
+
+@pytest.mark.s3
+def test_a_missing_bucket_is_named_with_no_python_keyword(s3_repo_url: tuple[str, dict[str, str]]) -> None:
+    _, options = s3_repo_url
+    proc = run(
+        "snapshots", "s3://no-such-bucket-tqsnap/x", "--endpoint-url", options["endpoint_url"], "--json",
+        options=options,
+    )
+    assert proc.returncode == EXIT_NOT_FOUND, proc.stderr
+    (doc,) = json_lines(proc, "snapshots")
+    assert "no-such-bucket-tqsnap" in doc["error"]["message"] and "=True" not in doc["error"]["message"]
+    assert "=True" not in proc.stderr

@@ -126,6 +126,9 @@ CLI_WORDS = {
     "Pass allow_pickle=True": "Pass --allow-pickle",
     "pass allow_pickle=True": "pass --allow-pickle",
     " (allow_empty_policy=True)": "",
+    " or pass create=True": "",
+    "pass single_writer=True": "pass --single-writer",
+    " (init_repo(..., single_writer=True))": "",
 }
 
 

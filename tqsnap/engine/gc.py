@@ -51,6 +51,7 @@ from ..format.keys import (
 from ..format.manifest import Manifest, SnapshotId
 from ..format.strict import MAX_MANIFEST_BYTES
 from ..store.base import DELETE_BATCH, ObjectInfo, PendingUpload, batched
+from . import progress
 from .repository import Repository
 
 log = logging.getLogger(__name__)
@@ -345,11 +346,18 @@ class GarbageCollector:
         if not keys or self.dry_run:
             return
         chunks = list(batched(keys, DELETE_BATCH))
+        sizes = {i.key: i.size for i in garbage}
+
+        def delete(chunk: Sequence[str]) -> int:
+            sent = self.store.delete_many(chunk)
+            progress.sink().advance(sum(sizes[k] for k in chunk))
+            return sent
+
         if self.threads == 1 or len(chunks) == 1:
-            requests = [self.store.delete_many(chunk) for chunk in chunks]
+            requests = [delete(chunk) for chunk in chunks]
         else:
             with self._pool() as pool:
-                requests = list(pool.map(self.store.delete_many, chunks))
+                requests = list(pool.map(delete, chunks))
         self._count("delete", sum(requests))
 
     # --- step 4 ------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from ..format.manifest import Extent, Item, ShardRef
 from ..format.shard import CODECS, content_hash, content_hash_parts, decode, encode
 from ..store.base import Buffer, ObjectStore
 from ..store.buffers import writable_buffer
+from . import progress
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class Shards:
     def upload(self, shard: EncodedShard) -> ShardRef:
         """Store an encoded shard at its fresh key (a plain PUT: no one else writes that key)."""
         self.store.put(shard.ref.key, shard.payload)
+        progress.sink().uploaded(shard.ref.stored_size)
+        progress.sink().advance(shard.ref.stored_size)
         return shard.ref
 
     def put(self, parts: Sequence[Buffer], codec: str, *, digest: str | None = None) -> ShardRef:
@@ -182,6 +185,7 @@ class Shards:
         source._decode(ref, stored, None, verify=True)
         new = _fresh_ref(ref.hash, ref.size, ref.stored_size, ref.codec)
         self.store.put(new.key, stored)
+        progress.sink().uploaded(ref.stored_size)
         return new
 
     # --- reading -----------------------------------------------------------------------------
@@ -353,7 +357,9 @@ class Shards:
         """
         if self.threads == 0:
             for key, ref in pairs:
-                yield key, _call(fn, key, ref, None, return_exceptions)
+                result = _call(fn, key, ref, None, return_exceptions)
+                progress.sink().advance(_cost(ref))
+                yield key, result
             return
         pending: deque[tuple[K, int, Future[Any]]] = deque()
         inflight = 0
@@ -372,7 +378,9 @@ class Shards:
                         nxt = next(todo, None)
                     key, cost, fut = pending.popleft()
                     inflight -= cost
-                    yield key, fut.result()
+                    result = fut.result()
+                    progress.sink().advance(cost)
+                    yield key, result
             finally:  # a failure or an early close: drop what has not started
                 for _, _, fut in pending:
                     fut.cancel()

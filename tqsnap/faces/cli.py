@@ -59,6 +59,7 @@ from .cli_common import (  # noqa: F401 - EXIT_* and the helpers stay importable
 from .cli_curate import damaged_json, report_damaged
 from .cli_errors import run_command
 from .cli_logging import configure_logging
+from .progress import with_progress
 
 # --- core subcommands ------------------------------------------------------------------------
 
@@ -288,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run(a: argparse.Namespace) -> int | None:
         cli_shell.prepare(a)
-        return a.func(a)
+        return with_progress(a.func)(a)
 
     return run_command(cli_shell.with_json_errors(run), args)
 

@@ -1,7 +1,8 @@
 """A SIGKILL harness: a child process runs save, forget, gc or copy; the parent kills it.
 
-Each round starts ``tests/kill_child.py`` on a repository, lets it run, and SIGKILLs it either
-after a random delay or when it reports a named checkpoint (the first shard uploaded, just
+Each round starts ``tests/kill_child.py`` on a repository (in a quarter of the rounds two
+children at once, say a save beside a gc), lets it run, and SIGKILLs it either after a random
+delay or when it reports a named checkpoint (the first shard uploaded, just
 before or after the manifest's put-if-absent, the first tombstone, gc's first delete). All
 draws come from one seeded ``random.Random``, so a failing run can be repeated. After every
 round the parent checks, reading the repository directly:
@@ -53,8 +54,8 @@ _CHECKPOINTS = {
     "copy": ("upload", "commit", "committed"),
 }
 #: Errors a child may end with without the repository being at fault: a save slowed past its
-#: (tiny) deadline by a loaded machine.
-_ACCEPTED_ERRORS = ("WriteDeadlineExceededError",)
+#: (tiny) deadline by a loaded machine, a gc that met another gc finalising the same manifests.
+_ACCEPTED_ERRORS = ("WriteDeadlineExceededError", "GcConflictError")
 
 
 @dataclass
@@ -92,12 +93,15 @@ class KillHarness:
         seed: int,
         multipart: bool,
         max_delay_s: float = 0.4,
+        concurrent: float = 0.25,
         log_dir: Path | None = None,
     ) -> None:
         self.url, self.dst_url, self.options = url, dst_url, dict(options)
         self.rng = random.Random(seed)
         self.multipart = multipart
         self.max_delay_s = max_delay_s
+        self.concurrent = concurrent
+        self._lock = threading.Lock()
         self.log_dir = log_dir
         self.stats = KillStats()
         self.multipart_ids: set[int] = set()
@@ -111,7 +115,35 @@ class KillHarness:
 
     # --- one round -------------------------------------------------------------------------
 
-    def round(self) -> tuple[str, str]:
+    def round(self) -> list[tuple[str, str]]:
+        """One child, or (in a quarter of the rounds) two at once, each killed on its own."""
+        children = 2 if self.rng.random() < self.concurrent else 1
+        plans = [self._plan() for _ in range(children)]
+        outcomes: list[str | BaseException] = [""] * children
+
+        def run(i: int) -> None:
+            try:
+                outcomes[i] = self._run_child(*plans[i])
+            except BaseException as exc:  # re-raised below, in the test's thread
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(children)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        done = [(spec["op"], str(outcome)) for (spec, _), outcome in zip(plans, outcomes, strict=True)]
+        for key in done:
+            self.stats.outcomes[key] += 1
+        self.stats.rounds += 1
+        self.check()
+        return done
+
+    def _plan(self) -> tuple[dict[str, Any], float]:
+        """The next child's operation, content id, options, checkpoint or kill delay."""
         ops = ["save"] * 5 + ["forget", "gc", "copy"] + (["save_multipart"] * 2 if self.multipart else [])
         op = self.rng.choice(ops)
         self._next_id += 1
@@ -120,19 +152,13 @@ class KillHarness:
         spec["options"] = self.options | (MULTIPART_OPTIONS if op == "save_multipart" else {})
         if op == "save_multipart":
             self.multipart_ids.add(cid)
-        use_checkpoint = self.rng.random() < 0.5
-        if use_checkpoint:
+        if self.rng.random() < 0.5:
             spec["checkpoint"] = self.rng.choice(_CHECKPOINTS[op])
-        delay = self.rng.uniform(0, self.max_delay_s)
-        outcome = self._run_child(spec, delay)
-        self.stats.outcomes[(op, outcome)] += 1
-        self.stats.rounds += 1
-        self.check()
-        return op, outcome
+        return spec, self.rng.uniform(0, self.max_delay_s)
 
     def _run_child(self, spec: dict[str, Any], delay: float) -> str:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        err_path = (self.log_dir or Path("/tmp")) / f"kill-child-{os.getpid()}.err"
+        err_path = (self.log_dir or Path("/tmp")) / f"kill-child-{os.getpid()}-{spec['content_id']}.err"
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, str(CHILD), json.dumps(spec)],
@@ -155,7 +181,8 @@ class KillHarness:
                 return "completed"
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
-                self.stats.kills += 1
+                with self._lock:
+                    self.stats.kills += 1
             code = proc.wait(timeout=30)
         finally:
             if proc.poll() is None:

@@ -326,3 +326,11 @@ def test_a_missing_bucket_is_named_with_no_python_keyword(s3_repo_url: tuple[str
     (doc,) = json_lines(proc, "snapshots")
     assert "no-such-bucket-tqsnap" in doc["error"]["message"] and "=True" not in doc["error"]["message"]
     assert "=True" not in proc.stderr
+
+
+def test_verbosity_counts_v_before_and_after_the_subcommand(repo: str) -> None:
+    debug = "DEBUG tqsnap.cli: tqsnap"
+    assert debug in run("snapshots", repo, "-vv").stderr
+    assert debug in run("-v", "snapshots", repo, "-v").stderr
+    assert debug not in run("-v", "snapshots", repo).stderr
+    assert run("-q", "snapshots", repo, "-vv").stderr == ""

@@ -25,6 +25,7 @@ not ``--profile``, because ``copy --profile`` already names an AWS profile.)
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -41,6 +42,8 @@ from .cli_common import (
     write_json_line,
 )
 from .cli_errors import describe, exit_code_for
+
+log = logging.getLogger("tqsnap.cli")
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -321,6 +324,7 @@ def prepare(args: argparse.Namespace) -> None:
     """Everything between parsing and running: repository, profile, snapshot references."""
     resolve_repository(args)
     resolve_snapshot_refs(args)
+    log.debug("tqsnap %s: %s on %s", tqsnap_version(), args.command, getattr(args, "url", "-"))
 
 
 def version_line() -> str:

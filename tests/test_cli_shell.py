@@ -334,3 +334,13 @@ def test_verbosity_counts_v_before_and_after_the_subcommand(repo: str) -> None:
     assert debug in run("-v", "snapshots", repo, "-v").stderr
     assert debug not in run("-v", "snapshots", repo).stderr
     assert run("-q", "snapshots", repo, "-vv").stderr == ""
+
+
+def test_a_tag_names_its_stream_so_no_stream_flag_is_needed(repo: str) -> None:
+    tqsnap.tag(repo, "best", stream="run", snapshot=1)
+    for argv in (["show", repo, "--snapshot", "tag:best"], ["ls", repo, "tag:best"]):
+        proc = run(*argv, "--json")
+        assert proc.returncode == EXIT_OK, proc.stderr
+        assert json_lines(proc, argv[0])[0]["seq" if argv[0] == "show" else "snapshot"] in (1, "run@1")
+    proc = run("show", repo, "--stream", "eval", "--snapshot", "tag:best")
+    assert proc.returncode == EXIT_NOT_FOUND and "'run'" in proc.stderr, "an explicit --stream is checked"

@@ -37,6 +37,7 @@ from .. import errors
 from .cli_common import (
     EXIT_OK,
     EXIT_USAGE,
+    open_repository,
     split_snapshot,
     tqsnap_version,
     write_json_line,
@@ -61,6 +62,8 @@ JSON_REQUESTED = False
 _TRIAL = False
 #: Why --repo-profile / the config file could not name a repository (said if the URL is missing).
 _FALLBACK_PROBLEM = ""
+#: The command line being run (to tell a default ``--stream`` from one given).
+_ARGV: list[str] = []
 
 
 class _TrialFailed(Exception):
@@ -223,7 +226,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
     the repository and ``argv`` does not parse as given, it is parsed again with that URL
     inserted after the subcommand.
     """
-    global _TRIAL
+    global _TRIAL, _ARGV
+    _ARGV = list(argv)
     fallback = _fallback_repo(argv)
     if fallback:
         _TRIAL = True
@@ -259,6 +263,16 @@ def resolve_snapshot_refs(args: argparse.Namespace) -> None:
     if isinstance(snapshot, str) and "@" in snapshot:
         stream, args.snapshot = split_snapshot(snapshot, getattr(args, "stream", None))
         args.stream = stream
+    elif (
+        isinstance(snapshot, str)
+        and snapshot.startswith("tag:")
+        and hasattr(args, "url")
+        and not any(a == "--stream" or a.startswith("--stream=") for a in _ARGV)
+    ):
+        # Tags name a whole snapshot, stream included: `--snapshot tag:best` needs no --stream.
+        target = open_repository(args).read_tag(snapshot[4:]).target
+        if target is not None:
+            args.stream = target.stream
 
 
 # --- completion ----------------------------------------------------------------------------------

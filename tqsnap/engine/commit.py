@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import (
     AccessDeniedError,
@@ -27,9 +27,7 @@ from ..format.keys import snapshot_key
 from ..format.manifest import Manifest
 from .create_once import Outcome
 from .repository import SnapshotInfo
-
-if TYPE_CHECKING:
-    from .writer import SnapshotWriter
+from .writer_state import SaveState
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ class Committer:
     """
 
     def __init__(
-        self, writer: SnapshotWriter, manifest: Manifest, max_attempts: int, backoff: Callable[[int], None]
+        self, writer: SaveState, manifest: Manifest, max_attempts: int, backoff: Callable[[int], None]
     ) -> None:
         self.w = writer
         self.backoff = backoff

@@ -43,6 +43,7 @@ class ScheduledResult:
     duration_s: float
     new_bytes: int
     reused_bytes: int
+    #: Stored (compressed) size of the shards this snapshot uploaded, as in manifest stats.
     stored_bytes: int
     detail: Any = None  # the adapter's own result (a TQSnapshotResult for TransferQueue)
 

@@ -92,3 +92,31 @@ def test_forget_keeps_tagged_snapshots_unless_untag(target: Target) -> None:
     assert dropped["tags_removed"] == ["release"]
     assert [s["seq"] for s in json_lines(run(target, "snapshots", "--json"))] == [3]
     assert json_lines(run(target, "tags", "--json")) == [], "no tag is left naming a forgotten snapshot"
+
+
+def test_tag_versions_match_the_published_schema(tmp_path) -> None:
+    from test_schema import _validator
+
+    url = str(tmp_path / "repo")
+    _three_snapshots(Target(url))
+    repo = Repository.open(url)
+    repo.tag("t", "run", 1)
+    repo.tag("t", "run", 2, move=True)
+    repo.untag("t")
+    validator = _validator("tag")
+    for path in sorted((tmp_path / "repo/tags").rglob("*.json")):
+        validator.validate(json.loads(path.read_text()))
+
+
+def test_a_tag_naming_a_forgotten_snapshot_is_listed_as_such(tmp_path) -> None:
+    url = str(tmp_path / "repo")
+    t = Target(url)
+    _three_snapshots(t)
+    repo = Repository.open(url)
+    repo.tag("old", "run", 1)
+    repo.write_tombstone("run", 1, "forgotten by a tool that did not know tags pin")
+    (listed,) = json_lines(run(t, "tags", "--json"))
+    assert listed["name"] == "old" and listed["target_visible"] is False
+    assert "forgotten" in run(t, "tags").stdout
+    assert run(t, "show", "--snapshot", "run@tag:old").returncode == 3
+    assert run(t, "untag", "old").returncode == 0

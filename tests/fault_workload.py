@@ -111,6 +111,7 @@ def content(seed: int, op: int, size: str) -> dict[str, Any]:
 
 
 def content_id(seed: int, op: int) -> str:
+    """The name a save's content carries in its state and in its snapshot's metadata."""
     return f"s{seed}-op{op}"
 
 
@@ -123,6 +124,8 @@ def parse_content_id(cid: object) -> tuple[int, int] | None:
 
 @dataclass
 class SaveRecord:
+    """Where a save (or copy) that reported success says its snapshot is, and what it holds."""
+
     stream: str
     seq: int
     cid: str

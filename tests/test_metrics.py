@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tqsnap
 from tqsnap.faces.scheduler import Snapshotter
+from tqsnap.store import open_store
 
 
 def _samples(text: str) -> dict[tuple[str, str], float]:
@@ -94,3 +95,18 @@ def test_a_failed_run_still_writes_its_metrics(tmp_path) -> None:
     m = _metrics(prom)
     assert m[("tqsnap_job_success", "gc")] == 0
     assert ("tqsnap_job_last_success_timestamp_seconds", "gc") not in m
+
+
+def test_gc_and_forget_say_when_space_comes_back(tmp_path) -> None:
+    t = Target(str(tmp_path / "repo"))
+    assert run(t, "init", "--grace", "1h", "--max-write-duration", "10m").returncode == 0
+    for i in range(2):
+        tqsnap.save(t.url, {"w": torch.full((50_000,), float(i))}, stream="s")
+    forgot = json_out(run(t, "forget", "--keep-last", "1", "--json"))
+    assert forgot["tombstones_written"] == 1
+    gc = json_out(run(t, "gc", "--json"))
+    stone = next(iter(open_store(t.url).list("tombstones/")))
+    assert gc["young_tombstones_due_at"] == stone.last_modified + 3600
+    assert abs(forgot["space_reclaimable_after"] - gc["young_tombstones_due_at"]) < 60
+    text = run(t, "gc").stdout
+    assert "forgotten snapshots are reclaimed by a gc run after" in text

@@ -83,6 +83,9 @@ class GcReport:
     young_garbage_bytes: int = 0
     #: Server time after which the youngest garbage kept this run is old enough to delete.
     young_garbage_deletable_at: float | None = None
+    #: Server time after which the youngest tombstone seen is old enough for its snapshot's
+    #: manifest and shards to be reclaimed by a gc run.
+    young_tombstones_due_at: float | None = None
     manifests_finalised: list[str] = field(default_factory=list)
     tombstones_deleted: int = 0
     foreign_keys: int = 0
@@ -119,6 +122,7 @@ class GcReport:
             "young_garbage": self.young_garbage,
             "young_garbage_bytes": self.young_garbage_bytes,
             "young_garbage_deletable_at": self.young_garbage_deletable_at,
+            "young_tombstones_due_at": self.young_tombstones_due_at,
             "manifests_finalised": self.manifests_finalised,
             "tombstones_deleted": self.tombstones_deleted,
             "foreign_keys": self.foreign_keys,
@@ -277,6 +281,9 @@ class GarbageCollector:
         finalised = set(refs.finalised)
         for sid, stone in sorted(tombstones.items()):
             if stone.last_modified >= self.cutoff:
+                due = stone.last_modified + self.grace
+                if self.report.young_tombstones_due_at is None or due > self.report.young_tombstones_due_at:
+                    self.report.young_tombstones_due_at = due
                 continue
             if sid not in manifests or SnapshotId(*sid) in finalised:
                 refs.finalise_tombstones.append(tombstone_key(*sid))

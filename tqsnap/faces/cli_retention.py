@@ -50,6 +50,11 @@ def _gc_text(r: GcReport) -> str:
             if r.young_garbage_deletable_at
             else []
         ),
+        *(
+            [f"  later      forgotten snapshots are reclaimed by a gc run after {fmt_time(r.young_tombstones_due_at)} UTC"]
+            if r.young_tombstones_due_at
+            else []
+        ),
         f"  requests   {r.total_requests} ({', '.join(f'{k} {v}' for k, v in sorted(r.requests.items()))}) "
         f"in {r.duration_s:.2f}s",
     ]

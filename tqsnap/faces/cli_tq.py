@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from .cli_common import EXIT_OK, add_repo_args, emit, fmt_bytes, storage_options, terminal_safe
+from .metrics import add_metrics_arg, job_metrics
 
 
 def _attach(address: str) -> None:
@@ -37,7 +38,11 @@ def cmd_tq_snapshot(args: argparse.Namespace) -> int:
     from .tq import snapshot
 
     _attach(args.ray_address)
-    r = snapshot(args.url, stream=args.stream, storage_options=storage_options(args) or None)
+    with job_metrics(args, "tq-snapshot") as job:
+        r = snapshot(args.url, stream=args.stream, storage_options=storage_options(args) or None)
+        job.set("new_bytes", r.new_bytes, "Item bytes the snapshot uploaded.")
+        job.set("reused_bytes", r.reused_bytes, "Item bytes reused from the parent snapshot.")
+        job.set("seq", r.info.seq, "Seq of the snapshot committed.")
     emit(
         args,
         r.to_json(),
@@ -85,6 +90,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("tq-snapshot", help="snapshot the TransferQueue running on a Ray cluster")
     add_repo_args(p, stream=True)
     p.add_argument("--ray-address", default="auto", help="Ray cluster to attach to (default: %(default)s)")
+    add_metrics_arg(p)
     p.set_defaults(func=cmd_tq_snapshot)
 
     p = sub.add_parser(

@@ -34,6 +34,9 @@ def test_a_config_change_is_a_new_version_that_gc_uses(target: Target) -> None:
     assert gc["grace_seconds" if "grace_seconds" in gc else "grace"] == 48 * 3600, "gc reads the newest version"
     shown = json_out(run(target, "config", "--json"))
     assert [h["version"] for h in shown["history"]] == [1, 2]
+    assert run(target, "config", "--max-write-duration", "20h").returncode == 0, "under 48h / 2 now"
+    writer_view = Repository.open(target.url, storage_options=target.storage_options()).config
+    assert (writer_view.version, writer_view.max_write_duration) == (3, 20 * 3600), "writers open the newest"
 
 
 def test_an_unsafe_change_is_refused_and_writes_nothing(target: Target) -> None:

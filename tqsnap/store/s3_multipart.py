@@ -14,6 +14,7 @@ untyped ``KeyError`` or a cut ETag sent on to a completion the server would reje
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -63,8 +64,11 @@ def upload_in_parts(
                 pool.submit(_upload_part, s3, key, full, upload_id, number, view[offset : offset + chunk])
             )
         parts = [f.result() for f in futures]
+        tries = 0
 
         def complete() -> bool:
+            nonlocal tries
+            tries += 1
             kwargs: dict[str, Any] = {
                 "Bucket": s3.bucket,
                 "Key": full,
@@ -78,6 +82,9 @@ def upload_in_parts(
             except ClientError as exc:
                 if conditional and s3.lost_race(exc):
                     return False
+                if not conditional and tries > 1 and _error_code(exc)[0] == "NoSuchUpload":
+                    if _completed_earlier(s3, full, size, parts):
+                        return True
                 raise
             return True
 
@@ -96,6 +103,37 @@ def upload_in_parts(
     if not created:
         _abort_quietly(s3, key, upload_id)
     return created
+
+
+def _completed_earlier(s3: S3Requests, full: str, size: int, parts: list[dict[str, Any]]) -> bool:
+    """Whether a completion whose reply was lost did complete the upload (unconditional only).
+
+    A repeated CompleteMultipartUpload of an upload an earlier attempt completed is answered
+    ``NoSuchUpload``. The object is then ours when it has our size and, where the server uses
+    the usual multipart ETag (the MD5 of the parts' MD5s, ``-`` and their count), that ETag
+    too. Unconditional uploads go to fresh keys (shards are named with a fresh upload id), so
+    nobody else writes one. A conditional completion is never settled here: its caller
+    reads the key back (:meth:`S3Requests.create`).
+    """
+    try:
+        head = s3.client.head_object(Bucket=s3.bucket, Key=full)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise  # a failed HEAD is retried with the completion
+    if head.get("ContentLength") != size:
+        return False
+    etag = str(head.get("ETag") or "").strip('"')
+    try:
+        md5s = b"".join(bytes.fromhex(p["ETag"].strip('"')) for p in parts)
+    except ValueError:  # part ETags that are not MD5s: the size is all there is to compare
+        return True
+    if "-" not in etag:
+        return True
+    ours = f"{hashlib.md5(md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
+    if etag != ours:
+        logger.warning("%s exists after NoSuchUpload with ETag %s, not this upload's %s", full, etag, ours)
+    return etag == ours
 
 
 def _upload_part(

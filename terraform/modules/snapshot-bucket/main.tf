@@ -16,6 +16,7 @@ locals {
     "${local.bucket_arn}/${local.key_prefix}tqsnap.json",
     "${local.bucket_arn}/${local.key_prefix}snapshots/*",
     "${local.bucket_arn}/${local.key_prefix}tags/*",
+    "${local.bucket_arn}/${local.key_prefix}config/*",
   ]
 
   # Everything a writer (tqsnap snapshot / save) creates.

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import ray
 from helpers import assert_same, dump, fill, put
-from hostile import Draft, craft, run_bounded
+from tq_crafting import Draft, craft, run_bounded
 
 from tqsnap.adapters.transferqueue import restore_system, snapshot_system
 from tqsnap.adapters.transferqueue.layout import (

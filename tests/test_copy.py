@@ -337,3 +337,14 @@ def test_cli_copy_all_with_a_destination_profile_prints_json_lines(tmp_path, sea
     assert no_profile.returncode == 4, "the environment's credentials are refused there"
     refused = _cli("snapshots", "file://tmp/x")
     assert refused.returncode == 2 and "file:///tmp/x" in refused.stderr
+
+
+def test_cli_copy_from_s3_with_an_endpoint_to_local_disk(tmp_path, seaweedfs_endpoint) -> None:
+    """The source's S3 settings are not handed to a destination on local disk."""
+    url, options = seaweedfs_endpoint.make_bucket()
+    tqsnap.save(url, _state(1), stream="s", storage_options=options)
+    dst = tmp_path / "backup"
+    done = _cli("copy", url, str(dst), "--stream", "s", "--endpoint-url", options["endpoint_url"])
+    assert done.returncode == 0, done.stderr
+    assert "copied as s@1" in done.stdout
+    assert torch.equal(tqsnap.load(str(dst), stream="s")["t0"], _state(1)["t0"])

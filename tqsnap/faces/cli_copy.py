@@ -26,10 +26,18 @@ def source_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def _object_store_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in ("s3", "obs") if "://" in url else False
+
+
 def destination_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The destination's own flags, or the source's settings when it has none."""
+    """The destination's own flags, or the source's settings when it has none.
+
+    The source's settings are S3 settings: a destination on local disk (or in memory) gets
+    none of them, so ``copy s3://... /backup --endpoint-url ...`` works.
+    """
     if not (args.dst_endpoint_url or args.dst_profile):
-        return source_options(args)
+        return source_options(args) if _object_store_url(args.dst) else {}
     opts: dict[str, Any] = {}
     if args.dst_endpoint_url:
         opts["endpoint_url"] = args.dst_endpoint_url

@@ -130,10 +130,11 @@ def test_report_counts_objects_bytes_and_requests(repo: Repository, clock: Clock
         and sorted(r.deleted_shard_keys) == sorted(orphans)
     )
     assert r.live_manifests == 1 and r.referenced_shards == 2
-    assert r.requests["list"] == 256 + 2 and r.requests["get"] == 1 and r.requests["delete"] == 1
+    # 256 shard prefixes, snapshots/, tombstones/, and tqsnap-probe/ for a probe's leftovers
+    assert r.requests["list"] == 256 + 3 and r.requests["get"] == 1 and r.requests["delete"] == 1
     assert r.requests["list_uploads"] == 1  # step 5 looks for incomplete uploads once
     doc = r.to_json()
-    assert doc["objects_scanned"] == 5 and doc["requests"]["total"] == 261 and doc["dry_run"] is False
+    assert doc["objects_scanned"] == 5 and doc["requests"]["total"] == 262 and doc["dry_run"] is False
 
 
 def test_dry_run_reports_the_same_and_deletes_nothing(
@@ -406,3 +407,16 @@ def test_gc_on_seaweedfs_deletes_in_batches_of_at_most_1000_keys(seaweedfs_endpo
     assert sorted(calls) == [500, 1000]
     assert shard_keys(repo) == referenced(repo, "s", 1)
     assert repo.verify("s").ok
+
+
+def test_gc_removes_what_a_store_probe_left_once_older_than_grace(repo: Repository, clock: Clock) -> None:
+    """init probes with the writer's credentials, which may not delete: gc removes the leftovers."""
+    save(repo, "s", **BIG)
+    repo.store.put("tqsnap-probe/0123456789abcdef/small-1", b"x" * 10)
+    assert collect_garbage(repo).probe_objects_deleted == 0, "a probe younger than grace may still be running"
+    assert repo.store.exists("tqsnap-probe/0123456789abcdef/small-1")
+    clock.t += GRACE + 1
+    report = collect_garbage(repo)
+    assert report.probe_objects_deleted == 1 and report.to_json()["probe_objects_deleted"] == 1
+    assert not repo.store.exists("tqsnap-probe/0123456789abcdef/small-1")
+    assert repo.snapshots("s"), "the repository itself is untouched"

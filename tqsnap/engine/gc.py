@@ -51,6 +51,7 @@ from ..format.keys import (
 from ..format.manifest import Manifest, SnapshotId
 from ..format.strict import MAX_MANIFEST_BYTES
 from ..store.base import DELETE_BATCH, ObjectInfo, PendingUpload, batched
+from ..store.probe import PROBE_PREFIX
 from . import progress
 from .repository import Repository
 
@@ -91,6 +92,8 @@ class GcReport:
     foreign_keys: int = 0
     uploads_aborted: list[str] = field(default_factory=list)
     young_uploads: int = 0
+    #: Objects a store probe left under ``tqsnap-probe/`` (``init`` leaves its own for gc).
+    probe_objects_deleted: int = 0
     requests: Counter[str] = field(default_factory=Counter)
     duration_s: float = 0.0
     deleted_shard_keys: list[str] = field(default_factory=list, repr=False)
@@ -128,6 +131,7 @@ class GcReport:
             "foreign_keys": self.foreign_keys,
             "uploads_aborted": self.uploads_aborted,
             "young_uploads": self.young_uploads,
+            "probe_objects_deleted": self.probe_objects_deleted,
             "requests": dict(self.requests) | {"total": self.total_requests},
             "duration_s": round(self.duration_s, 6),
         }
@@ -404,6 +408,19 @@ class GarbageCollector:
         if uploads:
             log.info("gc: aborted %d incomplete uploads older than the grace period", len(uploads))
 
+    def delete_probe_leftovers(self) -> None:
+        """Step 6: objects a store probe wrote under ``tqsnap-probe/`` and left, once older than grace.
+
+        ``init`` probes the store with the writer's credentials, which may not delete, so it
+        leaves its few probe objects to the role that may. Nothing references them; the age
+        rule only keeps a probe that is still running from losing its objects mid-check.
+        """
+        self._count("list")
+        old = [i.key for i in self.store.list(PROBE_PREFIX) if i.last_modified < self.cutoff]
+        self.report.probe_objects_deleted = len(old)
+        if old and not self.dry_run:
+            self._count("delete", self.store.delete_many(old))
+
     # --- all of it ---------------------------------------------------------------------------
 
     def check_config_unchanged(self) -> None:
@@ -428,6 +445,7 @@ class GarbageCollector:
         self.delete_shards(self.garbage(shards, refs))
         self.finalise(refs)
         self.abort_uploads(self.stale_uploads())
+        self.delete_probe_leftovers()
         return self.finish()
 
     def finish(self) -> GcReport:

@@ -263,6 +263,12 @@ class _Probe:
 
     def cleanup(self) -> None:
         check = "delete"
+        if not self.full:
+            # init runs with a writer's credentials, which may not delete anything (the
+            # terraform module's writer role cannot): its few probe objects are left for gc,
+            # which removes objects under the probe prefix once they are older than grace.
+            self.add(check, OK, f"probe objects left under {self.prefix!r} for gc", required=False)
+            return
         try:
             keys = [info.key for info in self.store.list(self.prefix)]
             self.store.delete_many(keys)
@@ -280,7 +286,7 @@ def probe_store(store: ObjectStore, *, racers: int = RACERS, full: bool = True) 
     """Exercise the store's promises under a fresh probe prefix, and remove what was written.
 
     ``full=False`` checks only what ``init`` needs (a second create of a small and of a large
-    object is refused, and deletes work): about ten requests.
+    object is refused): a handful of requests, and no deletes: gc removes what it leaves.
     """
     result = _Probe(store, racers, full).run()
     for f in result.findings:

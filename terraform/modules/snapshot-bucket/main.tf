@@ -19,17 +19,23 @@ locals {
     "${local.bucket_arn}/${local.key_prefix}config/*",
   ]
 
-  # Everything a writer (tqsnap snapshot / save) creates.
+  # Where `tqsnap init` and `tqsnap doctor` probe the store's promises (put-if-absent, ranged
+  # GET, multipart); gc removes what a probe leaves once it is older than the grace period.
+  probe_arn = "${local.bucket_arn}/${local.key_prefix}tqsnap-probe/*"
+
+  # Everything a writer (tqsnap snapshot / save, init's probe) creates.
   writer_put_arns = concat(
-    ["${local.bucket_arn}/${local.key_prefix}shards/*"],
+    ["${local.bucket_arn}/${local.key_prefix}shards/*", local.probe_arn],
     local.commit_object_arns,
   )
 
-  # What gc deletes: unreferenced shards, finalised manifests and their tombstones.
+  # What gc deletes: unreferenced shards, finalised manifests and their tombstones, and the
+  # objects a store probe left.
   cleanup_delete_arns = [
     "${local.bucket_arn}/${local.key_prefix}shards/*",
     "${local.bucket_arn}/${local.key_prefix}snapshots/*",
     "${local.bucket_arn}/${local.key_prefix}tombstones/*",
+    local.probe_arn,
   ]
 
   list_prefix_patterns = var.prefix == "" ? [] : ["${var.prefix}/*"]
@@ -316,6 +322,19 @@ data "aws_iam_policy_document" "cleanup" {
     sid       = "DeleteGarbage"
     actions   = ["s3:DeleteObject"]
     resources = local.cleanup_delete_arns
+  }
+
+  # gc aborts multipart uploads that killed saves left, once older than the grace period.
+  statement {
+    sid       = "ListIncompleteUploads"
+    actions   = ["s3:ListBucketMultipartUploads"]
+    resources = [local.bucket_arn]
+  }
+
+  statement {
+    sid       = "AbortIncompleteUploads"
+    actions   = ["s3:AbortMultipartUpload"]
+    resources = [local.objects_arn]
   }
 
   dynamic "statement" {

@@ -50,8 +50,10 @@ def _read_terminal(master: int, proc: subprocess.Popen[bytes], *, until: bytes |
     """What the program wrote to its terminal: until it exits, or until ``until`` shows up."""
     out = b""
     deadline = time.monotonic() + timeout
+    poller = select.poll()  # not select.select: a long test session may hold descriptors past 1024
+    poller.register(master, select.POLLIN)
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.05)
+        ready = poller.poll(50)
         if ready:
             try:
                 chunk = os.read(master, 65536)

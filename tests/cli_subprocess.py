@@ -73,3 +73,24 @@ def target_fixture(request: pytest.FixtureRequest, tmp_path) -> Target:
         return Target(str(tmp_path / "repo"))
     url, options = request.getfixturevalue(f"{request.param}_endpoint").make_bucket()
     return Target(url, options)
+
+
+def run_tqsnap(
+    *args: str, env: dict[str, str] | None = None, options: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``python -m tqsnap ARGS`` with a clean environment (no TQSNAP_*, no stray config file);
+    ``options`` of an S3 bucket become the child's credentials. A traceback fails the test."""
+    child = {k: v for k, v in os.environ.items() if not k.startswith(("TQSNAP_", "AWS_"))}
+    child["XDG_CONFIG_HOME"] = "/nonexistent-tqsnap-test-config"
+    if options and "aws_access_key_id" in options:
+        child |= {
+            "AWS_ACCESS_KEY_ID": options["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": options["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    child |= env or {}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tqsnap", *args], capture_output=True, text=True, timeout=timeout, env=child
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from cli_subprocess import run_tqsnap as run
 
 import tqsnap
 from tqsnap.store import open_store
@@ -23,21 +24,6 @@ from tqsnap.store.counting import CountingStore
 EXIT_OK, EXIT_USAGE, EXIT_NOT_FOUND = 0, 2, 3
 
 
-def run(*args: str, env: dict[str, str] | None = None, options: dict[str, str] | None = None):
-    child = {k: v for k, v in os.environ.items() if not k.startswith(("TQSNAP_", "AWS_"))}
-    child["XDG_CONFIG_HOME"] = "/nonexistent-tqsnap-test-config"
-    if options and "aws_access_key_id" in options:
-        child |= {
-            "AWS_ACCESS_KEY_ID": options["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": options["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    child |= env or {}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tqsnap", *args], capture_output=True, text=True, timeout=180, env=child
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 def lines(proc: subprocess.CompletedProcess[str], command: str) -> list[dict[str, Any]]:

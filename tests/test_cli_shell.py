@@ -9,7 +9,6 @@ and ``schema``; a JSON error object and the documented exit code on failure).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime
@@ -18,30 +17,13 @@ from typing import Any
 
 import pytest
 import torch
+from cli_subprocess import run_tqsnap as run
 
 import tqsnap
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 
 
-def run(
-    *args: str, env: dict[str, str] | None = None, options: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``python -m tqsnap ARGS`` with a clean environment (no TQSNAP_*, no stray config file)."""
-    child = {k: v for k, v in os.environ.items() if not k.startswith(("TQSNAP_", "AWS_"))}
-    child["XDG_CONFIG_HOME"] = "/nonexistent-tqsnap-test-config"
-    if options and "aws_access_key_id" in options:
-        child |= {
-            "AWS_ACCESS_KEY_ID": options["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": options["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    child |= env or {}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tqsnap", *args], capture_output=True, text=True, timeout=timeout, env=child
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 def json_lines(proc: subprocess.CompletedProcess[str], command: str) -> list[dict[str, Any]]:

@@ -194,3 +194,11 @@ class CopyOrderError(TqsnapError, ValueError):
 
 class InvalidURLError(TqsnapError, ValueError):
     """A repository URL cannot be used as written (a host in a file:// URL, an unknown scheme)."""
+
+
+class JobError(TqsnapError, ValueError):
+    """A job snapshot was used wrongly: a token that does not parse, a part added twice or staged for another job."""
+
+
+class JobDeadlineExceededError(WriteDeadlineExceededError):
+    """A job snapshot ran past ``first staged shard + max_write_duration``; nothing was committed."""

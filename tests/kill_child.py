@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from killcontent import content  # noqa: E402
 
-from tqsnap.engine import Repository, RetentionPolicy, SnapshotWriter, collect_garbage, forget  # noqa: E402
+from tqsnap.engine import Repository, RetentionPolicy, SnapshotWriter  # noqa: E402
 from tqsnap.engine.copy import copy_snapshot  # noqa: E402
+from tqsnap.engine.gc import collect_garbage  # noqa: E402
+from tqsnap.engine.retention import forget  # noqa: E402
 from tqsnap.store import CountingStore, open_store  # noqa: E402
 from tqsnap.store.base import Buffer  # noqa: E402
 

@@ -38,7 +38,9 @@ from typing import Any
 from kill_child import save
 from killcontent import content
 
-from tqsnap.engine import GarbageCollector, Repository, RetentionPolicy, collect_garbage, forget
+from tqsnap.engine import Repository, RetentionPolicy
+from tqsnap.engine.gc import GarbageCollector, collect_garbage
+from tqsnap.engine.retention import forget
 
 CHILD = Path(__file__).with_name("kill_child.py")
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,8 @@ from faultproxy import ProxiedBucket
 
 import tqsnap
 from tqsnap.adapters.state_dict import save_state
-from tqsnap.engine import Repository, RetentionPolicy, SnapshotWriter, forget
+from tqsnap.engine import Repository, RetentionPolicy, SnapshotWriter
+from tqsnap.engine.retention import forget
 from tqsnap.errors import CommitOutcomeUnknownError
 from tqsnap.store import open_store
 

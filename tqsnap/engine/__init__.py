@@ -43,30 +43,26 @@ Tag
     ``tags/``; retention can keep tagged snapshots.
 """
 
-from .gc import GarbageCollector, GcReport, collect_garbage
-from .packer import PackOptions, PackResult, PackStats, ShardPacker, merge_results
+from .gc import GcReport
+from .packer import PackOptions, PackResult, ShardPacker
 from .reader import SnapshotReader, VerifyReport
 from .repository import Repository, SnapshotInfo
-from .retention import ForgetReport, RetentionPolicy, forget
-from .shards import Shards
+from .retention import ForgetReport, RetentionPolicy
 from .writer import SnapshotWriter
 
+#: What the adapters and faces import from the package. Everything else (gc, retention,
+#: copy, check, the shard layer, ...) is imported from its own module, by the few callers
+#: that need it.
 __all__ = [
     "ForgetReport",
-    "GarbageCollector",
     "GcReport",
-    "RetentionPolicy",
-    "collect_garbage",
-    "forget",
     "PackOptions",
     "PackResult",
-    "PackStats",
     "Repository",
+    "RetentionPolicy",
     "ShardPacker",
     "SnapshotInfo",
     "SnapshotReader",
-    "Shards",
     "SnapshotWriter",
     "VerifyReport",
-    "merge_results",
 ]

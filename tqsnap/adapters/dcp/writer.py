@@ -266,7 +266,9 @@ class Writer(StorageWriter):
                 if loc.pack is not None:
                     writer.add_result(loc.pack)
         metadata.version = DCP_METADATA_VERSION
-        metadata.storage_meta = StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)
+        # No checkpoint_id in the stored metadata: it would be this writer's local path or URL,
+        # which leaks and is wrong after a copy; a reader sets its own when it loads.
+        metadata.storage_meta = StorageMeta(checkpoint_id=None, save_id=self.save_id)
         extra = {EXTRA_KEY: encode_metadata(metadata, paths)}
         info = writer.commit(extra=extra, metadata=self.metadata)
         self.last_snapshot = info

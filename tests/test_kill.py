@@ -34,11 +34,11 @@ def test_kills_on_a_real_s3_server_never_break_a_snapshot(seaweedfs_endpoint: An
     url, options = seaweedfs_endpoint.make_bucket("repo")
     dst = url.rsplit("/", 1)[0] + "/copies"
     harness = KillHarness(url, dst, options, seed=12, multipart=True, max_delay_s=0.8, log_dir=tmp_path)
-    _run(harness, rounds=40, budget_s=45)
+    _run(harness, rounds=24, budget_s=30)
 
 
 def test_kills_on_a_local_directory_never_break_a_snapshot(tmp_path: Path) -> None:
     harness = KillHarness(
         str(tmp_path / "repo"), str(tmp_path / "copies"), {}, seed=7, multipart=False, log_dir=tmp_path
     )
-    _run(harness, rounds=30, budget_s=25)
+    _run(harness, rounds=20, budget_s=18)

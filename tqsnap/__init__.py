@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     """Import the heavy adapters (``tq`` needs Ray, ``dcp`` needs torch) on first use."""
-    if name in ("tq", "dcp"):
+    if name in ("tq", "dcp", "job"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -21,21 +21,47 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
+from ..engine.job_read import open_reader
 from ..errors import FormatError, PickleNotAllowedError, SnapshotNotFoundError, TqsnapError
-from ..format import typed_json
+from ..format import strict, typed_json
 from ..format.keys import snapshot_key
 from ..format.manifest import SnapshotId
 from .tensors import dtype_name, is_tensor, tensor_bytes, tensor_from_bytes
 
 KIND = "state_dict"
-#: 2 writes non-finite floats, tuples and other-keyed dicts as typed JSON (format/typed_json.py);
-#: 1 spelled them ``float``, ``tuple`` and ``items``. Both are read.
-TREE_VERSION = 2
-READABLE_TREE_VERSIONS = (1, 2)
+#: 3 (format 1.2) types every leaf explicitly and keeps dict order in arrays, so a reader in any
+#: language decodes it exactly; 2 wrote non-finite floats, tuples and other-keyed dicts as typed
+#: JSON (format/typed_json.py); 1 spelled them ``float``, ``tuple`` and ``items``. All are read.
+TREE_VERSION = 3
+READABLE_TREE_VERSIONS = (1, 2, 3)
 
 
 def _escape(part: str) -> str:
     return part.replace("~", "~0").replace("/", "~1")
+
+
+def key_segment(key: Any, index: int) -> str:
+    """The item-path segment of a dict entry (docs/format/state_dict.md, "Item paths").
+
+    A string key is itself and an int key its decimal digits (so ``optim/state/0/exp_avg``);
+    any other key (tuple, float, bool, None, bytes, tensor) is ``@<index>``, its position in
+    the dict: portable, where Python's ``str()`` of the key is not.
+    """
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(int(key))
+    return f"@{index}"
+
+
+def key_item_segment(index: int) -> str:
+    """The segment under which a key's own items live (a tensor or bytes used as a key)."""
+    return f"@{index}k"
+
+
+def _legacy_key_segment(key: Any, index: int) -> str:
+    """Tree versions 1 and 2 named entries by Python's ``str()`` of the key."""
+    return key if isinstance(key, str) else str(key)
 
 
 class _TreeEncoder:
@@ -55,13 +81,20 @@ class _TreeEncoder:
         self._paths.add(path)
         return path
 
+    def _text(self, value: str, parts: list[str]) -> str:
+        return typed_json.check_text(str.__str__(value), f"the string at {'/'.join(parts) or '<root>'}")
+
     def encode(self, value: Any, parts: list[str]) -> Any:
-        if value is None or isinstance(value, bool | str):
-            return {"v": value}
+        if value is None or isinstance(value, bool):
+            return {"v": None if value is None else bool(value)}
+        if isinstance(value, str):
+            return {"v": self._text(value, parts)}
         if isinstance(value, int):
-            return {"v": value}
+            value = int(value)
+            return {"int": value} if -typed_json.SAFE_INT <= value <= typed_json.SAFE_INT else typed_json.encode_int(value)
         if isinstance(value, float):
-            return {"v": value} if math.isfinite(value) else typed_json.encode_float(value)
+            value = float(value)
+            return {typed_json.FLOAT: value} if math.isfinite(value) else typed_json.encode_float(value)
         if is_tensor(value):
             view, owner = tensor_bytes(value)
             self.keepalive.append(owner)
@@ -77,10 +110,15 @@ class _TreeEncoder:
             return {"bytearray" if isinstance(value, bytearray) else "bytes": path}
         if isinstance(value, dict):
             if all(isinstance(k, str) for k in value):
-                return {"dict": {k: self.encode(v, [*parts, k]) for k, v in value.items()}}
+                return {
+                    "dict": [[self._text(k, parts), self.encode(v, [*parts, k])] for k, v in value.items()]
+                }
             return typed_json.dict_node(
                 [
-                    [self.encode(k, [*parts, f"k{i}"]), self.encode(v, [*parts, str(k)])]
+                    [
+                        self.encode(k, [*parts, key_item_segment(i)]),
+                        self.encode(v, [*parts, key_segment(k, i)]),
+                    ]
                     for i, (k, v) in enumerate(value.items())
                 ]
             )
@@ -110,6 +148,7 @@ def save_state(
     """Save ``state`` as the next snapshot of ``stream``; only changed shards are uploaded."""
     encoder = _TreeEncoder(allow_pickle)
     tree = encoder.encode(state, [])  # raises before anything is uploaded
+    typed_json.portable_dumps(metadata or {}, "metadata")  # so does metadata the format cannot hold
     writer = SnapshotWriter.begin(repo, stream, KIND, parent=parent, options=options)
     packer = writer.packer()
     try:
@@ -153,8 +192,23 @@ class _TreeDecoder:
         kinds: dict[str, Any],
         allow_pickle: bool,
         keep: Callable[[str], bool] | None = None,
+        version: int = TREE_VERSION,
     ) -> None:
         self.values, self.kinds, self.allow_pickle, self.keep = values, kinds, allow_pickle, keep
+        self.version = version
+        self._segment = key_segment if version >= 3 else _legacy_key_segment
+
+    def _leaf(self, tag: str, body: Any) -> Any:
+        """A JSON leaf's value. Tree version 3 types each one; 1 and 2 took any scalar in ``v``."""
+        if tag == typed_json.FLOAT:
+            return typed_json.decode_float(body, "state tree")
+        if tag == "$int":
+            return typed_json.decode_int(body, "state tree")
+        if tag == "int":
+            return strict.check_int(body, "state tree: int node", lo=-typed_json.SAFE_INT, hi=typed_json.SAFE_INT)
+        if self.version >= 3 and not (body is None or type(body) in (bool, str)):
+            raise FormatError(f"state tree: a 'v' node holds null, a boolean or a string, not {body!r:.40}")
+        return body
 
     def decode(self, node: Any, parts: list[str] | None = None) -> Any:
         """The value of ``node``; with ``keep``, :data:`_SKIP` for a subtree with no chosen leaf."""
@@ -162,19 +216,21 @@ class _TreeDecoder:
             raise FormatError(f"malformed state tree node {str(node)[:80]!r}")
         parts = [] if parts is None else parts
         ((tag, body),) = node.items()
-        typed = typed_json.tree_tag(tag)
-        if tag == "v" or typed == typed_json.FLOAT:
+        typed = typed_json.tree_tag(tag) if self.version < 3 else (tag if tag.startswith("$") else None)
+        leaf_tags = ("v", "int", "$int", typed_json.FLOAT) if self.version >= 3 else ("v",)
+        if tag in leaf_tags or typed == typed_json.FLOAT:
             if self.keep is not None and not self.keep("/".join(_escape(p) for p in parts) or "~root"):
                 return _SKIP
-            return body if tag == "v" else typed_json.decode_float(body, "state tree")
+            return self._leaf(typed or tag, body)
         if tag == "dict":
-            return self._kept({k: self.decode(v, [*parts, k]) for k, v in body.items()})
+            return self._kept(self._dict(body, parts))
         if typed == typed_json.DICT:
-            pairs = typed_json.pairs(body, "state tree")
-            out = {}
-            for k, v in pairs:
+            out: dict[Any, Any] = {}
+            for i, (k, v) in enumerate(typed_json.pairs(body, "state tree")):
                 key = self._key(k)
-                out[key] = self.decode(v, [*parts, str(key)])
+                if key in out:
+                    raise FormatError(f"state tree: a $dict at {'/'.join(parts) or '<root>'} has key {key!r:.60} twice")
+                out[key] = self.decode(v, [*parts, self._segment(key, i)])
             return self._kept(out)
         if tag == "list":
             return self._kept([self.decode(v, [*parts, str(i)]) for i, v in enumerate(body)])
@@ -182,11 +238,29 @@ class _TreeDecoder:
             nodes = typed_json.sequence(body, "state tree")
             kept = self._kept([self.decode(v, [*parts, str(i)]) for i, v in enumerate(nodes)])
             return kept if kept is _SKIP else tuple(kept)
+        return self._item(tag, body)
+
+    def _dict(self, body: Any, parts: list[str]) -> dict[str, Any]:
+        """A string-keyed dict: a JSON object up to tree version 2, ``[[key, node], ...]`` from 3."""
+        if self.version < 3:
+            return {k: self.decode(v, [*parts, k]) for k, v in body.items()}
+        out: dict[str, Any] = {}
+        for k, v in typed_json.pairs(body, "state tree"):
+            if type(k) is not str:
+                raise FormatError(f"state tree: a dict key must be a string, not {k!r:.40}")
+            if k in out:
+                raise FormatError(f"state tree: a dict at {'/'.join(parts) or '<root>'} has key {k!r:.60} twice")
+            out[k] = self.decode(v, [*parts, k])
+        return out
+
+    def _item(self, tag: str, body: Any) -> Any:
+        if tag not in ("tensor", "bytes", "bytearray", "pickle"):
+            raise FormatError(f"unknown state tree node type {tag!r}")
         if self.keep is not None and not self.keep(str(body)):
             return _SKIP
-        item = self.kinds.get(body)
+        item = self.kinds.get(body) if type(body) is str else None
         if item is None:
-            raise FormatError(f"state tree names item {body!r}, which the manifest lacks")
+            raise FormatError(f"state tree names item {body!r:.80}, which the manifest lacks")
         data = self.values[body]
         if tag == "tensor":
             t = tensor_from_bytes(data, item.dtype, item.shape)
@@ -197,14 +271,12 @@ class _TreeDecoder:
             return bytes(data)
         if tag == "bytearray":
             return bytearray(data)
-        if tag == "pickle":
-            if not self.allow_pickle:
-                raise PickleNotAllowedError(
-                    f"item {body!r} is a pickled Python object; loading it could run code. "
-                    "Pass allow_pickle=True only if you trust everyone who can write this repository"
-                )
-            return pickle.loads(data)  # noqa: S301 - explicit opt-in above
-        raise FormatError(f"unknown state tree node type {tag!r}")
+        if not self.allow_pickle:
+            raise PickleNotAllowedError(
+                f"item {body!r} is a pickled Python object; loading it could run code. "
+                "Pass allow_pickle=True only if you trust everyone who can write this repository"
+            )
+        return pickle.loads(data)  # noqa: S301 - explicit opt-in above
 
     def _key(self, node: Any) -> Any:
         keep, self.keep = self.keep, None  # a key is never filtered: it belongs to its value
@@ -232,13 +304,14 @@ def load_state(
     snapshot: str | int = "latest",
     allow_pickle: bool = False,
     include: Sequence[str] | None = None,
+    part: str | None = None,
 ) -> Any:
-    """Load a ``state_dict`` snapshot; every shard is verified before anything is returned.
+    """Load a ``state_dict`` snapshot (or ``part`` of a job snapshot); every shard is verified first.
 
     ``include`` (glob patterns over item paths) loads only the matching leaves and fetches
     only the shards they need; a pattern list that matches nothing is refused.
     """
-    reader = repo.reader(stream, snapshot, kind=KIND)
+    reader = open_reader(repo, stream, snapshot, kind=KIND, part=part)
     keep = path_matcher(include)
     extra = reader.manifest.extra
     version = extra.get("tree_version")
@@ -257,7 +330,7 @@ def load_state(
                 )
     values = reader.read_items(chosen)
     try:
-        state = _TreeDecoder(values, reader.items, allow_pickle, keep).decode(extra["tree"])
+        state = _TreeDecoder(values, reader.items, allow_pickle, keep, version).decode(extra["tree"])
     except PickleNotAllowedError:
         raise
     except (TqsnapError, TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError) as exc:

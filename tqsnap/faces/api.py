@@ -78,15 +78,20 @@ def load(
     allow_pickle: bool = False,
     storage_options: dict[str, Any] | None = None,
     include: Sequence[str] | None = None,
+    part: str | None = None,
 ) -> Any:
     """Load a state saved with :func:`save`; ``snapshot`` is ``latest``, a seq or ``tag:<name>``.
+
+    ``part`` loads that part of a job snapshot (``tqsnap.job``), e.g. its ``loop`` state.
 
     ``include`` restores chosen items only: glob patterns over item paths (``model/*``; a
     pattern naming a parent, ``model``, takes all below it). Only the shards holding them are
     fetched, and the returned tree holds only those leaves.
     """
     repo = open_repo(url, storage_options=storage_options)
-    return load_state(repo, stream=stream, snapshot=snapshot, allow_pickle=allow_pickle, include=include)
+    return load_state(
+        repo, stream=stream, snapshot=snapshot, allow_pickle=allow_pickle, include=include, part=part
+    )
 
 
 def snapshots(

@@ -1,0 +1,8 @@
+"""``tqsnap.job``: one atomic snapshot of a whole training job (model, queue, loop state).
+
+The code lives in :mod:`tqsnap.faces.job`; this module keeps the short import path. See docs/job.md.
+"""
+
+from .faces.job import JobSnapshot, StagedPart, begin, from_token, parts, resolve
+
+__all__ = ["JobSnapshot", "StagedPart", "begin", "from_token", "parts", "resolve"]

@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tqsnap.engine.shards import MAX_SHARD_SIZE, ZSTD_MAX_EXPANSION, Shards, remap_items, select_shards
+from tqsnap.engine.shard_checks import MAX_SHARD_SIZE, ZSTD_MAX_EXPANSION
+from tqsnap.engine.shard_table import remap_items, select_shards
+from tqsnap.engine.shards import Shards
 from tqsnap.errors import CorruptShardError, ManifestError, MissingShardError
 from tqsnap.format.keys import parse_shard_key
 from tqsnap.format.manifest import Extent, Item, ShardRef

@@ -36,7 +36,8 @@ from .copy_resume import find_young_orphans
 from .packer import PackResult, PackStats
 from .reader import load_body
 from .repository import Repository, SnapshotInfo
-from .shards import Shards, remap_items
+from .shard_table import remap_items
+from .shards import Shards
 from .writer import SnapshotWriter
 
 log = logging.getLogger(__name__)

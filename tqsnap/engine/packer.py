@@ -30,7 +30,8 @@ import xxhash
 from ..format.manifest import Extent, Item, ShardRef
 from ..format.shard import content_hash_parts
 from ..store.base import Buffer, ObjectStore
-from .shards import EncodedShard, Shards, remap_items
+from .shard_table import remap_items
+from .shards import EncodedShard, Shards
 
 log = logging.getLogger(__name__)
 

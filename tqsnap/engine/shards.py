@@ -17,44 +17,34 @@ docs/format.md §4 in one object means each is written, and each safety check ma
   at most about ``window_bytes`` in flight.
 
 A :class:`Shards` pickles as its store's spec and settings, so it can be sent to a Ray actor
-or a DCP rank and reopened there.
+or a DCP rank and reopened there. The checks themselves are in :mod:`.shard_checks`, the
+bounded parallel runner in :mod:`.shard_window`, and extent renumbering in :mod:`.shard_table`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import secrets
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import zstandard
-
-from ..errors import CorruptShardError, FormatError, ManifestError, MissingShardError, ObjectNotFoundError
+from ..errors import FormatError, MissingShardError, ObjectNotFoundError
 from ..format.keys import shard_key
-from ..format.manifest import Extent, Item, ShardRef
-from ..format.shard import CODECS, content_hash, content_hash_parts, decode, encode
+from ..format.manifest import ShardRef
+from ..format.shard import CODECS, content_hash_parts, encode
 from ..store.base import Buffer, ObjectStore
 from ..store.buffers import writable_buffer
 from . import progress
+from .shard_checks import MAX_SHARD_SIZE, check_length, check_ref, decode_verified
+from .shard_window import windowed
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 MiB = 1 << 20
-
-#: The largest shard, in declared ``size`` or ``stored_size``, that this code reads or writes.
-#: tqsnap cuts shards of 16 MiB by default; the limit exists so that a crafted manifest
-#: declaring a terabyte is refused before anything is allocated (docs/format.md §4).
-MAX_SHARD_SIZE = 2 << 30
-
-#: No zstd frame decodes to more than this many times its own length: a block holds at most
-#: 128 KiB and takes at least 4 bytes (an RLE block). A declared ``size`` beyond it is a lie.
-ZSTD_MAX_EXPANSION = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -178,11 +168,11 @@ class Shards:
         def one(_key: K, ref: ShardRef, ranges: ThreadPoolExecutor | None) -> ShardRef:
             return self._adopt(source, ref, snapshot, ranges)
 
-        return self._windowed(pairs, one, window_bytes, False)
+        return windowed(pairs, one, threads=self.threads, window_bytes=window_bytes, return_exceptions=False)
 
     def _adopt(self, source: Shards, ref: ShardRef, snapshot: str, ranges: ThreadPoolExecutor | None) -> ShardRef:
         stored = source._read_stored(ref, snapshot, ranges)
-        source._decode(ref, stored, None, verify=True)
+        decode_verified(ref, stored, None, verify=True)
         new = _fresh_ref(ref.hash, ref.size, ref.stored_size, ref.codec)
         self.store.put(new.key, stored)
         progress.sink().uploaded(ref.stored_size)
@@ -191,30 +181,9 @@ class Shards:
     # --- reading -----------------------------------------------------------------------------
 
     def check_ref(self, ref: ShardRef) -> None:
-        """Refuse a reference whose declared sizes are negative, absurd or inconsistent.
-
-        Made before any allocation or request, so a crafted manifest cannot make a reader
-        allocate more than :attr:`max_shard_size` per shard.
-        """
-        for name in ("size", "stored_size"):
-            value = getattr(ref, name)
-            if type(value) is not int or not 0 <= value <= self.max_shard_size:
-                raise ManifestError(
-                    f"shard {ref.key!r} declares {name} {value!r:.40}: sizes must be integers from 0 to "
-                    f"{self.max_shard_size}; the manifest referencing it is damaged or crafted"
-                )
-        if ref.codec not in CODECS:
-            raise ManifestError(f"shard {ref.key!r} has unknown codec {ref.codec!r:.40}")
-        if ref.codec == "raw" and ref.size != ref.stored_size:
-            raise ManifestError(
-                f"raw shard {ref.key!r} declares size {ref.size} but stored_size {ref.stored_size}; "
-                "for raw shards they are equal"
-            )
-        if ref.codec == "zstd" and ref.size > ref.stored_size * ZSTD_MAX_EXPANSION:
-            raise ManifestError(
-                f"zstd shard {ref.key!r} declares {ref.size} bytes from {ref.stored_size} stored: more than "
-                f"zstd's {ZSTD_MAX_EXPANSION}x maximum expansion"
-            )
+        """Refuse a reference whose declared sizes are negative, absurd or inconsistent
+        (:func:`.shard_checks.check_ref`, with this layer's :attr:`max_shard_size`)."""
+        check_ref(ref, self.max_shard_size)
 
     def get(
         self, ref: ShardRef, into: memoryview | None = None, *, verify: bool = True, snapshot: str = ""
@@ -253,7 +222,9 @@ class Shards:
         def one(key: K, ref: ShardRef, ranges: ThreadPoolExecutor | None) -> memoryview:
             return self._get(ref, targets.get(key), verify, snapshot, ranges)
 
-        return self._windowed(pairs, one, window_bytes, return_exceptions)
+        return windowed(
+            pairs, one, threads=self.threads, window_bytes=window_bytes, return_exceptions=return_exceptions
+        )
 
     def _get(
         self,
@@ -270,16 +241,16 @@ class Shards:
                 raise ValueError(f"reading shard {ref.key!r} needs a writable buffer of {ref.size} bytes")
             if ref.codec == "raw":
                 self._read_exact(ref, into, snapshot, ranges)
-                return self._decode(ref, into, None, verify)
+                return decode_verified(ref, into, None, verify)
         stored = self._read_stored(ref, snapshot, ranges)
-        return self._decode(ref, stored, into, verify)
+        return decode_verified(ref, stored, into, verify)
 
     def _read_stored(self, ref: ShardRef, snapshot: str, ranges: ThreadPoolExecutor | None) -> memoryview:
         """The stored object in a buffer of ours; one byte more is asked for, to see a longer object."""
         self.check_ref(ref)
         buf = writable_buffer(ref.stored_size + 1, f"shard {ref.key!r}")
         got = self._read(ref, buf, snapshot, ranges)
-        self._check_length(ref, got, got > ref.stored_size)
+        check_length(ref, got, got > ref.stored_size)
         return buf[: ref.stored_size]
 
     def _read_exact(self, ref: ShardRef, into: memoryview, snapshot: str, ranges: ThreadPoolExecutor | None) -> None:
@@ -289,7 +260,7 @@ class Shards:
             probe = ranges.submit(self._probe_past_end, ref, snapshot)
         got = self._read(ref, into, snapshot, ranges)
         longer = probe.result() if probe is not None else self._probe_past_end(ref, snapshot)
-        self._check_length(ref, got, bool(longer))
+        check_length(ref, got, bool(longer))
 
     def _probe_past_end(self, ref: ShardRef, snapshot: str) -> bytes:
         try:
@@ -307,124 +278,3 @@ class Shards:
             return sum(f.result() for f in futures)
         except ObjectNotFoundError:
             raise MissingShardError(ref.key, snapshot) from None
-
-    @staticmethod
-    def _check_length(ref: ShardRef, got: int, longer: bool) -> None:
-        if longer:
-            raise CorruptShardError(
-                ref.key, ref.hash, f"an object longer than its stored_size of {ref.stored_size} bytes"
-            )
-        if got != ref.stored_size:
-            raise CorruptShardError(ref.key, ref.hash, f"a truncated object ({got} of {ref.stored_size} bytes)")
-
-    @staticmethod
-    def _decode(ref: ShardRef, stored: memoryview, into: memoryview | None, verify: bool) -> memoryview:
-        """Decode (into ``into`` when given) and verify; the zstd frame header is checked first."""
-        if ref.codec == "zstd":
-            try:
-                declared = zstandard.frame_content_size(stored)
-            except zstandard.ZstdError:
-                raise CorruptShardError(ref.key, ref.hash, "an object that is not a zstd frame") from None
-            if declared >= 0 and declared != ref.size:
-                raise CorruptShardError(
-                    ref.key, ref.hash, f"a zstd frame of {declared} bytes where {ref.size} were declared"
-                )
-        try:
-            data = memoryview(decode(stored, ref.codec, ref.size, out=into))
-        except FormatError as exc:
-            raise CorruptShardError(ref.key, ref.hash, f"undecodable ({exc})") from None
-        if data.nbytes != ref.size:
-            raise CorruptShardError(ref.key, ref.hash, f"{data.nbytes} decoded bytes, not {ref.size}")
-        if verify:
-            actual = content_hash(data)
-            if actual != ref.hash:
-                raise CorruptShardError(ref.key, ref.hash, actual)
-        return data
-
-    # --- parallel, bounded ---------------------------------------------------------------------
-
-    def _windowed(
-        self,
-        pairs: list[tuple[K, ShardRef]],
-        fn: Callable[[K, ShardRef, ThreadPoolExecutor | None], Any],
-        window_bytes: int,
-        return_exceptions: bool,
-    ) -> Generator[tuple[K, Any], None, None]:
-        """Run ``fn`` over ``pairs`` in parallel, in order, with about ``window_bytes`` in flight.
-
-        Two pools, as shard tasks wait on their range reads: one pool could fill up with
-        waiters and deadlock.
-        """
-        if self.threads == 0:
-            for key, ref in pairs:
-                result = _call(fn, key, ref, None, return_exceptions)
-                progress.sink().advance(_cost(ref))
-                yield key, result
-            return
-        pending: deque[tuple[K, int, Future[Any]]] = deque()
-        inflight = 0
-        todo = iter(pairs)
-        nxt = next(todo, None)
-        with (
-            ThreadPoolExecutor(self.threads, "tqsnap-shard") as pool,
-            ThreadPoolExecutor(self.threads, "tqsnap-range") as ranges,
-        ):
-            try:
-                while nxt is not None or pending:
-                    while nxt is not None and (not pending or inflight + _cost(nxt[1]) <= window_bytes):
-                        key, ref = nxt
-                        pending.append((key, _cost(ref), pool.submit(_call, fn, key, ref, ranges, return_exceptions)))
-                        inflight += _cost(ref)
-                        nxt = next(todo, None)
-                    key, cost, fut = pending.popleft()
-                    inflight -= cost
-                    result = fut.result()
-                    progress.sink().advance(cost)
-                    yield key, result
-            finally:  # a failure or an early close: drop what has not started
-                for _, _, fut in pending:
-                    fut.cancel()
-
-
-def _cost(ref: ShardRef) -> int:
-    """Bytes a fetch of ``ref`` holds: the decoded shard (the stored one, when larger)."""
-    size = ref.size if type(ref.size) is int else 0
-    stored = ref.stored_size if type(ref.stored_size) is int else 0
-    return max(size, stored, 1)
-
-
-def _call(fn: Callable[..., Any], key: Any, ref: ShardRef, ranges: Any, return_exceptions: bool) -> Any:
-    try:
-        return fn(key, ref, ranges)
-    except (FormatError, ObjectNotFoundError) as exc:
-        if not return_exceptions:
-            raise
-        return exc
-
-
-# --- the shard table of a subset of items --------------------------------------------------------
-
-
-def remap_items(items: Iterable[Item], new_index: Mapping[int, int] | Sequence[int]) -> list[Item]:
-    """Copies of ``items`` whose extents point at shard ``new_index[old]`` instead of ``old``."""
-    return [
-        dataclasses.replace(item, extents=[Extent(new_index[e.shard], e.offset, e.length) for e in item.extents])
-        for item in items
-    ]
-
-
-def select_shards(shards: Sequence[ShardRef], items: Iterable[Item]) -> tuple[list[ShardRef], list[Item]]:
-    """The shards ``items`` use (in the order first used) and the items renumbered into that list.
-
-    How a job that needs only some items (one TransferQueue unit's samples) is handed exactly
-    the shards it must fetch.
-    """
-    new_index: dict[int, int] = {}
-    table: list[ShardRef] = []
-    items = list(items)
-    for item in items:
-        for e in item.extents:
-            if e.shard not in new_index:
-                new_index[e.shard] = len(table)
-                table.append(shards[e.shard])
-    return table, remap_items(items, new_index)

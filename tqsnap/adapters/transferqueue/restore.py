@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine import Repository
-from ...engine.shards import Shards, select_shards
+from ...engine.shard_table import select_shards
+from ...engine.shards import Shards
 from ...errors import FormatError
 from ...format.manifest import Item
 from .blocks import block_units

@@ -123,6 +123,26 @@ def test_stream_at_seq_is_accepted_wherever_a_snapshot_is_named(repo: str) -> No
     assert "run@7" in doc["error"]["message"]
 
 
+def test_show_and_verify_take_the_snapshot_as_a_positional_argument(repo: str) -> None:
+    proc = run("show", repo, "run@1", "--json")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert json_lines(proc, "show")[0]["seq"] == 1
+    proc = run("verify", repo, "eval@latest", "--json")
+    assert proc.returncode == EXIT_OK and json_lines(proc, "verify")[0]["snapshot"] == "eval@1"
+    proc = run("show", "run@2", "--repo", repo, "--json")  # the URL from --repo, the snapshot positional
+    assert proc.returncode == EXIT_OK and json_lines(proc, "show")[0]["seq"] == 2
+    proc = run("show", repo, "run@1", "--snapshot", "2")
+    assert proc.returncode == EXIT_USAGE and "two snapshots given" in proc.stderr
+
+
+def test_tag_arguments_given_the_wrong_way_round_are_named(repo: str) -> None:
+    proc = run("tag", repo, "run@1", "best", "--json")
+    assert proc.returncode == EXIT_USAGE
+    (doc,) = json_lines(proc, "tag")
+    assert "the tag name comes first" in doc["error"]["message"]
+    assert run("tags", repo, "--json").stdout == ""  # nothing was tagged
+
+
 def test_json_lines_carry_iso_times_beside_epoch_seconds(repo: str) -> None:
     proc = run("snapshots", repo, "--json")
     for doc in json_lines(proc, "snapshots"):

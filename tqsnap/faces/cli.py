@@ -45,6 +45,7 @@ from .cli_common import (  # noqa: F401 - EXIT_* and the helpers stay importable
     EXIT_PROBLEM,
     EXIT_STORE,
     EXIT_USAGE,
+    SNAPSHOT_HELP,
     add_repo_args,
     as_count,
     emit,
@@ -238,12 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="print one snapshot's summary: times, sizes, items, shards")
     add_repo_args(p, stream=True, snapshot=True)
+    p.add_argument("snapshot_ref", nargs="?", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
         "verify", help="re-hash every shard of a snapshot; exit 1 if any is missing or corrupt"
     )
     add_repo_args(p, stream=True, snapshot=True)
+    p.add_argument("snapshot_ref", nargs="?", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
     p.set_defaults(func=cmd_verify)
 
     cli_tags.register(sub)

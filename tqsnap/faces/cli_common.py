@@ -102,6 +102,10 @@ def add_repo_args(
         )
 
 
+#: Help for a positional SNAPSHOT argument, the way snapshots are printed.
+SNAPSHOT_HELP = "stream@seq, stream@latest, stream@tag:NAME, or a seq / latest / tag:NAME of --stream"
+
+
 def split_snapshot(text: str, stream: str | None) -> tuple[str | None, str]:
     """``"run@5"`` -> ``("run", "5")``; ``"5"`` -> ``(stream, "5")``.
 

@@ -19,6 +19,7 @@ from ..engine.reader import load_body
 from ..format.manifest import Manifest
 from .cli_common import (
     EXIT_OK,
+    SNAPSHOT_HELP,
     add_repo_args,
     emit,
     fmt_bytes,
@@ -141,10 +142,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``ls`` and ``restore`` to the ``tqsnap`` parser."""
-    snapshot_help = "stream@seq, stream@latest, stream@tag:NAME, or a seq / latest / tag:NAME of --stream"
     p = sub.add_parser("ls", help="list a snapshot's items: path, kind, dtype, shape, size")
     add_repo_args(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help=snapshot_help)
+    p.add_argument("snapshot", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
     p.add_argument("--stream", default="default", help="stream of a SNAPSHOT without one (default: %(default)s)")
     p.set_defaults(func=cmd_ls)
 
@@ -155,7 +155,7 @@ def register(sub: Any) -> None:
         "3 no such repository, snapshot or matching item; 4 store failure",
     )
     add_repo_args(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help=snapshot_help)
+    p.add_argument("snapshot", metavar="SNAPSHOT", help=SNAPSHOT_HELP)
     p.add_argument("--stream", default="default", help="stream of a SNAPSHOT without one (default: %(default)s)")
     p.add_argument(
         "--to",

@@ -253,12 +253,20 @@ def resolve_repository(args: argparse.Namespace) -> None:
     if fallback and getattr(args, "target", "absent") is None and _SNAPSHOT_REF.fullmatch(args.url):
         # `tqsnap forget s@3 --repo URL` parses with s@3 as the URL: it is the snapshot.
         args.url, args.target = str(fallback), args.url
+    elif fallback and getattr(args, "snapshot_ref", "absent") is None and _SNAPSHOT_REF.fullmatch(args.url):
+        # The same for `tqsnap show s@3 --repo URL`.
+        args.url, args.snapshot_ref = str(fallback), args.url
     elif getattr(args, "repo", None) and args.repo != args.url:
         raise ConfigError(f"two repositories given: {args.url!r} and --repo {args.repo!r}; give one")
 
 
 def resolve_snapshot_refs(args: argparse.Namespace) -> None:
     """Accept ``stream@seq`` (``@latest``, ``@tag:x``) in ``--snapshot`` and a positional SNAPSHOT."""
+    positional = getattr(args, "snapshot_ref", None)
+    if positional is not None:
+        if any(a == "--snapshot" or a.startswith("--snapshot=") for a in _ARGV):
+            raise ConfigError(f"two snapshots given: {positional!r} and --snapshot {args.snapshot!r}; give one")
+        args.snapshot = positional
     snapshot = getattr(args, "snapshot", None)
     if isinstance(snapshot, str) and "@" in snapshot:
         stream, args.snapshot = split_snapshot(snapshot, getattr(args, "stream", None))

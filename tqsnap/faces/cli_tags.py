@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from ..errors import InvalidNameError
 from ..format.manifest import SnapshotId
 from .cli_common import EXIT_OK, add_repo_args, emit, fmt_time, open_repository, table, terminal_safe
 
@@ -36,6 +37,12 @@ def _tag_json(name: str, target: SnapshotId | None, version: int, created_at: fl
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
+    if "@" in args.name and "@" not in args.snapshot_ref:
+        # `tqsnap tag URL run@2 best`: the two arguments were given the other way round.
+        raise InvalidNameError(
+            f"invalid tag name {args.name!r:.80}: the tag name comes first, then the snapshot "
+            f"(tqsnap tag URL {args.snapshot_ref} {args.name})"
+        )
     stream, snapshot = parse_snapshot(args.snapshot_ref)
     repo = open_repository(args)
     tag = repo.tag(args.name, stream, snapshot, move=args.move)

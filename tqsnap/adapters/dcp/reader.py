@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from ...engine import Repository, SnapshotReader
+from ...engine.job_read import open_reader
 from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError
 from ...format.manifest import Item, ShardRef
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
@@ -75,6 +76,8 @@ class Reader(StorageReader):
             they are decoded by torch's restricted unpickler first and refused with
             :class:`~tqsnap.errors.PickleNotAllowedError` when it cannot (see
             :mod:`.byte_values`). Pass it only if you trust everyone who can write the repository.
+        part: load this part of a job snapshot (:mod:`tqsnap.job`), e.g. ``"trainer"``. Without
+            it a job snapshot with exactly one DCP part loads that part.
     """
 
     def __init__(
@@ -87,8 +90,10 @@ class Reader(StorageReader):
         threads: int = 16,
         window_bytes: int = 256 * MiB,
         allow_pickle: bool = False,
+        part: str | None = None,
     ) -> None:
         super().__init__()
+        self.part = part
         self.url = url
         self.stream = stream
         self.snapshot: str | int = snapshot
@@ -156,7 +161,9 @@ class Reader(StorageReader):
             return Metadata(state_dict_metadata={}, storage_data=_FailedRead(), storage_meta=StorageMeta())
         try:
             repo = self._repository()
-            reader = repo.reader(self.stream, snapshot_arg(self.snapshot), kind=KIND, threads=self.threads)
+            reader = open_reader(
+                repo, self.stream, snapshot_arg(self.snapshot), kind=KIND, part=self.part, threads=self.threads
+            )
             metadata = decode_metadata(reader.manifest.extra.get(EXTRA_KEY), f"snapshot {reader.name}")
             check_snapshot(metadata, metadata.storage_data, reader.items, reader.name)
         except Exception as exc:  # noqa: BLE001 - kept for set_up_storage_reader, then re-raised

@@ -15,6 +15,12 @@ DCP drives a save in five steps; this writer maps them onto one tqsnap snapshot:
    and commit ONE manifest with put-if-absent. That put is the commit: until it lands no
    reader can see the checkpoint, and if any rank dies first nothing is visible at all.
 
+With ``stage=job.token`` (:mod:`tqsnap.job`) the save is one *part* of a job snapshot instead:
+step 3 begins a :class:`~tqsnap.engine.job.PartStager` (the job's parent, the part's clock),
+step 4 deduplicates against the same part of the parent, and step 5 commits nothing: it leaves
+a small :class:`~tqsnap.engine.job.StagedPart` in ``writer.staged`` on the coordinator rank,
+for the driver's ``job.add(part, staged)``. Only that description travels, never tensor bytes.
+
 Why each rank re-reads the parent instead of receiving its shard table: the table can hold
 thousands of entries and DCP would scatter one copy per rank through the coordinator; a GET per
 rank scales better. Each rank also re-checks that the parent is still visible before reusing its
@@ -40,7 +46,9 @@ from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
 from ...engine import PackOptions, PackResult, Repository, ShardPacker, SnapshotInfo, SnapshotWriter
-from ...errors import ManifestError, SnapshotNotFoundError
+from ...engine.job import JobToken, PartStager, StagedPart, part_reuse_index
+from ...errors import JobError, ManifestError, SnapshotNotFoundError
+from ...format.job import validate_part_name
 from ...format.keys import validate_name
 from ...format.manifest import ShardRef, SnapshotId
 from ..tensors import dtype_name, tensor_bytes
@@ -68,6 +76,8 @@ class SavePlanData:
 
     parent: SnapshotId | None
     write_id: str
+    #: The job part this save stages (None for a plain save): ranks index that part of the parent.
+    part: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,10 @@ class Writer(StorageWriter):
             :class:`~tqsnap.format.SnapshotId` forks from any visible snapshot, ``None`` uploads
             everything.
         create: create the repository on first use if it does not exist.
+        stage: a job token (``job.token`` from :func:`tqsnap.job.begin`): stage this save as a
+            part of that job instead of committing it; the coordinator rank's
+            :attr:`staged` then holds the part for ``job.add``.
+        part: the part's name in the job (with ``stage``; default ``"trainer"``).
     """
 
     def __init__(
@@ -121,8 +135,25 @@ class Writer(StorageWriter):
         metadata: dict[str, Any] | None = None,
         parent: SnapshotId | str | None = "latest",
         create: bool = True,
+        stage: str | None = None,
+        part: str | None = None,
     ) -> None:
         super().__init__()
+        self.stage = stage
+        self.part = part
+        if stage is not None:
+            token = JobToken.decode(stage)  # a bad token fails here, on every rank, before DCP starts
+            self.part = validate_part_name(part or "trainer")
+            if token.stream != stream:
+                raise JobError(
+                    f"tqsnap.dcp.Writer(stream={stream!r}) was given the token of a job on stream "
+                    f"{token.stream!r}; give it the job's stream"
+                )
+        elif part is not None:
+            raise JobError("tqsnap.dcp.Writer(part=...) needs stage=job.token: a part belongs to a job snapshot")
+        #: The staged part of the last save (coordinator rank, with ``stage``); None elsewhere.
+        self.staged: StagedPart | None = None
+        self._stager: PartStager | None = None
         self.url = url
         self.stream = validate_name(stream)
         self.storage_options = dict(storage_options or {})
@@ -145,6 +176,7 @@ class Writer(StorageWriter):
         if isinstance(self.url, str):
             state["_repo"] = None  # connections do not pickle; the new process reopens the URL
         state["_begun"] = None
+        state["_stager"] = None
         return state
 
     # --- identity ----------------------------------------------------------------------------
@@ -188,6 +220,8 @@ class Writer(StorageWriter):
         self.is_coordinator = is_coordinator
         self.rank = kwargs.get("rank")
         self._begun = None
+        self._stager = None
+        self.staged = None
         if not kwargs.get("use_collectives", True) and _world_size() > 1:
             raise ValueError(
                 "tqsnap.dcp.Writer commits ONE snapshot for all ranks, which needs DCP's collectives; "
@@ -200,6 +234,15 @@ class Writer(StorageWriter):
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         """Coordinator: begin the snapshot and hand every rank the parent to deduplicate against."""
+        if self.stage is not None:
+            self._stager = PartStager.begin(
+                self._repository(), self.stage, self.part or "trainer", KIND, stream=self.stream, options=self.options
+            )
+            stager = self._stager
+            parent = stager.token.parent if stager.parent_keys else None
+            data = SavePlanData(parent, stager.token.job_id, stager.part)
+            log.debug("part %r of job %s begins, parent %s", stager.part, data.write_id, parent)
+            return [dataclasses.replace(plan, storage_data=data) for plan in plans]
         self._begun = SnapshotWriter.begin(
             self._repository(), self.stream, KIND, parent=self.parent, options=self.options
         )
@@ -247,24 +290,13 @@ class Writer(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """Coordinator: merge every rank's references and commit one manifest (put-if-absent)."""
+        if self._stager is not None:
+            self._finish_stage(metadata, results)
+            return
         if self._begun is None:
             raise RuntimeError("finish() called without prepare_global_plan(); this is not a DCP save")
         writer, self._begun = self._begun, None
-        paths: dict[MetadataIndex, str] = {}
-        for rank_results in results:
-            for result in rank_results:
-                loc = result.storage_data
-                if not isinstance(loc, ItemLocation):
-                    raise ManifestError(
-                        f"write result for {result.index} did not come from tqsnap.dcp.Writer"
-                    )
-                if result.index in paths:
-                    raise ManifestError(
-                        f"two ranks wrote {result.index}; DCP's plan should give each chunk one writer"
-                    )
-                paths[result.index] = loc.path
-                if loc.pack is not None:
-                    writer.add_result(loc.pack)
+        paths = self._gather(results, writer.add_result)
         metadata.version = DCP_METADATA_VERSION
         # No checkpoint_id in the stored metadata: it would be this writer's local path or URL,
         # which leaks and is wrong after a copy; a reader sets its own when it loads.
@@ -285,6 +317,36 @@ class Writer(StorageWriter):
             info.stats.get("reused_bytes", 0),
         )
 
+    def _finish_stage(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        """Coordinator of a staged save: the part's description, nothing committed."""
+        stager, self._stager = self._stager, None
+        assert stager is not None
+        paths = self._gather(results, stager.add_result)
+        metadata.version = DCP_METADATA_VERSION
+        metadata.storage_meta = StorageMeta(checkpoint_id=None, save_id=self.save_id)
+        self.staged = stager.finish({EXTRA_KEY: encode_metadata(metadata, paths)})
+        metadata.storage_data = paths
+
+    @staticmethod
+    def _gather(results: list[list[WriteResult]], add: Any) -> dict[MetadataIndex, str]:
+        """Every rank's chunk -> item map; each rank's pack result goes to ``add``."""
+        paths: dict[MetadataIndex, str] = {}
+        for rank_results in results:
+            for result in rank_results:
+                loc = result.storage_data
+                if not isinstance(loc, ItemLocation):
+                    raise ManifestError(
+                        f"write result for {result.index} did not come from tqsnap.dcp.Writer"
+                    )
+                if result.index in paths:
+                    raise ManifestError(
+                        f"two ranks wrote {result.index}; DCP's plan should give each chunk one writer"
+                    )
+                paths[result.index] = loc.path
+                if loc.pack is not None:
+                    add(loc.pack)
+        return paths
+
     # --- helpers -----------------------------------------------------------------------------
 
     def _repository(self) -> Repository:
@@ -296,6 +358,11 @@ class Writer(StorageWriter):
         """The parent's shards by hash, if the parent is still visible now."""
         if data.parent is None:
             return {}
+        if data.part is not None:
+            stager = self._stager
+            if stager is not None and stager.token.job_id == data.write_id:
+                return stager.reuse_index  # the coordinator read it when the stage began
+            return part_reuse_index(self._repository(), data.parent, data.part)[0]
         if self._begun is not None and self._begun.write_id == data.write_id:
             return self._begun.reuse_index  # the coordinator read it at begin
         repo = self._repository()

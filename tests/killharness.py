@@ -248,7 +248,7 @@ class KillHarness:
             collect_garbage(repo)
             live = GarbageCollector(repo, dry_run=True).list_references().keys
             shards = {i.key for i in repo.store.list("shards/")}
-            orphans = shards - live
+            orphans = {k for k in shards if k not in live}
             assert not orphans, f"{repo.url}: {len(orphans)} shards no live manifest references: {sorted(orphans)[:3]}"
             uploads = list(repo.store.list_uploads())
             assert not uploads, f"{repo.url}: incomplete uploads left after gc: {uploads[:3]}"

@@ -509,17 +509,17 @@ def _random_policy(rng: random.Random) -> RetentionPolicy:
 
 
 def collector(sim: Sim, runs: int, *, skew: float = 0.0, idle: int = 0) -> Step:
-    """gc in its four steps: list shards, list manifests+tombstones, delete shards, finalise."""
+    """gc in its four steps, in :meth:`GarbageCollector.run`'s order: list manifests+tombstones,
+    list shards past the references, delete shards, finalise."""
     repo, _ = sim.repo_view(skew)
     gc_cls = sim.protocol.gc_class()
     for _ in range(runs):
         yield from _idle(sim, idle)
         gc = gc_cls(repo, threads=1, prefixes=[SHARDS_PREFIX])
-        shards = gc.list_shards()
-        yield f"gc at T={gc.server_time - 1_000_000.0:.2f}: listed {len(shards)} shards"
         refs = gc.list_references()
-        yield f"gc listed manifests: live {[str(s) for s in refs.live]}"
-        garbage = gc.garbage(shards, refs)
+        yield f"gc at T={gc.server_time - 1_000_000.0:.2f}: listed manifests: live {[str(s) for s in refs.live]}"
+        garbage = gc.sweep(refs)
+        yield f"gc listed {gc.report.shards_scanned} shards"
         gc.delete_shards(garbage)
         sim.stats["shards deleted"] = sim.stats.get("shards deleted", 0) + len(garbage)
         yield f"gc deleted {[i.key for i in garbage]}"

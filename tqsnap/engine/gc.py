@@ -2,12 +2,15 @@
 
 One run at server time ``T`` (``store.now()`` when the run starts):
 
-1. list every Shard with its LastModified, in parallel across the 256 ``shards/xx/`` prefixes;
-2. list Manifests and Tombstones; the *live* manifests are those without a Tombstone plus those
-   whose Tombstone is younger than ``grace`` (by its LastModified), and their shard keys are the
-   references;
+1. (the mark) list Manifests and Tombstones; the *live* manifests are those without a Tombstone
+   plus those whose Tombstone is younger than ``grace`` (by its LastModified), and their shard
+   keys are the references, held as a :class:`~.fanout_sweep.ReferenceSet` (8 bytes each);
+2. (the sweep) list every Shard with its LastModified across the 256 ``shards/xx/`` prefixes,
+   in parallel (threads, or Ray tasks: :mod:`.fanout`), streaming each listing past the
+   references and keeping only the garbage;
 3. delete every listed shard that no live manifest references and whose LastModified is before
-   ``T - grace``, with batched deletes (at most 1000 keys per request);
+   ``T - grace``, with batched deletes (at most 1000 keys per request), once every prefix has
+   been listed completely;
 4. delete the manifests whose Tombstones are older than ``grace``, and only then those
    Tombstones (a crash in between must never make a forgotten manifest visible again);
 5. abort incomplete uploads (S3 multipart uploads, the local store's ``.tmp/`` files) started
@@ -17,6 +20,12 @@ A listing that cannot see everything (an unreadable directory, a symlink in a lo
 LIST that fails or is cut short) raises before anything is deleted: the store raises
 :class:`~tqsnap.errors.IncompleteListingError` (or another StoreError), and gc never catches
 it. A key gc did not see is a key it could wrongly judge unreferenced.
+
+The mark comes before the sweep so that the sweep need not hold every shard key (memory grows
+with references and garbage, not with the objects in the bucket). The order does not matter to
+safety: the proof in docs/protocol.md uses only the start of the last manifest listing and each
+deleted shard's LastModified, never the time the shard was listed; a shard uploaded after the
+mark is younger than ``T - grace`` and the age rule keeps it.
 
 Why this is safe beside writers that commit during the sweep is proved in docs/protocol.md; the
 two rules the sweep itself contributes (the age check of step 3 and the young tombstones of
@@ -30,6 +39,7 @@ import logging
 import math
 import threading
 import time
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,12 +63,20 @@ from ..format.strict import MAX_MANIFEST_BYTES
 from ..store.base import DELETE_BATCH, ObjectInfo, PendingUpload, batched
 from ..store.probe import PROBE_PREFIX
 from . import progress
+from .fanout import resolve_executor, run_pieces, split
+from .fanout_sweep import (
+    LIST_PAGE,
+    ReferenceSet,
+    SweepPart,
+    SweepRules,
+    classify,
+    delete_batches,
+    sweep_prefixes,
+)
 from .repository import Repository
 
 log = logging.getLogger(__name__)
 
-#: S3 ListObjectsV2 returns at most this many keys per page; used to count list requests.
-LIST_PAGE = 1000
 #: How often step 2 starts over when live manifests vanish under it before the run gives up.
 _RELIST_ATTEMPTS = 5
 
@@ -142,7 +160,8 @@ class References:
     """Step 2's result: what the live manifests reference and what can be finalised."""
 
     live: list[SnapshotId] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
+    #: Supports ``key in refs.keys`` and ``len``; holds 8-byte digests, not the keys themselves.
+    keys: ReferenceSet = field(default_factory=ReferenceSet)
     finalise_manifests: list[str] = field(default_factory=list)
     finalise_tombstones: list[str] = field(default_factory=list)
     finalised: list[SnapshotId] = field(default_factory=list)
@@ -154,9 +173,14 @@ class GarbageCollector:
     Parameters:
         repo: the repository; its config supplies ``grace`` (and is checked to be safe).
         dry_run: compute and report everything, delete nothing.
-        threads: concurrent list and manifest-read requests.
+        threads: concurrent list, manifest-read and delete requests (within each Ray task, when
+            the sweep runs on Ray).
         prefixes: the shard prefixes to list; the default is the 256 ``shards/xx/`` fan-out,
             which lets S3 serve the listing in parallel.
+        workers: how many sweep pieces run at once: threads of this process (default
+            ``threads``), or Ray tasks (default: the cluster's CPUs, at most 64).
+        executor: ``"threads"``, ``"ray"``, or ``"auto"`` (Ray when this process is connected
+            to a Ray cluster and the store can be reopened there; threads otherwise).
     """
 
     #: Step 3: only shards older than ``T - grace`` may be deleted. Protects uploads of writers
@@ -173,12 +197,16 @@ class GarbageCollector:
         dry_run: bool = False,
         threads: int = 16,
         prefixes: Sequence[str] | None = None,
+        workers: int | None = None,
+        executor: str = "auto",
     ) -> None:
         repo.config.check_safe()
         self.repo = repo
         self.store = repo.store
         self.dry_run = dry_run
         self.threads = max(1, threads)
+        self.executor = resolve_executor(executor, self.store)
+        self.workers = max(1, workers) if workers is not None else self._default_workers()
         self.prefixes = list(prefixes) if prefixes is not None else shard_prefixes()
         self.grace = repo.config.grace
         self._lock = threading.Lock()
@@ -190,6 +218,14 @@ class GarbageCollector:
         )
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _default_workers(self) -> int:
+        if self.executor != "ray":
+            return self.threads
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 4
+        return max(1, min(64, cpus))
 
     def _count(self, verb: str, n: int = 1) -> None:
         with self._lock:
@@ -206,7 +242,11 @@ class GarbageCollector:
     # --- step 1 ------------------------------------------------------------------------------
 
     def list_shards(self) -> list[ObjectInfo]:
-        """Every shard object with its size and LastModified, listed prefix by prefix in parallel."""
+        """Every shard object with its size and LastModified, listed prefix by prefix in parallel.
+
+        Holds every key: :meth:`run` uses :meth:`sweep` instead. This step-by-step form (with
+        :meth:`garbage`) lets tests and the protocol simulation interleave other actors.
+        """
         if self.threads == 1 or len(self.prefixes) == 1:
             pages = [self._list(p) for p in self.prefixes]
         else:
@@ -221,11 +261,42 @@ class GarbageCollector:
                 shards.append(info)
         self.report.shards_scanned = len(shards)
         self.report.shard_bytes_scanned = sum(i.size for i in shards)
+        self._warn_foreign()
+        return shards
+
+    def _warn_foreign(self) -> None:
         if self.report.foreign_keys:
             log.warning(
                 "gc: %d keys under shards/ are not shard names and were left alone", self.report.foreign_keys
             )
-        return shards
+
+    def sweep(self, refs: References) -> list[ObjectInfo]:
+        """Steps 2 and 3's listing: every prefix streamed past ``refs``; returns the garbage.
+
+        The prefixes are dealt into pieces that run on :attr:`executor` (``workers`` at a
+        time; on Ray each piece lists its prefixes ``threads`` at a time). The first listing
+        error of any piece is raised here, before anything is deleted.
+        """
+        rules = SweepRules(self.cutoff, self.grace, self._require_age, 1)
+        if self.executor == "ray":
+            rules = SweepRules(self.cutoff, self.grace, self._require_age, self.threads)
+            pieces = split(self.prefixes, self.workers * 4)  # a few per worker: balances uneven prefixes
+        else:
+            pieces = [[p] for p in self.prefixes]
+        parts = run_pieces(
+            sweep_prefixes, pieces, workers=self.workers, executor=self.executor, shared=(self.store, refs.keys, rules)
+        )
+        total = SweepPart()
+        for part in parts:
+            total.merge(part)
+        r = self.report
+        r.shards_scanned, r.shard_bytes_scanned = total.shards_scanned, total.shard_bytes_scanned
+        r.foreign_keys = total.foreign_keys
+        r.young_garbage, r.young_garbage_bytes = total.young_garbage, total.young_garbage_bytes
+        r.young_garbage_deletable_at = total.young_garbage_deletable_at
+        self._count("list", total.list_requests)
+        self._warn_foreign()
+        return sorted(total.garbage, key=lambda i: i.key)
 
     # --- step 2 ------------------------------------------------------------------------------
 
@@ -237,7 +308,7 @@ class GarbageCollector:
         the read (a concurrent gc finalised it) makes the listing start over: the manifests
         committed meanwhile may reuse its shards and must be seen (docs/protocol.md, lemma 3).
         """
-        cache: dict[tuple[str, int], Manifest] = {}
+        cache: dict[tuple[str, int], array[int]] = {}
         for attempt in range(1, _RELIST_ATTEMPTS + 1):
             refs, vanished = self._references_once(cache)
             if not vanished:
@@ -254,7 +325,7 @@ class GarbageCollector:
             "deleted; run gc again later"
         )
 
-    def _references_once(self, cache: dict[tuple[str, int], Manifest]) -> tuple[References, list[str]]:
+    def _references_once(self, cache: dict[tuple[str, int], array[int]]) -> tuple[References, list[str]]:
         manifests: dict[tuple[str, int], ObjectInfo] = {}
         for info in self._list(SNAPSHOTS_PREFIX):
             parsed = parse_stream_key(info.key, SNAPSHOTS_PREFIX)
@@ -292,7 +363,7 @@ class GarbageCollector:
             if sid not in manifests or SnapshotId(*sid) in finalised:
                 refs.finalise_tombstones.append(tombstone_key(*sid))
 
-        def load(sid: tuple[str, int]) -> Manifest | None:
+        def load(sid: tuple[str, int]) -> array[int] | None:
             if sid in cache:
                 return cache[sid]  # manifests are immutable: one read per run is enough
             key = snapshot_key(*sid)
@@ -308,7 +379,8 @@ class GarbageCollector:
                 return None
             finally:
                 self._count("get")
-            cache[sid] = Manifest.decode(raw, key)
+            # Only the references' digests are kept: a decoded manifest is dropped at once.
+            cache[sid] = ReferenceSet.digests_of(ref.key for ref in Manifest.decode(raw, key).shards)
             return cache[sid]
 
         if self.threads == 1:
@@ -317,12 +389,12 @@ class GarbageCollector:
             with self._pool() as pool:
                 loaded = list(pool.map(load, live))
         vanished: list[str] = []
-        for sid, manifest in zip(live, loaded, strict=True):
-            if manifest is None:
+        for sid, digests in zip(live, loaded, strict=True):
+            if digests is None:
                 vanished.append(snapshot_key(*sid))
                 continue
             refs.live.append(SnapshotId(*sid))
-            refs.keys.update(ref.key for ref in manifest.shards)
+        refs.keys = ReferenceSet(d for digests in loaded if digests is not None for d in digests)
         self.report.live_manifests = len(refs.live)
         self.report.referenced_shards = len(refs.keys)
         return refs, vanished
@@ -330,20 +402,16 @@ class GarbageCollector:
     # --- step 3 ------------------------------------------------------------------------------
 
     def garbage(self, shards: Sequence[ObjectInfo], refs: References) -> list[ObjectInfo]:
-        """The shards step 3 deletes: unreferenced and older than ``T - grace``."""
-        out: list[ObjectInfo] = []
-        for info in shards:
-            if info.key in refs.keys:
-                continue
-            if self._require_age and not info.last_modified < self.cutoff:
-                self.report.young_garbage += 1
-                self.report.young_garbage_bytes += info.size
-                due = info.last_modified + self.grace
-                if self.report.young_garbage_deletable_at is None or due > self.report.young_garbage_deletable_at:
-                    self.report.young_garbage_deletable_at = due
-                continue
-            out.append(info)
-        return out
+        """The shards step 3 deletes: unreferenced and older than ``T - grace``.
+
+        The same decision :meth:`sweep` makes while it lists (:func:`~.fanout_sweep.classify`).
+        """
+        part = SweepPart()
+        classify(shards, refs.keys, SweepRules(self.cutoff, self.grace, self._require_age), part)
+        r = self.report
+        r.young_garbage, r.young_garbage_bytes = part.young_garbage, part.young_garbage_bytes
+        r.young_garbage_deletable_at = part.young_garbage_deletable_at
+        return part.garbage
 
     def delete_shards(self, garbage: Sequence[ObjectInfo]) -> None:
         """Step 3's deletes: full batches of ``DELETE_BATCH`` keys, several batches at a time.
@@ -358,17 +426,21 @@ class GarbageCollector:
             return
         chunks = list(batched(keys, DELETE_BATCH))
         sizes = {i.key: i.size for i in garbage}
-
-        def delete(chunk: Sequence[str]) -> int:
-            sent = self.store.delete_many(chunk)
-            progress.sink().advance(sum(sizes[k] for k in chunk))
-            return sent
-
-        if self.threads == 1 or len(chunks) == 1:
-            requests = [delete(chunk) for chunk in chunks]
+        if self.executor == "ray":
+            pieces = split(chunks, self.workers * 4)
+            threads = self.threads
         else:
-            with self._pool() as pool:
-                requests = list(pool.map(delete, chunks))
+            pieces, threads = [[c] for c in chunks], 1
+        sink = progress.sink()
+        freed = iter(sum(sizes[k] for chunk in piece for k in chunk) for piece in pieces)
+        requests = run_pieces(
+            delete_batches,
+            pieces,
+            workers=self.workers if self.executor == "ray" else self.threads,
+            executor=self.executor,
+            shared=(self.store, threads),
+            on_result=lambda _n: sink.advance(next(freed, 0)),
+        )
         self._count("delete", sum(requests))
 
     # --- step 4 ------------------------------------------------------------------------------
@@ -439,10 +511,9 @@ class GarbageCollector:
             )
 
     def run(self) -> GcReport:
-        shards = self.list_shards()
         refs = self.list_references()
         self.check_config_unchanged()
-        self.delete_shards(self.garbage(shards, refs))
+        self.delete_shards(self.sweep(refs))
         self.finalise(refs)
         self.abort_uploads(self.stale_uploads())
         self.delete_probe_leftovers()
@@ -465,9 +536,16 @@ class GarbageCollector:
         return r
 
 
-def collect_garbage(repo: Repository, *, dry_run: bool = False, threads: int = 16) -> GcReport:
+def collect_garbage(
+    repo: Repository,
+    *,
+    dry_run: bool = False,
+    threads: int = 16,
+    workers: int | None = None,
+    executor: str = "auto",
+) -> GcReport:
     """Run one gc sweep over ``repo`` (see the module doc); returns what it did."""
-    return GarbageCollector(repo, dry_run=dry_run, threads=threads).run()
+    return GarbageCollector(repo, dry_run=dry_run, threads=threads, workers=workers, executor=executor).run()
 
 
 __all__ = ["GarbageCollector", "GcReport", "References", "collect_garbage"]

@@ -1,6 +1,7 @@
-"""A minimal reader of tqsnap repositories written from docs/format.md alone.
+"""A minimal reader of tqsnap repositories written from docs/format.md (and docs/format/) alone.
 
-It imports nothing of tqsnap: only the standard library, xxhash and zstandard. It lists
+It imports nothing of tqsnap: only the standard library, xxhash and zstandard. It reads
+format 1.0, 1.1 and 1.2 (state tree versions 1 to 3). It lists
 streams, resolves snapshots (tombstones, tags), fetches and verifies shards, assembles items,
 and rebuilds ``state_dict`` trees. Tensors come back as ``(dtype name, shape, raw bytes)``, so
 dtypes numpy lacks (bfloat16, float8) need no special case. Its one job is to prove that the
@@ -73,7 +74,11 @@ class Repo:
         if selector == "latest":
             return visible[-1]
         if isinstance(selector, str) and selector.startswith("tag:"):
-            tag = _json(self.root / "tags" / f"{selector[4:]}.json")
+            versions = self._seqs("tags", selector[4:])  # format 1.1: the highest version wins
+            name = f"{selector[4:]}/{versions[-1]:020d}" if versions else selector[4:]
+            tag = _json(self.root / "tags" / f"{name}.json")
+            if tag["target"] is None:
+                raise FormatViolation(f"tag {selector} was deleted")
             if tag["target"]["stream"] != stream:
                 raise FormatViolation(f"tag {selector} targets another stream")
             selector = tag["target"]["seq"]
@@ -126,21 +131,24 @@ class Repo:
         return out
 
 
-def state_tree(node: dict[str, Any], items: dict[str, Any]) -> Any:
-    """Rebuild a ``state_dict`` tree (docs/format.md section 7) over the snapshot's items."""
+def state_tree(node: dict[str, Any], items: dict[str, Any], version: int = 3) -> Any:
+    """Rebuild a ``state_dict`` tree (docs/format/state_dict.md) over the snapshot's items."""
     ((tag, body),) = node.items()
-    if tag == "v":
+    if tag in ("v", "int"):
         return body
+    if tag == "$int":
+        return int(body)
     if tag in ("float", "$float"):
-        return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[body]
-    if tag == "dict":
-        return {k: state_tree(v, items) for k, v in body.items()}
+        special = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+        return special[body] if isinstance(body, str) else float(body)
+    if tag == "dict":  # tree version 3 keeps the order in an array of pairs
+        return {k: state_tree(v, items, version) for k, v in (body if version >= 3 else body.items())}
     if tag in ("items", "$dict"):
-        return {_key(state_tree(k, items)): state_tree(v, items) for k, v in body}
+        return {_key(state_tree(k, items, version)): state_tree(v, items, version) for k, v in body}
     if tag == "list":
-        return [state_tree(v, items) for v in body]
+        return [state_tree(v, items, version) for v in body]
     if tag in ("tuple", "$tuple"):
-        return tuple(state_tree(v, items) for v in body)
+        return tuple(state_tree(v, items, version) for v in body)
     if tag in ("tensor", "bytes"):
         return items[body]
     if tag == "bytearray":
@@ -154,6 +162,7 @@ def _key(key: Any) -> Any:
 
 def load_state(repo: Repo, stream: str, selector: str | int = "latest") -> Any:
     manifest = repo.manifest(stream, repo.resolve(stream, selector))
-    if manifest["kind"] != "state_dict" or manifest["extra"].get("tree_version") not in (1, 2):
-        raise FormatViolation("not a state_dict snapshot of tree version 1 or 2")
-    return state_tree(manifest["extra"]["tree"], repo.items(manifest))
+    version = manifest["extra"].get("tree_version")
+    if manifest["kind"] != "state_dict" or version not in (1, 2, 3):
+        raise FormatViolation("not a state_dict snapshot of tree version 1, 2 or 3")
+    return state_tree(manifest["extra"]["tree"], repo.items(manifest), version)

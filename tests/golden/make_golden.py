@@ -1,6 +1,6 @@
 """Write the golden repositories of the tqsnap on ``sys.path`` (run once per format version).
 
-    python tests/golden/make_golden.py --out tests/golden/v1.0
+    python tests/golden/make_golden.py --out tests/golden/v1.2
 
 Each repository gets an ``expected.json`` beside it: for every stream, the visible seqs, the
 tags, and the description (``values.describe``) of what each visible snapshot must load as.
@@ -26,6 +26,7 @@ import values  # noqa: E402
 import tqsnap  # noqa: E402
 import tqsnap.dcp  # noqa: E402
 from tqsnap.engine import PackOptions  # noqa: E402
+from tqsnap.format import FORMAT_VERSION  # noqa: E402
 
 KiB = 1024
 
@@ -56,6 +57,10 @@ def write_state_dict_repo(root: Path) -> dict:
 
     state = values.body_state(4)
     record("body", tqsnap.save(url, state, stream="body").seq, state)
+
+    if FORMAT_VERSION >= "1.2":  # what earlier writers could not store portably
+        state = values.portable_state(6)
+        record("portable", tqsnap.save(url, state, stream="portable").seq, state)
     return expected
 
 

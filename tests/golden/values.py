@@ -73,6 +73,22 @@ def tree_state(seed: int) -> dict[str, Any]:
     }
 
 
+def portable_state(seed: int) -> dict[str, Any]:
+    """What format 1.2 made portable: whole-number floats, unsafe ints, key types, key order."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "whole_floats": [2.0, -0.0, -3.0, 1e300, 2.0**53, 0.5],
+        "ints": [2**53 - 1, -(2**53 - 1), 2**53, -(2**63), 10**30],
+        "key_types": {None: "none", True: "true", 2.5: "float", b"k": "bytes", (1, (2,)): "tuple", 7: "int", 2**64: "big"},
+        "tensor_key": {torch.arange(3): "a tensor as a key"},
+        "order": {"z": 1, "a": 2, "$m": 3, "": 4},  # not sorted; one key starts with $
+        "same_path": {"x/y": torch.zeros(1), "x": {"y": torch.ones(1)}},  # escaping keeps them apart
+        "collide": {"1": torch.zeros(2), 1: torch.ones(2)},  # one item path: the second gets #1
+        "surrogate_pair": "\U0001f600",
+        "w": torch.randn(3, generator=g),
+    }
+
+
 def big_state(seed: int) -> dict[str, Any]:
     """A tensor cut into several chunks (with small chunks) and many packed small tensors."""
     g = torch.Generator().manual_seed(seed)

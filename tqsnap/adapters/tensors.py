@@ -10,23 +10,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
+from ..format.dtypes import element_size
 
 if TYPE_CHECKING:
     import torch
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``: the name written to manifests."""
-    return str(dtype).removeprefix("torch.")
+    """``torch.bfloat16`` -> ``"bfloat16"``: the name written to manifests.
+
+    A dtype outside the format's table (format/dtypes.py) is refused before anything is written.
+    """
+    name = str(dtype).removeprefix("torch.")
+    if element_size(name) is None:
+        raise FormatError(
+            f"cannot store a tensor of dtype {name}: the snapshot format has no such dtype "
+            "(quantized tensors need dequantizing first)"
+        )
+    return name
 
 
 def dtype_from_name(name: str) -> torch.dtype:
     """The inverse of :func:`dtype_name`; refuses names that are not torch dtypes."""
     import torch
 
-    dtype = getattr(torch, name, None) if name.isidentifier() else None
+    # Only the format's closed table (format/dtypes.py): torch's aliases (``long``, ``half``)
+    # and quantized dtypes, whose scale the format cannot hold, are not dtype names here.
+    dtype = getattr(torch, name, None) if element_size(name) is not None else None
     if not isinstance(dtype, torch.dtype):
-        raise FormatError(f"unknown tensor dtype {name!r} in manifest")
+        raise FormatError(f"unknown tensor dtype {name!r:.40} in manifest; docs/format.md lists the dtypes")
     return dtype
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ManifestError
-from . import strict
+from . import strict, typed_json
 from .keys import parse_shard_key, validate_name
 from .shard import CODECS
 from .strict import MAX_BYTES, MAX_EXTENTS, MAX_ITEMS, MAX_SEQ, MAX_SHARDS
@@ -229,7 +229,8 @@ class Manifest:
         return d
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False).encode()
+        """Compact UTF-8 JSON; refuses what a parser in another language would misread (typed_json)."""
+        return typed_json.portable_dumps(self.to_json(), f"snapshot {self.stream}@{self.seq}")
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> Manifest:
@@ -305,7 +306,7 @@ class Manifest:
 def encode_body(items: list[Item], extra: dict[str, Any]) -> bytes:
     """The payload of a body shard: ``{"items": [...], "extra": {...}}`` as JSON."""
     body = {"items": [i.to_json() for i in items], "extra": extra}
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return typed_json.portable_dumps(body, "a snapshot body")
 
 
 def decode_body(data: bytes, key: str) -> tuple[list[Item], dict[str, Any]]:

@@ -5,7 +5,11 @@ tqsnap stores such a value inside JSON (the ``state_dict`` tree, DCP planner dat
 TransferQueue tags and non-tensor values) it writes a one-key object whose key starts with
 ``$`` (docs/format.md, "Typed JSON values"):
 
-- ``{"$float": "nan" | "inf" | "-inf"}``: a non-finite float (finite floats stay JSON numbers);
+- ``{"$float": "nan" | "inf" | "-inf" | number}``: a non-finite float, or (format 1.2) a finite
+  float whose value is a whole number (``2.0``, ``-0.0``, ``1e300``), so that a bare JSON number
+  is an int exactly when it has no fractional part, whatever parser reads it;
+- ``{"$int": "decimal"}`` (format 1.2): an integer outside +-(2**53 - 1), which a parser that
+  holds numbers as doubles (JavaScript, Go's ``interface{}``, jq) would round;
 - ``{"$tuple": [v, ...]}``: a tuple;
 - ``{"$dict": [[k, v], ...]}``: a dict whose keys are not all strings, or where a string key
   starts with ``$`` (so a plain dict can never be mistaken for a tagged value), in order.
@@ -22,7 +26,9 @@ a plain value's children are plain values.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any
 
 from ..errors import FormatError
@@ -30,9 +36,18 @@ from ..errors import FormatError
 FLOAT = "$float"
 TUPLE = "$tuple"
 DICT = "$dict"
+INT = "$int"
+
+#: The largest integer magnitude written as a bare JSON number: every double holds it exactly.
+SAFE_INT = 2**53 - 1
+#: Digits a ``$int`` body may have (Python refuses longer decimal strings by default anyway).
+MAX_INT_DIGITS = 4000
+_INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)", re.ASCII)
+#: A run of this many digits in encoded JSON may be an unsafe integer; only then is the value walked.
+_LONG_DIGITS = re.compile(r"[0-9]{16,}", re.ASCII)
 
 #: Every spelling a reader accepts in a typed value, mapped to the one written today.
-_VALUE_SPELLINGS = {FLOAT: FLOAT, TUPLE: TUPLE, DICT: DICT, "$f": FLOAT, "$t": TUPLE, "$d": DICT}
+_VALUE_SPELLINGS = {FLOAT: FLOAT, TUPLE: TUPLE, DICT: DICT, INT: INT, "$f": FLOAT, "$t": TUPLE, "$d": DICT}
 #: A ``state_dict`` tree also accepts its tree version 1 node names.
 _TREE_SPELLINGS = _VALUE_SPELLINGS | {"float": FLOAT, "tuple": TUPLE, "items": DICT}
 
@@ -49,21 +64,94 @@ def tree_tag(tag: str) -> str | None:
     return _TREE_SPELLINGS.get(tag)
 
 
-def encode_float(value: float) -> float | dict[str, str]:
-    """A finite float as itself; NaN and the infinities as ``{"$float": "nan" | "inf" | "-inf"}``."""
-    if math.isfinite(value):
-        return value
-    return {FLOAT: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+def encode_float(value: float) -> float | dict[str, Any]:
+    """A float with a fractional part as itself; any other float as ``{"$float": ...}``.
+
+    NaN and the infinities are spelled ``"nan"``, ``"inf"``, ``"-inf"``; a finite whole-number
+    float (``2.0``, ``-0.0``, ``1e300``) keeps its number but is tagged, because ``2.0`` and
+    ``2`` are the same number to most JSON parsers (format 1.2; 1.0 and 1.1 wrote it bare).
+    """
+    if not math.isfinite(value):
+        return {FLOAT: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    return {FLOAT: value} if value.is_integer() else value
 
 
 def decode_float(body: Any, where: str = "a JSON value") -> float:
-    """The float a ``$float`` body names; anything but the three spellings is a FormatError.
+    """The float a ``$float`` body names: one of the three spellings, or a finite JSON number.
 
     Strict on purpose: ``float()`` would also take ``"1e999"`` or a megabyte of digits.
     """
     if isinstance(body, str) and body in _NON_FINITE:
         return _NON_FINITE[body]
-    raise FormatError(f"{where}: a non-finite float must be 'nan', 'inf' or '-inf', not {body!r:.40}")
+    if type(body) is float or (type(body) is int and abs(body) <= SAFE_INT):
+        return float(body)
+    raise FormatError(
+        f"{where}: a $float must be 'nan', 'inf', '-inf' or a finite number, not {body!r:.40}"
+    )
+
+
+def encode_int(value: int) -> int | dict[str, str]:
+    """An int within +-(2**53 - 1) as itself; a larger one as ``{"$int": "decimal"}``."""
+    return value if -SAFE_INT <= value <= SAFE_INT else {INT: str(value)}
+
+
+def decode_int(body: Any, where: str = "a JSON value") -> int:
+    """The integer a ``$int`` body spells: ASCII decimal, optional ``-``, no leading zeros."""
+    if type(body) is str and len(body) <= MAX_INT_DIGITS and _INT_TEXT.fullmatch(body):
+        return int(body)
+    raise FormatError(f"{where}: a $int must be a decimal string such as \"-12\", not {body!r:.40}")
+
+
+def portable_dumps(doc: Any, where: str) -> bytes:
+    """``doc`` as compact UTF-8 JSON that every JSON parser reads the same (format 1.2).
+
+    Refused, with a :class:`FormatError` naming ``where`` and nothing written: NaN and the
+    infinities, an integer outside +-(2**53 - 1) (the caller encodes those as ``$int`` where it
+    means to keep them), and a string holding a lone surrogate (not Unicode, so not UTF-8).
+    Non-ASCII characters are written as UTF-8, not as ``\\u`` escapes. The value is walked only
+    when the text holds a run of 16 digits, so a large document costs one C-speed pass.
+    """
+    try:
+        text = json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except ValueError as exc:
+        raise FormatError(f"{where}: {exc}; store non-finite floats as typed JSON") from None
+    if _LONG_DIGITS.search(text):
+        check_safe_ints(doc, where)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise FormatError(
+            f"{where} holds a string with a lone surrogate ({bad!r}), which is not Unicode and "
+            "cannot be stored; pass valid text (or bytes)"
+        ) from None
+
+
+def check_safe_ints(doc: Any, where: str) -> None:
+    """Raise :class:`FormatError` for any bare integer in ``doc`` outside +-(2**53 - 1)."""
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if type(value) is int and not -SAFE_INT <= value <= SAFE_INT:
+            raise FormatError(
+                f"{where} holds the integer {str(value)[:40]}, outside +-(2**53 - 1), which most JSON "
+                'parsers cannot hold; store it as a string (or as {"$int": "..."} where typed JSON is used)'
+            )
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+
+
+def check_text(value: str, where: str) -> str:
+    """``value`` itself, or a :class:`FormatError` if it holds a lone surrogate (not Unicode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(
+            f"{where} holds a string with a lone surrogate, which is not Unicode and cannot be stored"
+        ) from None
+    return value
 
 
 def tuple_node(children: list[Any]) -> dict[str, list[Any]]:

@@ -13,7 +13,9 @@ from typing import Any
 from ..errors import ManifestError, UnsupportedFormatError
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+#: 1.2: portable typed JSON (state tree version 3, ``$int``, tagged whole-number floats, UTF-8
+#: text without lone surrogates); docs/format.md, "Changes", lists every version.
+FORMAT_MINOR = 2
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 
 #: ``MAJOR[.MINOR]`` in ASCII digits only (``str.isdigit`` would take '¹' and then ``int`` fail).

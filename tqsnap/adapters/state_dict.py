@@ -148,7 +148,7 @@ def save_state(
     """Save ``state`` as the next snapshot of ``stream``; only changed shards are uploaded."""
     encoder = _TreeEncoder(allow_pickle)
     tree = encoder.encode(state, [])  # raises before anything is uploaded
-    typed_json.portable_dumps(metadata or {}, "metadata")  # so does metadata the format cannot hold
+    typed_json.check_plain_json(metadata or {}, "metadata")  # so does metadata JSON would garble
     writer = SnapshotWriter.begin(repo, stream, KIND, parent=parent, options=options)
     packer = writer.packer()
     try:

@@ -230,6 +230,7 @@ class Manifest:
 
     def encode(self) -> bytes:
         """Compact UTF-8 JSON; refuses what a parser in another language would misread (typed_json)."""
+        typed_json.check_plain_json(self.metadata, f"the metadata of snapshot {self.stream}@{self.seq}")
         return typed_json.portable_dumps(self.to_json(), f"snapshot {self.stream}@{self.seq}")
 
     @classmethod

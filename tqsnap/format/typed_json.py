@@ -43,8 +43,6 @@ SAFE_INT = 2**53 - 1
 #: Digits a ``$int`` body may have (Python refuses longer decimal strings by default anyway).
 MAX_INT_DIGITS = 4000
 _INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)", re.ASCII)
-#: A run of this many digits in encoded JSON may be an unsafe integer; only then is the value walked.
-_LONG_DIGITS = re.compile(r"[0-9]{16,}", re.ASCII)
 
 #: Every spelling a reader accepts in a typed value, mapped to the one written today.
 _VALUE_SPELLINGS = {FLOAT: FLOAT, TUPLE: TUPLE, DICT: DICT, INT: INT, "$f": FLOAT, "$t": TUPLE, "$d": DICT}
@@ -106,17 +104,15 @@ def portable_dumps(doc: Any, where: str) -> bytes:
     """``doc`` as compact UTF-8 JSON that every JSON parser reads the same (format 1.2).
 
     Refused, with a :class:`FormatError` naming ``where`` and nothing written: NaN and the
-    infinities, an integer outside +-(2**53 - 1) (the caller encodes those as ``$int`` where it
-    means to keep them), and a string holding a lone surrogate (not Unicode, so not UTF-8).
-    Non-ASCII characters are written as UTF-8, not as ``\\u`` escapes. The value is walked only
-    when the text holds a run of 16 digits, so a large document costs one C-speed pass.
+    infinities, and a string holding a lone surrogate (not Unicode, so not UTF-8). Non-ASCII
+    characters are written as UTF-8, not as ``\\u`` escapes. Integers are the encoders' job
+    (:func:`encode_int`, :func:`check_plain_json`): a copied snapshot of format 1.0 may hold a
+    large one in its state tree, which its tree version defines.
     """
     try:
         text = json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except ValueError as exc:
         raise FormatError(f"{where}: {exc}; store non-finite floats as typed JSON") from None
-    if _LONG_DIGITS.search(text):
-        check_safe_ints(doc, where)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -127,20 +123,37 @@ def portable_dumps(doc: Any, where: str) -> bytes:
         ) from None
 
 
-def check_safe_ints(doc: Any, where: str) -> None:
-    """Raise :class:`FormatError` for any bare integer in ``doc`` outside +-(2**53 - 1)."""
-    stack = [doc]
+def check_plain_json(doc: Any, where: str) -> None:
+    """Refuse what plain JSON would store ambiguously (a manifest's ``metadata``, format 1.2).
+
+    Allowed: null, booleans, strings, integers within +-(2**53 - 1), finite floats, lists and
+    tuples (stored as arrays), and dicts with string keys. Refused with a :class:`FormatError`:
+    any other key (``json`` would write ``str()`` of it), larger integers, non-finite floats,
+    lone surrogates and every other type.
+    """
+    stack: list[tuple[Any, str]] = [(doc, where)]
     while stack:
-        value = stack.pop()
-        if type(value) is int and not -SAFE_INT <= value <= SAFE_INT:
+        value, at = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool) and not -SAFE_INT <= value <= SAFE_INT:
             raise FormatError(
-                f"{where} holds the integer {str(value)[:40]}, outside +-(2**53 - 1), which most JSON "
-                'parsers cannot hold; store it as a string (or as {"$int": "..."} where typed JSON is used)'
+                f"{at} is the integer {str(value)[:40]}, outside +-(2**53 - 1), which most JSON "
+                "parsers cannot hold; store it as a string"
             )
-        if isinstance(value, dict):
-            stack.extend(value.values())
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FormatError(f"{at} is {value}, which JSON cannot hold; store it as a string")
+        if isinstance(value, str):
+            check_text(value, at)
         elif isinstance(value, list | tuple):
-            stack.extend(value)
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise FormatError(
+                        f"{at} has the key {k!r:.40}, which is not a string; JSON keys are strings"
+                    )
+                stack.append((v, f"{at}.{check_text(k, at)}"))
+        elif value is not None and not isinstance(value, int | float):
+            raise FormatError(f"{at} is a {type(value).__name__}, which plain JSON cannot hold")
 
 
 def check_text(value: str, where: str) -> str:

@@ -31,6 +31,7 @@ TOP_LEVEL = {
     "tqsnap.__main__": "faces",
     "tqsnap.tq": "faces",
     "tqsnap.dcp": "faces",
+    "tqsnap.hyper_parallel": "faces",
     "tqsnap.job": "faces",
     "tqsnap.errors": "errors",
 }

@@ -231,7 +231,7 @@ def _controller_state():
 
 
 def test_controller_state_encodes_and_decodes_to_the_same_typed_state():
-    from tqsnap.adapters.transferqueue import controller_codec
+    from tqsnap.adapters.transferqueue import controller_codec, controller_decode
     from tqsnap.format.manifest import Item
 
     state = _controller_state()
@@ -248,7 +248,7 @@ def test_controller_state_encodes_and_decodes_to_the_same_typed_state():
         "c/sampler",
     ]
 
-    back = controller_codec.decode(["p/1"], values, items, snapshot="s@1", allow_pickle=False)
+    back = controller_decode.decode(["p/1"], values, items, snapshot="s@1", allow_pickle=False)
 
     p, q = state.partitions["p/1"], back.partitions["p/1"]
     assert torch.equal(p.status.production, q.status.production)

@@ -203,7 +203,7 @@ class Untouched:
 
 
 def main():
-    from tqsnap.adapters.transferqueue import controller_codec
+    from tqsnap.adapters.transferqueue import controller_decode
     from tqsnap.adapters.transferqueue.restore import restore_system
     from tqsnap.adapters.transferqueue.validate import check_manifest
     from tqsnap.engine import Repository
@@ -218,10 +218,10 @@ def main():
             else:
                 reader = repo.reader(stream, kind="transferqueue")
                 header = check_manifest(reader)
-                paths = controller_codec.controller_paths(header.partitions, header.consumption_tasks)
+                paths = controller_decode.controller_paths(header.partitions, header.consumption_tasks)
                 values = reader.read_items(paths)
                 items = {{p: reader.items[p] for p in paths}}
-                controller_codec.decode(header.partitions, values, items, snapshot=reader.name, allow_pickle=False)
+                controller_decode.decode(header.partitions, values, items, snapshot=reader.name, allow_pickle=False)
             out[stream] = {{"error": None}}
         except BaseException as exc:
             out[stream] = {{"error": type(exc).__name__, "typed": isinstance(exc, FormatError), "message": str(exc)}}

@@ -8,7 +8,7 @@ dicts in place; elsewhere it replaces values, never mutates them). Encoding to J
 after the lock is released (:func:`capture_encoded`).
 
 The copy is a :class:`.ControllerState`, the common language of the codec
-(:mod:`.controller_codec`), the restore (:mod:`.controller_restore`) and the inspection helpers.
+(:mod:`.controller_codec`, :mod:`.controller_decode`), the restore (:mod:`.controller_restore`) and the inspection helpers.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .controller_state import (
     PartitionState,
     PartitionStatus,
     SamplerState,
+    copy_field,
     sampler_class_name,
 )
 from .guard import between_requests
@@ -50,17 +51,7 @@ def _copy_partition(p: Any) -> PartitionState:
         ),
         global_indexes=set(p.global_indexes),
         pre_allocated=set(p.pre_allocated_global_indexes),
-        field_metadata={
-            name: FieldState(
-                global_indexes=set(m.global_indexes),
-                dtype=m.dtype,
-                shape=m.shape,
-                is_nested=m.is_nested,
-                is_non_tensor=m.is_non_tensor,
-                per_sample_shapes=dict(m.per_sample_shapes),
-            )
-            for name, m in p.field_metadata.items()
-        },
+        field_metadata={name: copy_field(m, FieldState) for name, m in p.field_metadata.items()},
         field_custom_backend_meta=_two_level(p.field_custom_backend_meta),  # updated in place
         custom_meta=dict(p.custom_meta),  # per-sample dicts are replaced, never updated in place
         keys_mapping=dict(p.keys_mapping),

@@ -16,9 +16,15 @@ from typing import Any
 
 from ...errors import RestoreError, TargetNotEmptyError
 from ...format.manifest import Item
-from . import controller_codec
+from . import controller_decode
 from .controller_capture import CONTROLLER_HANDLER
-from .controller_state import ControllerState, ControllerSummary, PartitionState, sampler_class_name
+from .controller_state import (
+    ControllerState,
+    ControllerSummary,
+    PartitionState,
+    copy_field,
+    sampler_class_name,
+)
 from .guard import hold, inside_hold, release
 from .system import in_actor
 
@@ -45,17 +51,7 @@ def _build_partition(state: PartitionState) -> Any:
     p.global_indexes = set(state.global_indexes)
     p.pre_allocated_global_indexes = set(state.pre_allocated)
     p.field_name_mapping = dict(state.status.field_name_mapping)
-    p.field_metadata = {
-        name: FieldMeta(
-            global_indexes=set(m.global_indexes),
-            dtype=m.dtype,
-            shape=m.shape,
-            is_nested=m.is_nested,
-            is_non_tensor=m.is_non_tensor,
-            per_sample_shapes=dict(m.per_sample_shapes),
-        )
-        for name, m in state.field_metadata.items()
-    }
+    p.field_metadata = {name: copy_field(m, FieldMeta) for name, m in state.field_metadata.items()}
     p.field_custom_backend_meta = dict(state.field_custom_backend_meta)
     p.custom_meta = dict(state.custom_meta)
     p.keys_mapping = dict(state.keys_mapping)
@@ -78,10 +74,10 @@ def stage_controller(
     The coordinator has read and verified the items; decoding them here means per-sample
     metadata (shapes, tags, keys) is built once, where it is used, instead of being built in
     the coordinator and pickled over. The decode checks every count the items declare before
-    it allocates for it (:mod:`.controller_codec`). Nothing of the live state is touched.
+    it allocates for it (:mod:`.controller_decode`). Nothing of the live state is touched.
     Returns the number of partitions staged.
     """
-    state = controller_codec.decode(partitions, data, items, snapshot=snapshot, allow_pickle=allow_pickle)
+    state = controller_decode.decode(partitions, data, items, snapshot=snapshot, allow_pickle=allow_pickle)
     self.__dict__.setdefault(_STAGED, {})[token] = state
     return len(state.partitions)
 

@@ -3,9 +3,9 @@
 These dataclasses mirror what the controller keeps (``DataPartitionStatus``, ``FieldMeta``,
 the index manager, the sampler) in plain Python values and int8 tensors, so one shape is
 shared by the capture in the controller actor (:mod:`.controller_capture`), the codec
-(:mod:`.controller_codec`), the install (:mod:`.controller_restore`) and the inspection
-helpers. They hold no TransferQueue objects, so they pickle between processes without
-TransferQueue's classes.
+(:mod:`.controller_codec`, :mod:`.controller_decode`), the install
+(:mod:`.controller_restore`) and the inspection helpers. They hold no TransferQueue objects,
+so they pickle between processes without TransferQueue's classes.
 
 :class:`PartitionStatus` is the part of a partition the snapshot's coordinator needs (the plan
 routes produced samples by it, the reconcile clears what no unit held); it travels alone, while
@@ -14,8 +14,11 @@ the rest of a partition is encoded to JSON inside the controller actor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+F = TypeVar("F")
 
 
 @dataclass
@@ -42,6 +45,23 @@ class FieldState:
     is_nested: Any
     is_non_tensor: Any
     per_sample_shapes: dict[int, Any]
+
+
+def copy_field(meta: Any, make: Callable[..., F]) -> F:
+    """``make(...)`` over a copy of one field's metadata: a ``FieldMeta`` or a :class:`FieldState`.
+
+    The capture copies TransferQueue's ``FieldMeta`` into a :class:`FieldState` and the install
+    copies back, so both directions live here: the index set and per-sample shapes are copied
+    (the controller updates them in place), the other values are shared (it replaces them).
+    """
+    return make(
+        global_indexes=set(meta.global_indexes),
+        dtype=meta.dtype,
+        shape=meta.shape,
+        is_nested=meta.is_nested,
+        is_non_tensor=meta.is_non_tensor,
+        per_sample_shapes=dict(meta.per_sample_shapes),
+    )
 
 
 @dataclass

@@ -27,6 +27,7 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from emulators import azurite, gcs_emulator  # noqa: E402, F401 - GCS and Azure emulator fixtures
 from faultproxy import ProxiedBucket, proxied_bucket  # noqa: E402
 from s3servers import S3Server, ServerPool  # noqa: E402
 

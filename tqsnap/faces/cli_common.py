@@ -148,8 +148,9 @@ def storage_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = dict(getattr(args, "profile_storage_options", None) or {})
     if getattr(args, "endpoint_url", None):
         opts["endpoint_url"] = args.endpoint_url
-    if getattr(args, "single_writer", False) and str(getattr(args, "url", "")).startswith(("s3://", "obs://")):
-        opts["single_writer"] = True  # an S3 store option; local and memory stores create atomically
+    url = str(getattr(args, "url", ""))
+    if getattr(args, "single_writer", False) and "://" in url and not url.startswith(("file://", "memory://")):
+        opts["single_writer"] = True  # an S3 and fsspec store option; local and memory stores create atomically
     return opts
 
 

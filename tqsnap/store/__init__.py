@@ -60,6 +60,8 @@ def open_store(url: str | StoreSpec | ObjectStore, **options: Any) -> ObjectStor
       or s3fs-style: :mod:`tqsnap.store.s3_options`).
     - ``obs://bucket/prefix``: the S3 store in Huawei OBS conditional mode.
     - ``memory://name``: :class:`MemoryStore`, shared by name within the process.
+    - any other ``PROTOCOL://``: an fsspec filesystem (``gs://``, ``az://``, ``hdfs://``...),
+      options passed to it unchanged (:mod:`tqsnap.store.fsspec_store`, docs/stores.md).
 
     URLs are split as fsspec splits them (:func:`split_protocol`). An already opened store is
     returned as is, so every API accepts either.
@@ -93,7 +95,9 @@ def open_store(url: str | StoreSpec | ObjectStore, **options: Any) -> ObjectStor
         if scheme == "obs":
             options.setdefault("conditional_mode", "obs")
         return S3Store(bucket, prefix.strip("/"), **options)
-    raise InvalidURLError(f"unsupported store URL {url!r}: use file://, s3://, obs:// or memory://")
+    from .fsspec_store import open_fsspec_store
+
+    return open_fsspec_store(url, **options)  # gs://, az://, hdfs://...: any fsspec filesystem
 
 
 __all__ = [

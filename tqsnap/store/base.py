@@ -31,7 +31,7 @@ class ObjectInfo:
 
 
 #: Option names whose values a spec's repr never shows.
-_SECRET_WORDS = ("secret", "token", "password", "access_key")
+_SECRET_WORDS = ("secret", "token", "password", "access_key", "account_key", "connection_string", "credential", "sas")
 
 
 @dataclass(frozen=True)

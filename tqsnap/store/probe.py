@@ -137,7 +137,11 @@ class _Probe:
 
         def run() -> None:
             if not self.store.atomic_create:
-                self.add(check, FAIL, "the store is configured without an atomic create (conditional_mode none)")
+                self.add(
+                    check,
+                    FAIL,
+                    "the store has no atomic create (S3 conditional_mode none, or a filesystem without a native precondition)",
+                )
                 return
             key = f"{self.prefix}create-{label}"
             first, second = _pattern(size, 1), _pattern(size, 2)
@@ -299,7 +303,7 @@ def served_remotely(store: ObjectStore) -> bool:
     under any wrappers; the local and memory stores implement it themselves."""
     while getattr(store, "inner", None) is not None:
         store = store.inner  # type: ignore[attr-defined]
-    return getattr(store, "_s3", None) is not None
+    return getattr(store, "_s3", None) is not None or getattr(store, "probe_on_init", False)
 
 
 def check_store_for_init(

@@ -10,6 +10,7 @@ from .faces.tq import (
     TransferQueueSystem,
     restore,
     snapshot,
+    stage,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "TransferQueueSystem",
     "restore",
     "snapshot",
+    "stage",
 ]

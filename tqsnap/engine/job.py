@@ -124,10 +124,12 @@ class StagedPart:
     parent: SnapshotId | None = None
     #: Seconds from the stage's begin to its finish, in the staging process.
     stage_s: float = 0.0
+    #: The adapter's own numbers (a queue's unit stalls), kept in the part's stats.
+    extra_stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stats(self) -> dict[str, Any]:
-        return self.pack.stats.to_json() | {"stage_s": round(self.stage_s, 6)}
+        return self.pack.stats.to_json() | dict(self.extra_stats) | {"stage_s": round(self.stage_s, 6)}
 
     def __repr__(self) -> str:
         s = self.pack.stats
@@ -252,7 +254,7 @@ class PartStager:
     def add_result(self, result: PackResult) -> None:
         self._results.append(result)
 
-    def finish(self, header: dict[str, Any]) -> StagedPart:
+    def finish(self, header: dict[str, Any], *, stats: dict[str, Any] | None = None) -> StagedPart:
         """The staged part: merged references, the kind header, which shards came from the parent."""
         pack = merge_results(self._results)
         reused = [i for i, ref in enumerate(pack.shards) if ref.key in self.parent_keys]
@@ -266,6 +268,7 @@ class PartStager:
             reused,
             self.token.parent if self.parent_keys else None,
             time.monotonic() - self._t0,
+            dict(stats or {}),
         )
         log.info(
             "staged part %r of job %s: %d new shards (%d bytes), %d reused",

@@ -20,7 +20,9 @@ from ..adapters.transferqueue import (
     restore_system,
     snapshot_system,
 )
+from ..adapters.transferqueue.snapshot import stage_system
 from ..engine import PackOptions, Repository
+from ..engine.job import JobToken, StagedPart
 from .api import RepoLike, open_repo
 from .scheduler import Snapshotter
 
@@ -64,6 +66,7 @@ def restore(
     storage_options: dict[str, Any] | None = None,
     system: TransferQueueSystem | None = None,
     hold_lease_s: float = 60.0,
+    part: str | None = None,
 ) -> TQRestoreResult:
     """Restore a TransferQueue snapshot into the attached TransferQueue (any unit count).
 
@@ -71,6 +74,7 @@ def restore(
     validated and staged before the target changes, so a failed restore changes nothing.
     Requests that reach the target while the restore installs wait for it (at most
     ``hold_lease_s``, should this process die mid-install) and then see the restored state.
+    ``part`` restores that part of a job snapshot (``tqsnap.job``), e.g. ``"queue"``.
     """
     repo: Repository = open_repo(url, storage_options=storage_options)
     return restore_system(
@@ -81,6 +85,42 @@ def restore(
         force=force,
         allow_pickle=allow_pickle,
         hold_lease_s=hold_lease_s,
+        part=part,
+    )
+
+
+def stage(
+    job: Any,
+    *,
+    part: str = "queue",
+    url: RepoLike | None = None,
+    storage_options: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    system: TransferQueueSystem | None = None,
+    options: PackOptions | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> StagedPart:
+    """Stage the attached TransferQueue as part ``part`` of a job snapshot, for ``job.add``.
+
+    The same capture and per-unit upload as :func:`snapshot`, deduplicated against the same
+    part of the job's parent, but nothing is committed: ``job.commit()`` commits every part
+    at once. ``job`` is a :class:`tqsnap.job.JobSnapshot`, or its ``token`` with ``url``.
+    """
+    if isinstance(job, str | JobToken):
+        if url is None:
+            raise TypeError("tqsnap.tq.stage(token, ...) needs url= (a JobSnapshot carries its own)")
+        repo: Repository = open_repo(url, create=True, storage_options=storage_options)
+        token = JobToken.decode(job)
+    else:
+        repo, token = job.repository(), JobToken.decode(job.token)
+    return stage_system(
+        system or TransferQueueSystem.attached(),
+        repo,
+        token,
+        part,
+        allow_pickle=allow_pickle,
+        options=options,
+        block_size=block_size,
     )
 
 
@@ -91,4 +131,5 @@ __all__ = [
     "TransferQueueSystem",
     "restore",
     "snapshot",
+    "stage",
 ]

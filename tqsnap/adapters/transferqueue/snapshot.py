@@ -20,9 +20,10 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ...engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
+from ...engine.job import JobToken, PartStager, StagedPart
 from ...engine.packer import reuse_fraction
 from ...engine.shards import Shards
 from ...errors import TqsnapError
@@ -138,24 +139,33 @@ def _reconcile(
     return out, dropped
 
 
-def snapshot_system(
-    system: TransferQueueSystem,
-    repo: Repository,
-    stream: str,
-    *,
-    metadata: dict[str, Any] | None = None,
-    allow_pickle: bool = False,
-    options: PackOptions | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    parent: SnapshotId | str | None = "latest",
-    measure_memcpy: bool = False,
-) -> TQSnapshotResult:
-    """Snapshot ``system`` into ``repo`` as the next snapshot of ``stream``.
+@dataclass
+class _Taken:
+    """A snapshot's data uploaded, before its commit: what the commit or the stage needs."""
 
-    ``measure_memcpy`` also times, on each unit, copying its tensor bytes (for benchmarks; it
-    costs that copy).
-    """
-    ray = _ray()
+    results: list[UnitResult]
+    n: int
+    samples: int
+    values: int
+    dropped: int
+    stall_s: float
+    stats: dict[str, Any]
+    extra: dict[str, Any]
+    t_capture: float
+    t_upload: float
+
+
+class _Target(Protocol):
+    """Where the units' shards go: a :class:`SnapshotWriter` (a snapshot) or a :class:`PartStager` (a job part)."""
+
+    reuse_index: dict[str, Any]
+
+    def packer(self) -> Any: ...
+
+    def add_result(self, result: Any) -> None: ...
+
+
+def _check_args(repo: Repository, block_size: int) -> None:
     if not repo.store.shareable_across_processes:
         raise ValueError(
             f"{repo.store!r} lives in one process; TransferQueue storage units upload their own shards, "
@@ -163,16 +173,27 @@ def snapshot_system(
         )
     if type(block_size) is not int or not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise TqsnapError(f"block_size must be an integer from 1 to {MAX_BLOCK_SIZE}, not {block_size!r}")
-    t0 = time.monotonic()
-    options = options or TQ_PACK_OPTIONS
-    writer = SnapshotWriter.begin(repo, stream, KIND, parent=parent, options=options)
+
+
+def _take(
+    system: TransferQueueSystem,
+    repo: Repository,
+    target: _Target,
+    *,
+    options: PackOptions,
+    allow_pickle: bool,
+    block_size: int,
+    measure_memcpy: bool,
+) -> _Taken:
+    """Steps 2-5 up to the commit: capture, upload on every unit, reconcile, controller items."""
+    ray = _ray()
     # The controller encodes its JSON items itself, before any upload, so a value that needs
     # pickle fails the save early. Its status items are made after the reconcile, from the
     # statuses the reconcile returns.
     captured: EncodedController = system.call_controller(capture_encoded, allow_pickle)
     t_capture = time.monotonic()
     n = system.n_units
-    reuse = ray.put(writer.reuse_index)
+    reuse = ray.put(target.reuse_index)
     jobs = [
         (
             UnitJob(
@@ -192,15 +213,15 @@ def snapshot_system(
     results: list[UnitResult] = system.call_units(snapshot_unit, jobs)
     t_upload = time.monotonic()
     for r in results:
-        writer.add_result(r.pack)
+        target.add_result(r.pack)
     statuses, dropped = _reconcile(captured.statuses, results)
-    packer = writer.packer()
+    packer = target.packer()
     try:
         for spec in controller_items(captured.json_items, statuses):
             packer.add(
                 spec.path, spec.data, kind=spec.kind, dtype=spec.dtype, shape=spec.shape, meta=spec.meta
             )
-        writer.add_result(packer.finish())
+        target.add_result(packer.finish())
     except BaseException:
         packer.abort()
         raise
@@ -222,36 +243,100 @@ def snapshot_system(
         "consumption_tasks": {pid: list(p.consumption) for pid, p in statuses.items()},
         "sampler_class": captured.sampler_class,
     }
-    info = writer.commit(extra=extra, metadata=metadata, stats=stats)
+    return _Taken(results, n, samples, values, dropped, captured.stall_s, stats, extra, t_capture, t_upload)
+
+
+def snapshot_system(
+    system: TransferQueueSystem,
+    repo: Repository,
+    stream: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    options: PackOptions | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    parent: SnapshotId | str | None = "latest",
+    measure_memcpy: bool = False,
+) -> TQSnapshotResult:
+    """Snapshot ``system`` into ``repo`` as the next snapshot of ``stream``.
+
+    ``measure_memcpy`` also times, on each unit, copying its tensor bytes (for benchmarks; it
+    costs that copy).
+    """
+    _check_args(repo, block_size)
+    t0 = time.monotonic()
+    options = options or TQ_PACK_OPTIONS
+    writer = SnapshotWriter.begin(repo, stream, KIND, parent=parent, options=options)
+    taken = _take(
+        system,
+        repo,
+        writer,
+        options=options,
+        allow_pickle=allow_pickle,
+        block_size=block_size,
+        measure_memcpy=measure_memcpy,
+    )
+    results = taken.results
+    info = writer.commit(extra=taken.extra, metadata=metadata, stats=taken.stats)
     t_end = time.monotonic()
     s = info.stats
     result = TQSnapshotResult(
         info=info,
-        samples=samples,
-        values=values,
-        dropped=dropped,
-        units=n,
+        samples=taken.samples,
+        values=taken.values,
+        dropped=taken.dropped,
+        units=taken.n,
         new_bytes=int(s.get("new_bytes", 0)),
         reused_bytes=int(s.get("reused_bytes", 0)),
         stored_bytes=int(s.get("stored_bytes", 0)),
         item_bytes=int(s.get("item_bytes", 0)),
-        controller_stall_s=captured.stall_s,
+        controller_stall_s=taken.stall_s,
         unit_stall_s=[r.stall_s for r in results],
         unit_memcpy_s=[r.memcpy_s for r in results],
         unit_memcpy_raw_s=[r.memcpy_raw_s for r in results],
         unit_data_bytes=[r.data_bytes for r in results],
-        capture_s=t_capture - t0,
-        upload_s=t_upload - t_capture,
-        commit_s=t_end - t_upload,
+        capture_s=taken.t_capture - t0,
+        upload_s=taken.t_upload - taken.t_capture,
+        commit_s=t_end - taken.t_upload,
         total_s=t_end - t0,
     )
     log.info(
         "snapshot %s: %d samples, %d bytes new, %d reused, %.2fs (unit stall max %.6fs)",
         info.id,
-        samples,
+        taken.samples,
         result.new_bytes,
         result.reused_bytes,
         result.total_s,
         max(result.unit_stall_s, default=0.0),
     )
     return result
+
+
+def stage_system(
+    system: TransferQueueSystem,
+    repo: Repository,
+    token: JobToken | str,
+    part: str = "queue",
+    *,
+    allow_pickle: bool = False,
+    options: PackOptions | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> StagedPart:
+    """Stage ``system`` as part ``part`` of a job snapshot: the same capture and upload, no commit.
+
+    The part deduplicates against the same part of the job's parent. Its stats carry the
+    controller and unit stalls (``tq_controller_stall_s``, ``tq_unit_stall_s``).
+    """
+    _check_args(repo, block_size)
+    options = options or TQ_PACK_OPTIONS
+    stager = PartStager.begin(repo, token, part, KIND, options=options)
+    taken = _take(
+        system,
+        repo,
+        stager,
+        options=options,
+        allow_pickle=allow_pickle,
+        block_size=block_size,
+        measure_memcpy=False,
+    )
+    return stager.finish(taken.extra, stats=taken.stats)

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine import Repository
+from ...engine.job_read import open_reader
 from ...engine.shard_table import select_shards
 from ...engine.shards import Shards
 from ...errors import FormatError
 from ...format.manifest import Item
 from .blocks import block_units
-from .controller_decode import controller_paths, decode_sampler
+from .controller_codec import controller_paths, decode_sampler
 from .controller_restore import (
     discard_controller,
     hold_controller,
@@ -114,8 +115,11 @@ def restore_system(
     allow_pickle: bool = False,
     threads: int = 8,
     hold_lease_s: float = 60.0,
+    part: str | None = None,
 ) -> TQRestoreResult:
     """Restore ``stream@snapshot`` into ``system``, exactly; a failure before the install changes nothing.
+
+    ``part`` restores that part of a job snapshot (:mod:`tqsnap.job`), e.g. ``"queue"``.
 
     ``hold_lease_s`` bounds how long the target's requests can be held off should this
     process die between taking the holds and releasing them.
@@ -123,7 +127,7 @@ def restore_system(
     t0 = time.monotonic()
     if not repo.store.shareable_across_processes:
         raise ValueError(f"{repo.store!r} lives in one process; restore from a local path or an s3:// URL")
-    reader = repo.reader(stream, snapshot, kind=KIND)
+    reader = open_reader(repo, stream, snapshot, kind=KIND, part=part)
     header = check_manifest(reader)
     check_pickle(reader, allow_pickle)
     target = check_target(system, force)

@@ -183,6 +183,8 @@ def path_matcher(include: Sequence[str] | None) -> Callable[[str], bool] | None:
 
 
 _SKIP = object()  # a subtree with no included leaf
+#: The item kind each reference node must name (docs/format/state_dict.md).
+_NODE_ITEM_KIND = {"tensor": "tensor", "bytes": "bytes", "bytearray": "bytes", "pickle": "pickle"}
 
 
 class _TreeDecoder:
@@ -261,6 +263,8 @@ class _TreeDecoder:
         item = self.kinds.get(body) if type(body) is str else None
         if item is None:
             raise FormatError(f"state tree names item {body!r:.80}, which the manifest lacks")
+        if item.kind != _NODE_ITEM_KIND[tag]:
+            raise FormatError(f"state tree node {tag!r} names item {body!r:.80} of kind {item.kind!r:.40}")
         data = self.values[body]
         if tag == "tensor":
             t = tensor_from_bytes(data, item.dtype, item.shape)

@@ -60,7 +60,7 @@ def encode_value(value: Any, where: str = "planner_data") -> Any:
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
-        return int(value)
+        return typed_json.encode_int(int(value))  # $int past 2**53-1, which doubles would round
     if isinstance(value, float):
         return typed_json.encode_float(value)
     if isinstance(value, torch.Size):
@@ -99,6 +99,8 @@ def decode_value(node: Any, where: str = "DCP planner_data", depth: int = 0) -> 
         typed = typed_json.value_tag(tag)
         if typed == typed_json.FLOAT:
             return typed_json.decode_float(body, where)
+        if typed == typed_json.INT:
+            return typed_json.decode_int(body, where)
         if tag == "$size":
             return torch.Size(_ints(body, f"{where}: $size", hi=strict.MAX_BYTES, max_len=MAX_DIMS))
         if typed == typed_json.TUPLE:

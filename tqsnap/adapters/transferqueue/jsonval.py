@@ -46,8 +46,10 @@ class Encoder:
 
     def encode(self, v: Any) -> Any:
         t = type(v)
-        if t is str or t is int or t is bool or v is None:
+        if t is str or t is bool or v is None:
             return v
+        if t is int:
+            return typed_json.encode_int(v)  # $int past 2**53-1, which doubles would round
         if t is float:
             return typed_json.encode_float(v)
         levels = _LEVELS.get(t)
@@ -168,6 +170,8 @@ class Decoder:
         typed = typed_json.value_tag(tag)
         if typed == typed_json.FLOAT:
             return typed_json.decode_float(body, self.where)
+        if typed == typed_json.INT:
+            return typed_json.decode_int(body, self.where)
         if typed == typed_json.DICT:
             return {
                 typed_json.hashable(self._decode(k), self.where): self._decode(x)

@@ -24,6 +24,7 @@ from tqsnap.adapters.hyper_parallel import types as hp_types
 from tqsnap.adapters.hyper_parallel.layout import EXTRA_KEY, KIND, checkpoint_id_text
 from tqsnap.engine import Repository, SnapshotWriter
 from tqsnap.errors import (
+    JobError,
     KindMismatchError,
     PickleNotAllowedError,
     SnapshotNotFoundError,
@@ -200,11 +201,34 @@ def test_a_dcp_snapshot_and_a_missing_one_are_refused_with_typed_errors(tmp_path
     import tqsnap.dcp
 
     url = str(tmp_path / "repo")
-    dcp.save({"x": torch.ones(3)}, storage_writer=tqsnap.dcp.Writer(url, stream="d"))
+    dcp.save({"x": torch.ones(3)}, storage_writer=tqsnap.dcp.Writer(url, stream="d"), no_dist=True)
     with pytest.raises(KindMismatchError, match="'dcp' snapshot"):
         Reader(url, stream="d").load_metadata()
     with pytest.raises(SnapshotNotFoundError):
         Reader(url, stream="d", snapshot=7).load_metadata()
+
+
+def test_a_save_staged_as_a_job_part_commits_with_the_job_and_loads_by_part(tmp_path: Path) -> None:
+    import tqsnap.job
+
+    url = str(tmp_path / "repo")
+    staged = []
+    for version in (0, 1):
+        job = tqsnap.job.begin(url, stream="run")
+        writer = Writer(url, stream="run", stage=job.token, part="model")
+        hp.save(full_state(version), writer, hp.RowSavePlanner(1))
+        assert writer.staged is not None and writer.last_snapshot is None
+        assert Repository.open(url).visible_seqs("run") == list(range(1, version + 1)), "staging committed"
+        job.add("model", writer.staged)
+        job.add("loop", {"step": 1000 + version})
+        job.commit()
+        staged.append(writer.staged.stats)
+    assert staged[1]["reused_bytes"] >= 3 * 1024 * 1024 and staged[1]["new_bytes"] < 64 * 1024, staged[1]
+    for seq, version in ((1, 0), (2, 1)):
+        check_loaded(load_one(url, version, stream="run", snapshot=seq, part="model"), version, 0, 1)
+        check_loaded(load_one(url, version, stream="run", snapshot=seq), version, 0, 1)  # the only such part
+    with pytest.raises(JobError, match="needs stage"):
+        Writer(url, stream="run", part="model")
 
 
 @pytest.mark.skipif(

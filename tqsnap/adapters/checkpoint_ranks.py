@@ -7,23 +7,27 @@ its own items against the parent's shards, and the coordinator merges the ranks'
 the types they hand over (plans, write items, metadata); what a rank does with the bytes is
 here, typed in tqsnap's own terms, so that each adapter only translates.
 
+A save staged as one part of a job snapshot (:mod:`tqsnap.job`) works the same way with a
+:class:`~tqsnap.engine.job.PartStager` in place of the ``SnapshotWriter``.
+
 The coordinator's parent travels to the ranks in ``SavePlanData`` (the DCP adapter's plan
 payload, shared as is). A rank that never received one (a framework that calls no global plan
-step on the coordinator, or replays a cached plan) begins its own read-only
-:class:`~tqsnap.engine.SnapshotWriter` to find the parent, which also drops parent shards that
-fail their existence check, so a rank never references a shard it did not confirm.
+step on the coordinator, or replays a cached plan) begins its own read-only save or stage to
+find the parent, which also drops parent shards that fail their existence check, so such a
+rank never references a shard it did not confirm.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..engine import PackOptions, PackResult, Repository, ShardPacker, SnapshotWriter
+from ..engine.job import PartStager, part_reuse_index
 from ..errors import SnapshotNotFoundError
-from ..format.manifest import ShardRef, SnapshotId
+from ..format.manifest import ShardRef
 from .dcp.writer import SavePlanData
 
 log = logging.getLogger(__name__)
@@ -44,31 +48,35 @@ class PackEntry:
     owner: Any = None
 
 
+def save_id(save: SnapshotWriter | PartStager) -> str:
+    """The id ranks learn from ``SavePlanData.write_id``: the save's write id, or a staged part's job id."""
+    return save.token.job_id if isinstance(save, PartStager) else save.write_id
+
+
 def rank_reuse_index(
     repo: Repository,
     data: SavePlanData | None,
-    begun: SnapshotWriter | None,
-    *,
-    stream: str,
-    kind: str,
-    parent: SnapshotId | str | None,
-    options: PackOptions,
+    coordinator_save: SnapshotWriter | PartStager | None,
+    begin_here: Callable[[], SnapshotWriter | PartStager],
     rank: int | None,
 ) -> dict[str, ShardRef]:
     """The parent's shards by hash that this rank may reference instead of uploading.
 
-    ``data`` is the coordinator's choice of parent, ``begun`` the coordinator's own save (on
-    the coordinator only). A parent forgotten since the plan was made (a replayed plan) costs
-    a full upload of this rank's items, never a reference to a deleted shard.
+    ``data`` is the coordinator's word on the parent (and, for a job part, the part's name);
+    ``coordinator_save`` the coordinator's own save or stage, on the coordinator only. Without
+    either, ``begin_here`` begins a read-only save or stage on this rank to find the parent.
+    A parent forgotten since the plan was made (a replayed plan) costs a full upload of this
+    rank's items, never a reference to a deleted shard.
     """
     if data is None:
-        if begun is not None:
-            return begun.reuse_index
-        return SnapshotWriter.begin(repo, stream, kind, parent=parent, options=options).reuse_index
+        save = coordinator_save if coordinator_save is not None else begin_here()
+        return save.reuse_index
     if data.parent is None:
         return {}
-    if begun is not None and begun.write_id == data.write_id:
-        return begun.reuse_index
+    if coordinator_save is not None and save_id(coordinator_save) == data.write_id:
+        return coordinator_save.reuse_index  # the coordinator read it when it began
+    if data.part is not None:
+        return part_reuse_index(repo, data.parent, data.part)[0]
     try:
         sid = repo.resolve(data.parent.stream, data.parent.seq)
         manifest = repo.load_manifest(sid.stream, sid.seq)

@@ -28,6 +28,7 @@ import os
 from typing import Any
 
 from ...engine import Repository, SnapshotReader
+from ...engine.job_read import open_reader
 from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError
 from ...format.manifest import Item
 from ..dcp.checks import BYTES_KIND, TENSOR_KIND, _check_bounds, _check_cover, _check_region
@@ -70,6 +71,8 @@ class Reader(StorageReader):
         allow_pickle: hand stored non-tensor values to the planner as they are (its
             ``apply_bytes`` unpickles them, which can run code). Without it (the default) they
             are decoded without running code first (:mod:`.byte_values`).
+        part: load this part of a job snapshot (:mod:`tqsnap.job`). Without it a job snapshot
+            with exactly one ``hyper_parallel`` part loads that part.
     """
 
     def __init__(
@@ -82,8 +85,10 @@ class Reader(StorageReader):
         threads: int = 16,
         window_bytes: int = 256 * MiB,
         allow_pickle: bool = False,
+        part: str | None = None,
     ) -> None:
         super().__init__()
+        self.part = part
         self.url = url
         self.stream = stream
         self.snapshot: str | int = snapshot
@@ -131,7 +136,9 @@ class Reader(StorageReader):
         ``rank=`` argument reads the same shared metadata.
         """
         repo = self._repository()
-        reader = repo.reader(self.stream, snapshot_arg(self.snapshot), kind=KIND, threads=self.threads)
+        reader = open_reader(
+            repo, self.stream, snapshot_arg(self.snapshot), kind=KIND, part=self.part, threads=self.threads
+        )
         metadata, paths = decode_metadata(reader.manifest.extra.get(EXTRA_KEY), f"snapshot {reader.name}")
         check_snapshot(metadata, paths, reader.items, reader.name)
         self._snapshot = reader

@@ -19,6 +19,11 @@ this writer maps them onto one tqsnap snapshot, with the DCP adapter's machinery
 6. ``finalize_checkpoint(metadata, results)`` (coordinator): merge every rank's references,
    encode ``Metadata`` as JSON and commit ONE manifest with put-if-absent. Until that put
    lands no reader sees the checkpoint; a rank that dies first leaves nothing visible.
+
+With ``stage=job.token`` (:mod:`tqsnap.job`) the save is one *part* of a job snapshot, as with
+``tqsnap.dcp.Writer``: the coordinator begins a :class:`~tqsnap.engine.job.PartStager` instead,
+ranks deduplicate against the same part of the job's parent, and step 6 commits nothing but
+leaves a :class:`~tqsnap.engine.job.StagedPart` in ``writer.staged`` for ``job.add``.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...engine import PackOptions, PackResult, Repository, SnapshotInfo, SnapshotWriter
-from ...errors import ManifestError, ShapeMismatchError
+from ...engine.job import JobToken, PartStager, StagedPart
+from ...errors import JobError, ManifestError, ShapeMismatchError
+from ...format.job import validate_part_name
 from ...format.keys import validate_name
 from ...format.manifest import SnapshotId
-from ..checkpoint_ranks import PackEntry, pack_entries, rank_reuse_index
+from ..checkpoint_ranks import PackEntry, pack_entries, rank_reuse_index, save_id
 from ..dcp.repos import RepoLike, open_repository, repo_url
 from ..dcp.writer import SavePlanData
 from ..tensors import dtype_name, tensor_bytes
@@ -91,6 +98,10 @@ class Writer(StorageWriter):
         metadata: JSON user metadata stored with each snapshot.
         parent: ``"latest"``, a :class:`~tqsnap.format.SnapshotId` to fork from, or ``None``.
         create: create the repository on first use if it does not exist.
+        stage: a job token (``job.token`` from :func:`tqsnap.job.begin`): stage this save as a
+            part of that job instead of committing it; the coordinator rank's :attr:`staged`
+            then holds the part for ``job.add``.
+        part: the part's name in the job (with ``stage``; default ``"trainer"``).
     """
 
     def __init__(
@@ -103,8 +114,26 @@ class Writer(StorageWriter):
         metadata: dict[str, Any] | None = None,
         parent: SnapshotId | str | None = "latest",
         create: bool = True,
+        stage: str | None = None,
+        part: str | None = None,
     ) -> None:
         super().__init__()
+        self.stage = stage
+        self.part = part
+        if stage is not None:
+            token = JobToken.decode(stage)  # a bad token fails here, on every rank, before the save starts
+            self.part = validate_part_name(part or "trainer")
+            if token.stream != stream:
+                raise JobError(
+                    f"tqsnap.hyper_parallel.Writer(stream={stream!r}) was given the token of a job on stream "
+                    f"{token.stream!r}; give it the job's stream"
+                )
+        elif part is not None:
+            raise JobError(
+                "tqsnap.hyper_parallel.Writer(part=...) needs stage=job.token: a part belongs to a job snapshot"
+            )
+        #: The staged part of the last save (coordinator rank, with ``stage``); None elsewhere.
+        self.staged: StagedPart | None = None
         self.url = url
         self.stream = validate_name(stream)
         self.storage_options = dict(storage_options or {})
@@ -117,7 +146,7 @@ class Writer(StorageWriter):
         #: The snapshot the last save committed (on the coordinator only).
         self.last_snapshot: SnapshotInfo | None = None
         self._repo: Repository | None = url if isinstance(url, Repository) else None
-        self._begun: SnapshotWriter | None = None
+        self._begun: SnapshotWriter | PartStager | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """async_save ships the writer to a persist process: connections stay behind."""
@@ -166,11 +195,10 @@ class Writer(StorageWriter):
                 "tqsnap.hyper_parallel.Writer commits ONE snapshot for all ranks, which needs the ranks' "
                 "write results on the coordinator; call save with use_collectives=True"
             )
+        self.staged = None
         if is_coordinator:
-            self._begun = SnapshotWriter.begin(
-                self._repository(), self.stream, KIND, parent=self.parent, options=self.options
-            )
-            log.debug("save %s of %s begins, parent %s", self._begun.write_id, self.stream, self._begun.parent)
+            self._begun = self._begin()
+            log.debug("save %s of %s begins", save_id(self._begun), self.stream)
 
     def optimize_local_plan(self, plan: SavePlan) -> SavePlan:
         """Every rank: the planner already decided what this rank writes."""
@@ -198,16 +226,7 @@ class Writer(StorageWriter):
         pack = None
         if entries:
             repo = self._repository()
-            reuse = rank_reuse_index(
-                repo,
-                data,
-                self._begun,
-                stream=self.stream,
-                kind=KIND,
-                parent=self.parent,
-                options=self.options,
-                rank=self.rank,
-            )
+            reuse = rank_reuse_index(repo, data, self._begun, self._begin, self.rank)
             pack = pack_entries(repo, reuse, self.options, [entry for _, entry in entries])
             assert pack is not None
             log.debug(
@@ -251,9 +270,12 @@ class Writer(StorageWriter):
                 if pack is not None:
                     writer.add_result(pack)
         extra = {EXTRA_KEY: encode_metadata(metadata, paths, where)}
+        metadata.storage_data = infos  # what save() returns: where every item went, without pack results
+        if isinstance(writer, PartStager):
+            self.staged = writer.finish(extra)
+            return
         info = writer.commit(extra=extra, metadata=self.metadata)
         self.last_snapshot = info
-        metadata.storage_data = infos  # what save() returns: where every item went, without pack results
         log.info(
             "hyper_parallel checkpoint committed as %s@%d (%d bytes uploaded, %d reused)",
             info.stream,
@@ -269,9 +291,25 @@ class Writer(StorageWriter):
             self._repo = open_repository(self.url, self.storage_options, create=self.create)
         return self._repo
 
+    def _begin(self) -> SnapshotWriter | PartStager:
+        """Begin this save (coordinator), or on a rank without the coordinator's word, find its parent."""
+        if self.stage is not None:
+            assert self.part is not None
+            return PartStager.begin(
+                self._repository(), self.stage, self.part, KIND, stream=self.stream, options=self.options
+            )
+        return SnapshotWriter.begin(self._repository(), self.stream, KIND, parent=self.parent, options=self.options)
+
     def _tag(self, plan: SavePlan) -> SavePlan:
-        assert self._begun is not None
-        return dataclasses.replace(plan, storage_data=SavePlanData(self._begun.parent, self._begun.write_id))
+        """The plan with the coordinator's word for the ranks: parent, save id, job part."""
+        save = self._begun
+        assert save is not None
+        if isinstance(save, PartStager):
+            parent = save.token.parent if save.parent_keys else None
+            data = SavePlanData(parent, save.token.job_id, save.part)
+        else:
+            data = SavePlanData(save.parent, save.write_id)
+        return dataclasses.replace(plan, storage_data=data)
 
     def _entry(self, item: Any, planner: Any) -> tuple[Any, PackEntry]:
         """One write item as a pack entry (bytes or a tensor's bytes), checked against its plan."""

@@ -7,7 +7,10 @@ are staged as blocks and committed with ``commit_block_list(match_condition=
 MatchConditions.IfMissing)``, which sends the same header on the request that makes the
 blob appear, so a large create is as atomic as a small one. Both are sent with
 ``retry_total=0``: azure-core's own retry would repeat a create whose reply was lost, meet the
-writer's own blob and report a lost race; repeating is the retry wrapper's decision.
+writer's own blob and report a lost race; repeating is the retry wrapper's decision. aiohttp
+still repeats a PUT once when its connection drops, below any setting, so each create also
+writes a random token as blob metadata: a refused create whose blob carries its own token
+was this create's, landed by that hidden repeat, and answers True.
 
 Requests go through adlfs's async ``BlobServiceClient`` (``fs.service_client``), so every
 credential adlfs accepts (connection string, account key, SAS, service principal,
@@ -25,6 +28,8 @@ from typing import Any
 from .base import ObjectInfo
 from .fsspec_backends import Backend
 
+#: Metadata name of the random token each create writes, to recognise its own blob.
+CREATE_TOKEN = "tqsnapcreate"
 #: Objects larger than this are created from staged blocks (Put Block + Put Block List).
 DEFAULT_BLOCK_SIZE = 32 * 2**20
 
@@ -57,10 +62,11 @@ class AzureBackend(Backend):
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.storage.blob import BlobBlock
 
+        token = {CREATE_TOKEN: secrets.token_hex(16)}
         async with self.fs.service_client.get_blob_client(container=container, blob=blob) as client:
             try:
                 if len(data) <= self.block_size:
-                    await client.upload_blob(data, overwrite=False, retry_total=0)
+                    await client.upload_blob(data, overwrite=False, metadata=token, retry_total=0)
                     return True
                 tag = secrets.token_hex(8)  # block ids of one blob must have one length
                 blocks = []
@@ -70,10 +76,17 @@ class AzureBackend(Backend):
                     await client.stage_block(block_id, bytes(view[start : start + self.block_size]))
                     blocks.append(BlobBlock(block_id=block_id))
                 # IfMissing is sent as If-None-Match: * (azure-storage-blob's _get_match_headers).
-                await client.commit_block_list(blocks, match_condition=MatchConditions.IfMissing, retry_total=0)
+                await client.commit_block_list(
+                    blocks, metadata=token, match_condition=MatchConditions.IfMissing, retry_total=0
+                )
                 return True
             except (ResourceExistsError, ResourceModifiedError):
-                return False
+                pass
+            # Refused: a rival's blob, or this create's own, landed by an attempt whose reply was
+            # lost and that aiohttp repeated on its own (it repeats a PUT once on a dropped
+            # connection, below every retry setting): the token tells them apart.
+            props = await client.get_blob_properties()
+            return (props.metadata or {}).get(CREATE_TOKEN) == token[CREATE_TOKEN]
 
     def write(self, path: str, data: bytes) -> None:
         """A plain upload: a missing bucket is an error, never created by a write."""

@@ -1,19 +1,19 @@
-"""One conformance suite for every store backend: local files, memory, S3 on SeaweedFS and moto.
+"""Store behaviour beyond the shared contract: batching, multipart, S3 error mapping and retries.
 
-Each test takes the ``store`` fixture and therefore runs against all four backends. Tests that
-exercise S3-only behaviour (multipart, error mapping, retries, OBS mode) take an S3 server
-directly. Faults AWS produces but no local server does (409 ConditionalRequestConflict, 503
-SlowDown, OBS's 409 ObjectAlreadyExists) are injected with a botocore ``before-call`` hook that
-answers one request in place of the server, while every other request reaches the real one.
+The verbs every backend keeps (put, get, ranges, put-if-absent and its races, list, head,
+delete, the clock) are :class:`tqsnap.testing.StoreContract`'s, run in
+tests/test_store_contract.py. Here: listing and deleting past 1000 keys and multipart puts on
+every backend (``store`` fixture: local, memory, S3 on SeaweedFS and moto), and S3-only
+behaviour (multipart, error mapping, retries, OBS mode), each with a server taken directly.
+Faults AWS produces but no local server does (409 ConditionalRequestConflict, 503 SlowDown,
+OBS's 409 ObjectAlreadyExists) are injected with a botocore ``before-call`` hook that answers
+one request in place of the server, while every other request reaches the real one.
 """
 
 from __future__ import annotations
 
-import array
 import io
 import math
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +29,6 @@ from tqsnap.errors import (
     AccessDeniedError,
     BucketNotFoundError,
     ConditionalWriteUnsupportedError,
-    ObjectNotFoundError,
     StoreError,
 )
 from tqsnap.store import LocalStore, MemoryStore, ObjectStore, open_store
@@ -100,75 +99,6 @@ class Inject:
 # --- every backend ---------------------------------------------------------------------------
 
 
-def test_put_get_roundtrip(store: ObjectStore) -> None:
-    store.put("a/b/obj", b"hello")
-    assert store.get("a/b/obj") == b"hello"
-    store.put("a/b/obj", bytearray(b"overwritten"))
-    assert store.get("a/b/obj") == b"overwritten"
-    store.put("empty", b"")
-    assert store.get("empty") == b""
-    assert store.exists("empty")
-
-
-def test_put_memoryview(store: ObjectStore) -> None:
-    data = _pattern(300_000, seed=3)
-    store.put("mv", memoryview(data)[1000:201000])
-    assert store.get("mv") == data[1000:201000]
-    floats = array.array("d", [1.5, -2.25, 3.0])
-    store.put("floats", memoryview(floats))
-    assert store.get("floats") == floats.tobytes()
-    assert store.put_if_absent("mv-cond", memoryview(bytearray(data))[:5000])
-    assert store.get("mv-cond") == data[:5000]
-
-
-def test_get_range(store: ObjectStore) -> None:
-    data = _pattern(10_000)
-    store.put("r", data)
-    assert store.get_range("r", 0, 10) == data[:10]
-    assert store.get_range("r", 1234, 4321) == data[1234:5555]
-    assert store.get_range("r", 9_990, 100) == data[9_990:]
-    assert store.get_range("r", 20_000, 10) == b""
-    assert store.get_range("r", 5, 0) == b""
-
-
-def test_get_into(store: ObjectStore) -> None:
-    data = _pattern(1_000_000, seed=1)
-    store.put("into", data)
-    buf = bytearray(len(data))
-    assert store.get_into("into", memoryview(buf)) == len(data)
-    assert buf == data
-    part = bytearray(1000)
-    assert store.get_into("into", memoryview(part), start=500_000) == 1000
-    assert part == data[500_000:501_000]
-    tail = bytearray(100)
-    assert store.get_into("into", memoryview(tail), start=len(data) - 40) == 40
-    assert tail[:40] == data[-40:]
-    assert store.get_into("into", memoryview(bytearray(10)), start=len(data) + 5) == 0
-
-
-def test_put_if_absent(store: ObjectStore) -> None:
-    assert store.put_if_absent("cfg.json", b"first") is True
-    assert store.put_if_absent("cfg.json", b"second") is False
-    assert store.get("cfg.json") == b"first"
-    assert store.atomic_create is True
-
-
-def test_list_with_prefix(store: ObjectStore) -> None:
-    keys = ["snapshots/s1/002.json", "snapshots/s1/001.json", "snapshots/s10/001.json", "shards/ab/x", "top"]
-    for i, key in enumerate(keys):
-        store.put(key, b"x" * (i + 1))
-    assert [o.key for o in store.list()] == sorted(keys)
-    assert [o.key for o in store.list("snapshots/s1/")] == ["snapshots/s1/001.json", "snapshots/s1/002.json"]
-    assert [o.key for o in store.list("snapshots/s1")] == [
-        "snapshots/s1/001.json",
-        "snapshots/s1/002.json",
-        "snapshots/s10/001.json",
-    ]
-    sizes = {o.key: o.size for o in store.list("shards/")}
-    assert sizes == {"shards/ab/x": 4}
-    assert list(store.list("nothing/")) == []
-
-
 def test_many_keys_list_and_delete(store: ObjectStore, request: pytest.FixtureRequest) -> None:
     """Listing pages past 1000 keys; deletes go in batches of 1000, absent keys included.
 
@@ -195,29 +125,6 @@ def test_many_keys_list_and_delete(store: ObjectStore, request: pytest.FixtureRe
     assert store.delete_many([]) == 0
 
 
-def test_head_and_clock(store: ObjectStore) -> None:
-    assert store.head("missing") is None
-    store.put("h", b"12345")
-    info = store.head("h")
-    assert info is not None
-    assert (info.key, info.size) == ("h", 5)
-    now = store.now()
-    assert abs(now - time.time()) < 5
-    assert abs(info.last_modified - now) < 5
-    (listed,) = store.list("h")
-    assert listed.size == 5 and abs(listed.last_modified - info.last_modified) < 2
-
-
-def test_missing_key_errors(store: ObjectStore) -> None:
-    with pytest.raises(ObjectNotFoundError) as err:
-        store.get("no/such/key")
-    assert "no/such/key" in str(err.value)
-    with pytest.raises(ObjectNotFoundError):
-        store.get_range("no/such/key", 0, 10)
-    with pytest.raises(ObjectNotFoundError):
-        store.get_into("no/such/key", memoryview(bytearray(10)))
-
-
 def test_multipart_put(store: ObjectStore) -> None:
     data = _pattern(12 * MiB + 12345, seed=7)
     store.put("big", memoryview(data))
@@ -235,38 +142,6 @@ def test_multipart_put_if_absent(store: ObjectStore) -> None:
     assert store.put_if_absent("big-cond", bytearray(first)) is True
     assert store.put_if_absent("big-cond", _pattern(11 * MiB, seed=5)) is False
     assert store.get("big-cond") == first
-
-
-# --- races: never on moto, whose conditional PUT is check-then-write ---------------------------
-
-
-@pytest.mark.parametrize("backend", ["local", "memory", pytest.param("seaweedfs", marks=S3)])
-def test_racing_put_if_absent_has_one_winner(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    if backend == "local":
-        s: ObjectStore = LocalStore(tmp_path)
-    elif backend == "memory":
-        s = MemoryStore()
-    else:
-        s = _s3_store(request.getfixturevalue("seaweedfs_endpoint"))
-    racers = 20
-    # Contended conditional PUTs on SeaweedFS stall for whole seconds (1-6 s a round), so
-    # the server gets one round; the in-process stores get several.
-    for round_ in range(1 if isinstance(s, S3Store) else 5):
-        barrier = threading.Barrier(racers)
-        key = f"snapshots/s/{round_:020d}.json"
-
-        def race(i: int, key: str = key, barrier: threading.Barrier = barrier) -> bool:
-            barrier.wait()
-            return s.put_if_absent(key, f"writer-{i}".encode() * 1000)
-
-        with ThreadPoolExecutor(racers) as pool:
-            results = list(pool.map(race, range(racers)))
-        assert results.count(True) == 1, results
-        winner = results.index(True)
-        assert s.get(key) == f"writer-{winner}".encode() * 1000
-    s.close()
 
 
 # --- S3 only ---------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class StoreContract:
         assert store.get("a/b/obj") == b"overwritten"
         store.put("empty", b"")
         assert store.get("empty") == b""
+        assert store.exists("empty")
 
     def test_put_takes_any_contiguous_buffer(self, store: ObjectStore) -> None:
         data = pattern(200_000, seed=3)
@@ -67,6 +68,8 @@ class StoreContract:
         floats = array.array("d", [1.5, -2.25, 3.0])
         store.put("floats", memoryview(floats))
         assert store.get("floats") == floats.tobytes()
+        assert store.put_if_absent("mv-cond", memoryview(bytearray(data))[:5000])
+        assert store.get("mv-cond") == data[:5000]
 
     def test_keys_may_hold_unusual_characters(self, store: ObjectStore) -> None:
         key = "dir/with space+plus=eq,comma@at~tilde"

@@ -169,6 +169,7 @@ class LocalStore(ObjectStore):
                         ) from None
                     if make:
                         raise self._fail(exc, key, action) from None
+                    os.close(fd)
                     return None
                 except OSError as exc:
                     raise self._fail(exc, key, action) from None

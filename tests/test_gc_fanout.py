@@ -7,6 +7,7 @@ spec; objects are aged with ``os.utime`` (LastModified is the file mtime on loca
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from tqsnap.engine import PackOptions, Repository, SnapshotWriter
+from tqsnap.engine.check import check_repository
 from tqsnap.engine.fanout import split
 from tqsnap.engine.fanout_sweep import ReferenceSet
 from tqsnap.engine.gc import GarbageCollector
 from tqsnap.errors import IncompleteListingError, JobError
 from tqsnap.faces.api_retention import forget
+from tqsnap.faces.cli import main
 from tqsnap.format.keys import SHARDS_PREFIX, shard_key
 from tqsnap.store import MemoryStore
 
@@ -200,3 +203,22 @@ def test_prefixes_are_dealt_round_robin_into_pieces() -> None:
     assert len(pieces) == 12 and sorted(p for piece in pieces for p in piece) == prefixes
     assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
     assert split(prefixes[:3], 8) == [[prefixes[0]], [prefixes[1]], [prefixes[2]]]
+
+
+def test_fanned_out_check_finds_the_same_damage_as_one_process(mixed_repo: Path, ray_cluster: None) -> None:
+    repo = Repository.open(str(mixed_repo))
+    keys = sorted(ref.key for ref in repo.load_manifest("a", repo.resolve("a").seq).shards)
+    (mixed_repo / keys[0]).unlink()  # missing
+    (mixed_repo / keys[1]).write_bytes(b"short")  # wrong size
+    one = check_repository(repo, workers=1, executor="threads").to_json()
+    assert {b["key"]: b["problem"].split()[0] for b in one["bad_shards"]} == {keys[0]: "missing", keys[1]: "stored"}
+    assert check_repository(repo, workers=4, executor="threads").to_json() == one
+    assert check_repository(repo, workers=2, executor="ray").to_json() == one
+
+
+def test_cli_gc_and_check_take_workers_and_executor(mixed_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(mixed_repo), "--workers", "3", "--executor", "threads", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    assert main(["gc", str(mixed_repo), "--workers", "3", "--executor", "threads", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shards_deleted"] > 300
+    assert main(["gc", str(mixed_repo), "--workers", "0"]) == 2  # bad usage

@@ -6,6 +6,11 @@ must be listed under ``shards/`` with the stored size the manifest records (one 
 sample, of the referenced shards are read and re-hashed. A bad shard is reported once, with every
 snapshot and item it breaks, because that is what an operator needs to decide what to restore.
 
+The listing is fanned out (:mod:`.fanout`): only the ``shards/xx/`` prefixes that hold a
+referenced shard are listed, several at a time (threads, or Ray tasks on a cluster), and each
+piece keeps only the sizes of referenced keys, so memory grows with the references, never with
+the garbage or other objects in the bucket. A listing error in any piece stops the check.
+
 The sample is deterministic for ``n/m`` (the shards whose hash falls in bucket ``n`` of ``m``,
 so ``1/10`` ... ``10/10`` together read everything once, as restic's ``--read-data-subset``) and
 random for ``P%``.
@@ -16,13 +21,15 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FormatError, MissingShardError, TqsnapError
-from ..format.keys import SHARDS_PREFIX
 from ..format.manifest import Manifest, ShardRef
+from ..store.base import ObjectStore
+from .fanout import resolve_executor, run_pieces, split
 from .reader import load_body
 from .repository import Repository
 from .shards import Shards
@@ -119,6 +126,59 @@ class _Users:
         return BadShard(key, problem, sorted(users), {s: p for s, p in sorted(users.items())})
 
 
+def _prefix_of(key: str) -> str:
+    return key.rsplit("/", 1)[0] + "/"
+
+
+def _list_wanted(store: ObjectStore, threads: int, piece: Sequence[tuple[str, frozenset[str]]]) -> dict[str, int]:
+    """List each prefix of ``piece`` and return the listed size of each wanted key found there."""
+
+    def one(job: tuple[str, frozenset[str]]) -> dict[str, int]:
+        prefix, wanted = job
+        return {i.key: i.size for i in store.list(prefix) if i.key in wanted}  # raises if incomplete
+
+    found: dict[str, int] = {}
+    if threads <= 1 or len(piece) <= 1:
+        parts = [one(job) for job in piece]
+    else:
+        with ThreadPoolExecutor(min(threads, len(piece)), thread_name_prefix="tqsnap-check") as pool:
+            parts = list(pool.map(one, piece))
+    for part in parts:
+        found.update(part)
+    return found
+
+
+def list_referenced(
+    store: ObjectStore,
+    refs: dict[str, ShardRef],
+    *,
+    workers: int | None = None,
+    executor: str = "auto",
+    threads: int = 16,
+) -> dict[str, int]:
+    """The listed stored size of every referenced key that exists (one listing per prefix).
+
+    Only prefixes that hold a referenced key are listed. Absent keys are absent from the
+    result; a listing that cannot see everything raises
+    (:class:`~tqsnap.errors.IncompleteListingError`) instead of reporting shards missing.
+    """
+    by_prefix: dict[str, set[str]] = {}
+    for key in refs:
+        by_prefix.setdefault(_prefix_of(key), set()).add(key)
+    jobs = [(p, frozenset(keys)) for p, keys in sorted(by_prefix.items())]
+    kind = resolve_executor(executor, store)
+    if kind == "ray":
+        n = workers or 4
+        pieces, inner = split(jobs, n * 4), threads
+    else:
+        n = workers or threads
+        pieces, inner = [[job] for job in jobs], 1
+    found: dict[str, int] = {}
+    for part in run_pieces(_list_wanted, pieces, workers=n, executor=kind, shared=(store, inner)):
+        found.update(part)
+    return found
+
+
 def check_repository(
     repo: Repository,
     *,
@@ -126,10 +186,15 @@ def check_repository(
     subset: str | None = None,
     seed: int | None = None,
     progress: Any = None,
+    workers: int | None = None,
+    executor: str = "auto",
+    threads: int = 16,
 ) -> CheckReport:
     """Check every visible snapshot; with ``read_data`` (or a ``subset``) re-hash shards too.
 
     ``progress``, if given, gets ``advance(nbytes)`` for each shard read (faces/progress.py).
+    ``workers``/``executor``/``threads`` fan the listing out as gc's sweep does
+    (:class:`~.gc.GarbageCollector`).
     """
     chosen = sample_filter(subset, seed=seed)  # bad input fails before any request
     report = CheckReport(repo.url)
@@ -149,7 +214,7 @@ def check_repository(
         users.add(manifest)
     report.shards_referenced = len(users.refs)
 
-    listed = {i.key: i.size for i in repo.store.list(SHARDS_PREFIX)}
+    listed = list_referenced(repo.store, users.refs, workers=workers, executor=executor, threads=threads)
     present: dict[str, ShardRef] = {}
     for key, ref in users.refs.items():
         if key not in listed:

@@ -12,8 +12,9 @@ Two executors:
 - ``"ray"``: ``workers`` Ray tasks at a time (Ray is the distributed engine tqsnap already runs
   on for TransferQueue). Each task reopens the store from its pickled spec
   (:meth:`~tqsnap.store.base.ObjectStore.__reduce__`), so only the spec travels, never a
-  connection. ``"auto"`` picks Ray when this process is already connected to a Ray cluster and
-  the store can be reopened elsewhere, threads otherwise.
+  connection. ``"auto"`` picks Ray when this process is already connected to a Ray cluster
+  (or ``RAY_ADDRESS`` names one to join) and the store can be reopened elsewhere, threads
+  otherwise.
 
 Errors are never swallowed: the first exception of any piece is raised to the caller, with
 Ray's wrapper removed so that an :class:`~tqsnap.errors.IncompleteListingError` in a worker
@@ -25,6 +26,7 @@ every listing piece has answered.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -58,7 +60,7 @@ def resolve_executor(executor: str, store: ObjectStore) -> str:
             import ray
         except ImportError:
             return "threads"
-        return "ray" if ray.is_initialized() else "threads"
+        return "ray" if ray.is_initialized() or os.environ.get("RAY_ADDRESS") else "threads"
     if not store.shareable_across_processes:
         raise JobError(
             f"executor 'ray' needs a store other processes can open; {store.url} is in-process only. "

@@ -11,6 +11,7 @@ import argparse
 
 from ..engine.check import CheckReport, check_repository, sample_filter
 from .cli_common import EXIT_OK, EXIT_PROBLEM, add_repo_args, emit, fmt_bytes, open_repository, terminal_safe
+from .cli_fanout import add_fanout_args
 from .metrics import add_metrics_arg, job_metrics
 
 
@@ -41,7 +42,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             progress = progress_for(args)
         try:
             report = check_repository(
-                open_repository(args), read_data=args.read_data, subset=subset, progress=progress
+                open_repository(args),
+                read_data=args.read_data,
+                subset=subset,
+                progress=progress,
+                workers=args.workers,
+                executor=args.executor,
             )
         finally:
             if progress is not None:
@@ -71,5 +77,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="read a sample: bucket n of m by shard hash (1/10 ... 10/10 cover everything), or P%% at random",
     )
+    add_fanout_args(p)
     add_metrics_arg(p)
     p.set_defaults(func=cmd_check)

@@ -13,6 +13,7 @@ import argparse
 from ..engine.gc import GcReport, collect_garbage
 from ..engine.retention import ForgetReport, RetentionPolicy, forget
 from .cli_common import EXIT_OK, add_repo_args, emit, fmt_bytes, fmt_time, open_repository, table
+from .cli_fanout import add_fanout_args
 from .metrics import add_metrics_arg, job_metrics
 
 
@@ -94,7 +95,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     with job_metrics(args, "gc") as job:
-        report = collect_garbage(open_repository(args), dry_run=args.dry_run)
+        report = collect_garbage(
+            open_repository(args), dry_run=args.dry_run, workers=args.workers, executor=args.executor
+        )
         job.set("bytes_freed", report.bytes_freed, "Bytes of shards deleted by the last run.")
         job.set("shards_deleted", report.shards_deleted, "Shards deleted by the last run.")
         job.set("young_garbage_bytes", report.young_garbage_bytes, "Unreferenced bytes kept until older than grace.")
@@ -175,5 +178,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_repo_args(p)
     p.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")
+    add_fanout_args(p)
     add_metrics_arg(p)
     p.set_defaults(func=cmd_gc)

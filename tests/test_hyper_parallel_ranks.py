@@ -5,7 +5,9 @@ One spawn of three ranks (each rank imports torch, so spawns are the cost) does,
 1. save version 0 of the state, each tensor split by rows over the 3 ranks, values as BYTE_IO;
    load it back on 3 ranks; save version 1, in which only the small ``ids`` changed;
 2. ranks 0 and 1, on a process group of their own, load both snapshots (3 -> 2 resharding);
-3. all three commit ``crash``@1, then start another save in which rank 2 SIGKILLs itself
+3. twice, rank 0 begins a job snapshot of stream ``job``, all three stage the save as its part
+   ``model`` (the second time after the small change), and rank 0 adds the part and commits;
+4. all three commit ``crash``@1, then start another save in which rank 2 SIGKILLs itself
    inside ``execute_write`` after uploading its shards.
 
 The test process then checks what a user would: the values, the bytes uploaded, that the
@@ -31,6 +33,7 @@ import torch.distributed as dist
 from test_hyper_parallel import check_loaded, empty_state, full_state
 
 import tqsnap.hyper_parallel
+import tqsnap.job
 from tqsnap.engine import Repository
 
 WORLD = 3
@@ -69,12 +72,25 @@ def _job(rank: int, url: str, options: dict[str, str]) -> dict[str, Any]:
             state = empty_state(version, rank, 2)
             hp.load(state, reader(snapshot=snapshot), hp.RowLoadPlanner(2), rank=rank, world=2, group=pair)
             check_loaded(state, version, rank, 2)
+    job_stats = []
+    for version in (0, 1):
+        job = tqsnap.job.begin(url, stream="job", storage_options=options) if rank == 0 else None
+        box = [job.token if job is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        staging = tqsnap.hyper_parallel.Writer(url, stream="job", storage_options=options, stage=box[0], part="model")
+        hp.save(full_state(version), staging, hp.RowSavePlanner(WORLD), rank=rank, world=WORLD)
+        if job is not None:
+            assert staging.staged is not None
+            job.add("model", staging.staged)
+            job.commit()
+            job_stats.append(staging.staged.stats)
+        dist.barrier()
     hp.save(full_state(0), writer("crash"), hp.RowSavePlanner(WORLD), rank=rank, world=WORLD)
     try:
         hp.save(full_state(2), writer("crash", DyingWriter), hp.RowSavePlanner(WORLD), rank=rank, world=WORLD)
     except Exception as exc:  # noqa: BLE001 - the survivors see their peer vanish
-        return {"crash_save_raised": type(exc).__name__}
-    return {"crash_save_raised": None}
+        return {"crash_save_raised": type(exc).__name__, "job_stats": job_stats}
+    return {"crash_save_raised": None, "job_stats": job_stats}
 
 
 def _entry(rank: int, port: int, url: str, options: dict[str, str], out: str) -> None:
@@ -138,6 +154,18 @@ def test_a_small_change_on_three_ranks_uploads_only_what_changed(three_ranks: di
     stats = repo.load_manifest("hp", 2).stats
     assert stats["reused_bytes"] >= 3 * MiB, stats
     assert stats["new_bytes"] < 64 * 1024, stats
+
+
+def test_three_ranks_stage_a_job_part_that_dedups_and_loads_by_part(three_ranks: dict[str, Any]) -> None:
+    url, options = three_ranks["url"], three_ranks["options"]
+    stats = three_ranks["reports"][0]["job_stats"]
+    assert stats[1]["reused_bytes"] >= 3 * MiB and stats[1]["new_bytes"] < 64 * 1024, stats
+    assert Repository.open(url, storage_options=options).visible_seqs("job") == [1, 2]
+    for seq, version in ((1, 0), (2, 1)):
+        state = empty_state(version, 0, 1)
+        reader = tqsnap.hyper_parallel.Reader(url, stream="job", snapshot=seq, part="model", storage_options=options)
+        hp.load(state, reader, hp.RowLoadPlanner(1))  # 3 -> 1 ranks
+        check_loaded(state, version, 0, 1)
 
 
 def test_a_sigkilled_rank_leaves_no_visible_snapshot_and_the_next_save_commits(three_ranks: dict[str, Any]) -> None:

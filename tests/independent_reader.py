@@ -21,9 +21,15 @@ import xxhash
 import zstandard
 
 SEQ_FILE = re.compile(r"([0-9]{20})\.json")
+#: docs/format.md section 7.1: bytes per element of every dtype name.
+DTYPE_SIZE = {"bool": 1, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "int8": 1, "int16": 2, "int32": 4,
+              "int64": 8, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "complex32": 4, "complex64": 8,
+              "complex128": 16, "bits16": 2} | dict.fromkeys(
+    ["float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2",
+     "bits8", "bits1x8", "bits2x4", "bits4x2", *(f"{s}int{n}" for s in ("", "u") for n in range(1, 8))], 1)  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashable by identity: a tensor may be a dict key, as in torch
 class RawTensor:
     dtype: str
     shape: tuple[int, ...]
@@ -101,7 +107,9 @@ class Repo:
             raise FormatViolation(f"{ref['key']}: {len(stored)} bytes stored, not {ref['stored_size']}")
         if ref["codec"] == "raw":
             data = stored
-        elif ref["codec"] == "zstd":
+        elif ref["codec"] == "zstd":  # one frame that declares its content size
+            if zstandard.frame_content_size(stored) != ref["size"]:
+                raise FormatViolation(f"{ref['key']}: the zstd frame does not declare size {ref['size']}")
             data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=ref["size"])
         else:
             raise FormatViolation(f"{ref['key']}: unknown codec {ref['codec']!r}")
@@ -125,6 +133,8 @@ class Repo:
             if "hash" in item and xxhash.xxh3_128_hexdigest(data) != item["hash"]:
                 raise FormatViolation(f"item {item['path']}: bytes do not match its hash")
             if item["kind"] == "tensor":
+                if math.prod(item["shape"]) * DTYPE_SIZE[item["dtype"]] != item["size"]:
+                    raise FormatViolation(f"item {item['path']}: size is not elements times element size")
                 out[item["path"]] = RawTensor(item["dtype"], tuple(item["shape"]), data, item.get("meta", {}))
             else:
                 out[item["path"]] = data

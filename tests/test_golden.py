@@ -48,8 +48,19 @@ def _tree_digest(root: Path) -> dict[str, bytes | None]:
 def test_golden_repositories_exist() -> None:
     versions = {p.parent.name for p in CASES}
     kinds = {p.name for p in CASES}
-    assert "v1.0" in versions
+    assert {"v1.0", "v1.2"} <= versions  # the first version and every one that changed the encoding
     assert {"state_dict", "dcp"} <= kinds
+    for version in ("v1.0", "v1.2"):
+        assert {p.name for p in CASES if p.parent.name == version} >= {"state_dict", "dcp"}
+
+
+def test_each_golden_repository_was_written_by_its_version() -> None:
+    """A repository under v1.2 holds manifests of format 1.2 (not an old one copied), and so on."""
+    for case in CASES:
+        manifests = sorted((case / "repo" / "snapshots").glob("*/*.json"))
+        assert manifests
+        for path in manifests:
+            assert json.loads(path.read_text())["format_version"] == case.parent.name.removeprefix("v"), path
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{p.parent.name}-{p.name}" for p in CASES])

@@ -104,3 +104,43 @@ def test_schemas_refuse_what_the_format_forbids(schema: str, doc: dict[str, Any]
     validator.validate(good)
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(good | doc)
+
+
+def _state_trees(root: Path) -> list[dict[str, Any]]:
+    """The ``extra`` of every state_dict manifest of tree version 3 in a repository (bodies too)."""
+    out = []
+    for path in sorted(root.glob("snapshots/*/*.json")):
+        doc = json.loads(path.read_text())
+        if doc["kind"] != "state_dict":
+            continue
+        extra = doc.get("extra")
+        if doc.get("body_shard") is not None:
+            ref = doc["shards"][doc["body_shard"]]
+            raw = (root / ref["key"]).read_bytes()
+            if ref["codec"] == "zstd":
+                raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=ref["size"])
+            extra = json.loads(raw)["extra"]
+        if extra.get("tree_version") == 3:
+            out.append(extra)
+    return out
+
+
+def test_state_trees_of_format_1_2_match_the_state_tree_schema(tmp_path: Path) -> None:
+    trees = [t for repo in sorted(GOLDEN.glob("v1.2/state_dict/repo")) for t in _state_trees(repo)]
+    url = str(tmp_path / "repo")
+    tqsnap.save(url, {"a": [1, 2.0, 2**70, float("nan")], (1, 2): b"x", "t": torch.ones(2)}, stream="s")
+    trees += _state_trees(Path(url))
+    assert len(trees) >= 6
+    validator = _validator("state-tree")
+    for extra in trees:
+        validator.validate(extra)
+    for bad in ({"v": 3}, {"int": 2**53}, {"$int": "01"}, {"dict": {"a": {"v": 1}}}, {"v": 1, "int": 1}, {"float": "nan"}):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate({"tree_version": 3, "tree": bad})
+
+
+def test_the_dtype_enum_is_the_writers_table() -> None:
+    from tqsnap.format.dtypes import ELEMENT_SIZE
+
+    common = json.loads((SCHEMAS / "common.schema.json").read_text())
+    assert common["$defs"]["item"]["properties"]["dtype"]["enum"] == list(ELEMENT_SIZE)

@@ -82,7 +82,7 @@ def register(sub: Any) -> None:
     from .demo import build_parser
 
     p = sub.add_parser(
-        "demo", help="run the TransferQueue demo: live load, periodic snapshots, restore to 2 units"
+        "demo", help="run the RL job demo: job snapshots, SIGKILL, resume on 1 rank and 2 units, verify"
     )
     build_parser(p)
     p.set_defaults(func=cmd_demo)

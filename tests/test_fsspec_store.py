@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emulators import AZURITE_ACCOUNT, AzuriteServer, GcsEmulator
+from emulators import AZURITE_ACCOUNT, AZURITE_KEY, AzuriteServer, GcsEmulator
 from faultproxy import FaultProxy
 
 import tqsnap
 from tqsnap.engine import PackOptions, Repository, SnapshotWriter
 from tqsnap.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
     CommitOutcomeUnknownError,
     ConditionalWriteUnsupportedError,
     InvalidURLError,
@@ -364,6 +366,20 @@ def test_the_store_pickles_as_its_spec_and_reopens_the_same_bucket(azurite: Azur
     assert "AccountKey" not in repr(spec), "the connection string is masked"
     again = pickle.loads(pickle.dumps(store))
     assert again.get("k") == b"v" and again.spec() == spec
+
+
+def test_wrong_credentials_and_a_missing_container_are_typed_errors(azurite: AzuriteServer) -> None:
+    url, options = azurite.make_bucket()
+    wrong_key = azurite.connection_string.replace(AZURITE_KEY, AZURITE_KEY[:-8] + "AAAAAAA=")
+    with pytest.raises(AccessDeniedError, match="'k'"):
+        open_store(url, connection_string=wrong_key, retries=0).get("k")
+    missing = open_store(f"az://no-such-container-{os.getpid()}/repo", **options, retries=0)
+    with pytest.raises(BucketNotFoundError, match="'k'"):
+        missing.put("k", b"v")
+    with pytest.raises(BucketNotFoundError):
+        missing.put_if_absent("k", b"v")
+    with pytest.raises(ObjectNotFoundError, match="'k'"):
+        open_store(url, **options).get("k")
 
 
 def test_import_tqsnap_does_not_import_cloud_filesystems() -> None:

@@ -36,8 +36,6 @@ from .retry import RetryingStore, RetryPolicy
 
 T = TypeVar("T")
 
-#: Options the store itself takes; every other option goes to ``fsspec.filesystem`` unchanged.
-STORE_OPTIONS = ("single_writer", "block_size", "list_page_size", "retries", "retry_budget_s")
 _CLOCK_REFRESH = 60.0
 #: ``info`` fields that hold the modification time, by backend (local, gcsfs, adlfs, s3fs, ...).
 _MTIME_FIELDS = ("mtime", "last_modified", "LastModified", "updated", "modified", "created")

@@ -299,8 +299,9 @@ def probe_store(store: ObjectStore, *, racers: int = RACERS, full: bool = True) 
 
 
 def served_remotely(store: ObjectStore) -> bool:
-    """True for a store whose conditional create is decided by a server (S3 and compatibles),
-    under any wrappers; the local and memory stores implement it themselves."""
+    """True for a store whose conditional create is decided by a server (S3 and compatibles)
+    or by an fsspec filesystem (``probe_on_init``), under any wrappers; the local and memory
+    stores implement it themselves."""
     while getattr(store, "inner", None) is not None:
         store = store.inner  # type: ignore[attr-defined]
     return getattr(store, "_s3", None) is not None or getattr(store, "probe_on_init", False)

@@ -84,11 +84,13 @@ def _item(items: Mapping[str, Item], path: str, name: str, fqn: str) -> Item:
     return item
 
 
-def _check_bounds(size: torch.Size, chunk: ChunkStorageMetadata, name: str, fqn: str) -> None:
+def _check_bounds(
+    size: torch.Size, chunk: ChunkStorageMetadata, name: str, fqn: str, source: str = "DCP metadata"
+) -> None:
     for dim, (start, length) in enumerate(zip(chunk.offsets, chunk.sizes, strict=True)):
         if start < 0 or length < 0 or start + length > size[dim]:
             raise ManifestError(
-                f"snapshot {name}: DCP metadata places a chunk of {fqn!r:.200} at offsets "
+                f"snapshot {name}: {source} places a chunk of {fqn!r:.200} at offsets "
                 f"{list(chunk.offsets)} with sizes {list(chunk.sizes)}, outside the tensor's size {list(size)}"
             )
 
@@ -117,7 +119,9 @@ def _check_tensor_item(
         )
 
 
-def _check_cover(smd: TensorStorageMetadata, name: str, fqn: str, budget: list[int]) -> None:
+def _check_cover(
+    smd: TensorStorageMetadata, name: str, fqn: str, budget: list[int], source: str = "DCP metadata"
+) -> None:
     """The chunks tile the tensor: their volumes add up to it and no two overlap.
 
     Together with :func:`_check_bounds` this means every element is loaded exactly once, as
@@ -129,7 +133,7 @@ def _check_cover(smd: TensorStorageMetadata, name: str, fqn: str, budget: list[i
     numel = math.prod(smd.size)
     if sum(math.prod(c.sizes) for c in chunks) != numel:
         raise ManifestError(
-            f"snapshot {name}: the {len(chunks)} chunks DCP metadata lists for {fqn!r:.200} do not add up to "
+            f"snapshot {name}: the {len(chunks)} chunks {source} lists for {fqn!r:.200} do not add up to "
             f"its size {list(smd.size)}; part of it would not be loaded"
         )
     solid = [c for c in chunks if math.prod(c.sizes) > 0]
@@ -145,13 +149,13 @@ def _check_cover(smd: TensorStorageMetadata, name: str, fqn: str, budget: list[i
         budget[0] -= len(active) + 1
         if budget[0] < 0:
             raise ManifestError(
-                f"snapshot {name}: the chunks DCP metadata lists for {fqn!r:.200} take too long to check "
+                f"snapshot {name}: the chunks {source} lists for {fqn!r:.200} take too long to check "
                 "for overlaps; no checkpoint DCP writes is laid out like this"
             )
         for other in active:
             if all(_intersect(chunk, other, d) for d in range(dims)):
                 raise ManifestError(
-                    f"snapshot {name}: DCP metadata lists overlapping chunks of {fqn!r:.200} at offsets "
+                    f"snapshot {name}: {source} lists overlapping chunks of {fqn!r:.200} at offsets "
                     f"{list(other.offsets)} and {list(chunk.offsets)}"
                 )
         active.append(chunk)

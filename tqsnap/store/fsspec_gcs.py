@@ -5,7 +5,7 @@ means "no live object", so exactly one of many concurrent creates succeeds. gcsf
 for ``pipe_file(mode="create")``, but through its ``_request``, which repeats a failed request
 up to six times on its own: after a reply lost in transit, the repeat of the writer's own
 create meets its own object and answers 412, and the commit would read as lost when it was
-made. So the create is one multipart upload (metadata and bytes in one request, any size)
+made. So the create is one multipart upload (metadata and bytes in one request; commits are small)
 sent here through gcsfs's aiohttp session, headers and credentials, once; repeating it is the
 retry wrapper's decision, which knows that a repeat after a lost reply proves nothing.
 """

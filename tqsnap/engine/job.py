@@ -340,7 +340,11 @@ def commit_job(
     writer.write_id = token.job_id  # a lost reply is resolved by this id (J3)
     writer._t0 = time.monotonic() - max(0.0, now - started_at)  # the job's clock, not this call's
     writer.add_result(merged)
-    info = writer.commit(extra={"job": header.to_json()}, metadata=metadata, max_attempts=max_attempts)
+    # stats.parts (name -> kind) lets listings show a job's parts without reading its body.
+    parts_stat = {n: parts[n].kind for n in names}
+    info = writer.commit(
+        extra={"job": header.to_json()}, metadata=metadata, max_attempts=max_attempts, stats={"parts": parts_stat}
+    )
     log.info("committed job %s as %s@%d with parts %s", token.job_id, info.stream, info.seq, ", ".join(names))
     return info
 

@@ -59,6 +59,7 @@ from .cli_common import (  # noqa: F401 - EXIT_* and the helpers stay importable
 )
 from .cli_curate import damaged_json, report_damaged
 from .cli_errors import run_command
+from .cli_job import kind_label, parts_json
 from .cli_logging import configure_logging
 from .progress import with_progress
 
@@ -103,7 +104,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
         [
             i.stream,
             i.seq,
-            i.kind,
+            kind_label(i.kind, i.stats),
             fmt_time(i.committed_at),
             str(i.parent or "-"),
             fmt_bytes(i.stats.get("item_bytes", 0)),
@@ -127,6 +128,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     sid = repo.resolve(args.stream, args.snapshot)
     m = load_body(repo.store, repo.load_manifest(sid.stream, sid.seq))
     doc = m.to_json(include_items=False) | {"items": len(m.items)}
+    if (parts := parts_json(m)) is not None:
+        doc["parts"] = parts
     emit(args, doc, lambda: cli_inspect.show_text(m))
     return EXIT_OK
 

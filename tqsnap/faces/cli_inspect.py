@@ -29,6 +29,7 @@ from .cli_common import (
     table,
     terminal_safe,
 )
+from .cli_job import part_rows
 from .export import export_snapshot
 
 
@@ -81,6 +82,7 @@ def show_text(m: Manifest) -> str:
         ("shards", f"{len(m.shards)} ({fmt_bytes(stored)} stored)"),
         ("format", m.format_version),
     ]
+    rows += part_rows(m)
     rows += [(f"stats.{k}", _stat_value(k, v)) for k, v in sorted(m.stats.items())]
     rows += [
         (f"metadata.{k}", v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in m.metadata.items()

@@ -92,7 +92,7 @@ class FsspecStore(ObjectStore):
         list_page_size: int | None = None,
         **storage_options: Any,
     ) -> None:
-        protocol, sep, rest = url.partition("://")
+        protocol, sep, _ = url.partition("://")
         if not sep or not protocol:
             raise InvalidURLError(f"{url!r} is not an fsspec URL: write PROTOCOL://BUCKET/PREFIX")
         self.protocol = protocol.lower()

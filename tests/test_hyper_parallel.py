@@ -26,7 +26,9 @@ from tqsnap.engine import Repository, SnapshotWriter
 from tqsnap.errors import (
     JobError,
     KindMismatchError,
+    ManifestError,
     PickleNotAllowedError,
+    ShapeMismatchError,
     SnapshotNotFoundError,
     UnsupportedFormatError,
 )
@@ -193,6 +195,71 @@ def test_a_value_stored_with_torch_save_loads_through_the_restricted_unpickler(t
     target: dict[str, Any] = {"blob": None}
     hp.load(target, Reader(url, stream="hp"), hp.RowLoadPlanner(1))
     assert set(target["blob"]) == {"t"} and torch.equal(target["blob"]["t"], torch.arange(4))
+
+
+def craft(url: str, stream: str, mutate: Any) -> None:
+    """Commit a copy of ``hp``@1 (same items, same bytes) whose metadata ``mutate`` rewrote."""
+    repo = Repository.open(url)
+    source = repo.reader("hp", 1)
+    data = source.read_items()
+    writer = SnapshotWriter.begin(repo, stream, KIND, parent=None)
+    packer = writer.packer()
+    for path, item in source.items.items():
+        packer.add(path, data[path], kind=item.kind, dtype=item.dtype, shape=item.shape)
+    writer.add_result(packer.finish())
+    doc = json.loads(json.dumps(source.manifest.extra[EXTRA_KEY]))
+    mutate(doc["state_dict"])
+    writer.commit(extra={EXTRA_KEY: doc})
+
+
+def _set(fqn: str, field: str, value: Any) -> Any:
+    return lambda sd: sd[fqn]["tensor"].__setitem__(field, value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error", "match"),
+    [
+        (_set("w", "dtype", "torch.float64"), ManifestError, "float64"),
+        (lambda sd: sd["w"]["tensor"]["chunks"][0].__setitem__(1, [48, 64]), ShapeMismatchError, "shape"),
+        (lambda sd: sd["w"]["tensor"]["chunks"][0].__setitem__(1, [97, 64]), ManifestError, "outside"),
+        (_set("w", "size", [200, 64]), ManifestError, "add up"),
+        (lambda sd: sd.__setitem__("w", {"bytes": "t/w@0,0"}), ManifestError, "non-tensor"),
+        (lambda sd: sd.__setitem__("w", {"bytes": "b/step"}), ManifestError, "holds a tensor there"),
+        (lambda sd: sd.__setitem__("step", {"bytes": "b/none"}), ManifestError, "lacks"),
+    ],
+    ids=["dtype", "chunk-shape", "chunk-outside", "holes", "tensor-as-value", "value-over-tensor", "missing-item"],
+)
+def test_a_crafted_snapshot_is_refused_before_anything_is_filled(
+    tmp_path: Path, mutate: Any, error: type[Exception], match: str
+) -> None:
+    url = str(tmp_path / "repo")
+    save_one(url, 0)
+    craft(url, "evil", mutate)
+    target = empty_state(0, 0, 1)
+    with pytest.raises(error, match=match):
+        hp.load(target, Reader(url, stream="evil"), hp.RowLoadPlanner(1))
+    assert not any(t.any() for t in target.values() if isinstance(t, torch.Tensor)), "a tensor was filled"
+    assert all(v is None for v in target.values() if not isinstance(v, torch.Tensor)), "a value was set"
+
+
+class LyingPlanner(hp.RowSavePlanner):
+    """Says float64 in its write items while handing over float32 data."""
+
+    def build_local_plan(self) -> Any:
+        plan = super().build_local_plan()
+        for item in plan.items:
+            if item.tensor_data is not None:
+                item.tensor_data["properties"] = hp_types.TensorProperties(dtype="torch.float64")
+        return plan
+
+
+def test_a_planner_whose_data_contradicts_its_plan_is_refused_on_save_and_nothing_is_committed(
+    tmp_path: Path,
+) -> None:
+    url = str(tmp_path / "repo")
+    with pytest.raises(ManifestError, match="would not load"):
+        hp.save({"w": torch.ones(4, 2)}, Writer(url, stream="hp"), LyingPlanner(1))
+    assert Repository.open(url).visible_seqs("hp") == []
 
 
 def test_a_dcp_snapshot_and_a_missing_one_are_refused_with_typed_errors(tmp_path: Path) -> None:

@@ -31,9 +31,16 @@ __all__ = [
     "CheckpointRef",
     "bytes_item_path",
     "checkpoint_id_text",
+    "dtype_key",
     "parse_hp_checkpoint_id",
     "tensor_item_path",
 ]
+
+
+def dtype_key(name: object) -> str:
+    """One spelling per element type: ``torch.bfloat16``, ``BFloat16`` and ``bfloat16`` all give
+    ``bfloat16`` (hyper_parallel's dtype strings are its platform's, tqsnap's items torch's)."""
+    return str(name).removeprefix("torch.").removeprefix("mindspore.").lower()
 
 
 def checkpoint_id_text(checkpoint_id: str | os.PathLike[str]) -> str:

@@ -36,7 +36,7 @@ from ..dcp.layout import snapshot_arg
 from ..dcp.repos import RepoLike, open_repository, repo_url
 from ..tensors import tensor_from_bytes
 from .byte_values import safe_value_bytes
-from .layout import EXTRA_KEY, KIND, CheckpointRef, parse_hp_checkpoint_id
+from .layout import EXTRA_KEY, KIND, CheckpointRef, dtype_key, parse_hp_checkpoint_id
 from .metadata_json import decode_metadata
 from .types import (
     BytesStorageMetadata,
@@ -52,6 +52,8 @@ from .types import (
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+#: How the shared chunk checks name this adapter's metadata in their errors.
+SOURCE = "hyper_parallel metadata"
 
 
 class Reader(StorageReader):
@@ -187,7 +189,7 @@ class Reader(StorageReader):
         requests: dict[str, list[ReadItem]] = {}
         for req in plan.items:
             requests.setdefault(self._path(req.storage_index), []).append(req)
-        check_requests(requests, snapshot.items, snapshot.name)
+        check_requests(requests, snapshot.items, snapshot.name, getattr(planner, "state_dict", None))
         values = self._values([path for path in requests if snapshot.items[path].kind == BYTES_KIND], requests)
         tensors = [snapshot.items[path] for path in requests if snapshot.items[path].kind != BYTES_KIND]
         tensors.sort(key=lambda it: (it.extents[0].shard, it.extents[0].offset) if it.extents else (-1, 0))
@@ -239,23 +241,18 @@ def check_snapshot(metadata: Metadata, paths: dict[MetadataIndex, str], items: d
                 )
             continue
         for chunk in smd.chunks:
-            _check_bounds(smd.size, chunk, name, fqn)
+            _check_bounds(smd.size, chunk, name, fqn, SOURCE)
             item = _item(items, paths[MetadataIndex(fqn, chunk.offsets)], name, fqn)
             where = f"snapshot {name}: item {item.path!r:.200} of {fqn!r:.200}"
             if item.kind != TENSOR_KIND:
                 raise ManifestError(f"{where} is of kind {item.kind!r:.40}, but metadata says it holds a tensor chunk")
-            if _dtype_key(item.dtype) != _dtype_key(smd.properties.dtype):
+            if dtype_key(item.dtype) != dtype_key(smd.properties.dtype):
                 raise ManifestError(f"{where} holds {item.dtype!r:.40} values, but metadata says {smd.properties.dtype!r:.40}")
             if item.shape != list(chunk.sizes):
                 raise ShapeMismatchError(
                     f"{where} holds a tensor of shape {item.shape}, but metadata describes a chunk of {list(chunk.sizes)}"
                 )
-        _check_cover(smd, name, fqn, budget)
-
-
-def _dtype_key(name: Any) -> str:
-    """``torch.bfloat16``, ``BFloat16`` and ``bfloat16`` all name the same element type."""
-    return str(name).removeprefix("torch.").removeprefix("mindspore.").lower()
+        _check_cover(smd, name, fqn, budget, SOURCE)
 
 
 def _item(items: dict[str, Item], path: str, name: str, fqn: str) -> Item:
@@ -265,8 +262,17 @@ def _item(items: dict[str, Item], path: str, name: str, fqn: str) -> Item:
     return item
 
 
-def check_requests(requests: dict[str, list[ReadItem]], items: dict[str, Item], name: str) -> None:
-    """Each read request agrees with the item it reads; all are checked before any is carried out."""
+def check_requests(
+    requests: dict[str, list[ReadItem]], items: dict[str, Item], name: str, state: Any = None
+) -> None:
+    """Each read request agrees with the item it reads; all are checked before any is carried out.
+
+    With a planner that keeps the state dict being loaded (``state``), a stored value may not
+    land where that dict holds a tensor: the planner would replace the tensor instead of
+    filling it, and the model would silently keep its old weights.
+    """
+    import torch
+
     for path, reqs in requests.items():
         item = items[path]
         for req in reqs:
@@ -276,6 +282,11 @@ def check_requests(requests: dict[str, list[ReadItem]], items: dict[str, Item], 
                     raise ManifestError(
                         f"snapshot {name}: the planner asked for {fqn!r:.200} as a non-tensor value, but item "
                         f"{path!r:.200} is of kind {item.kind!r:.40}"
+                    )
+                if isinstance(state, dict) and isinstance(state.get(fqn), torch.Tensor):
+                    raise ManifestError(
+                        f"snapshot {name} stores {fqn!r:.200} as a non-tensor value, but the state dict being "
+                        "loaded holds a tensor there; refusing to replace it. Load into a matching state dict"
                     )
                 continue
             if item.kind != TENSOR_KIND or item.shape is None:

@@ -46,7 +46,15 @@ from ..checkpoint_ranks import PackEntry, pack_entries, rank_reuse_index, save_i
 from ..dcp.repos import RepoLike, open_repository, repo_url
 from ..dcp.writer import SavePlanData
 from ..tensors import dtype_name, tensor_bytes
-from .layout import EXTRA_KEY, KIND, CheckpointRef, bytes_item_path, parse_hp_checkpoint_id, tensor_item_path
+from .layout import (
+    EXTRA_KEY,
+    KIND,
+    CheckpointRef,
+    bytes_item_path,
+    dtype_key,
+    parse_hp_checkpoint_id,
+    tensor_item_path,
+)
 from .metadata_json import check_version, encode_metadata
 from .types import MetadataIndex, SavePlan, StorageInfo, StorageWriter, WriteResult, is_byte_io
 
@@ -322,6 +330,13 @@ class Writer(StorageWriter):
             raise ShapeMismatchError(
                 f"{item.index.fqn!r} at offset {list(item.index.offset)}: the planner's data has shape "
                 f"{list(tensor.shape)}, but its write item describes a chunk of {list(chunk.sizes)}"
+            )
+        props = (item.tensor_data or {}).get("properties")
+        if props is not None and dtype_key(props.dtype) != dtype_key(dtype_name(tensor.dtype)):
+            raise ManifestError(
+                f"{item.index.fqn!r} at offset {list(item.index.offset)}: the planner's data holds "
+                f"{dtype_name(tensor.dtype)} values, but its write item says {props.dtype!r}; the checkpoint "
+                "would not load"
             )
         view, owner = tensor_bytes(tensor)
         entry = PackEntry(path, view, kind="tensor", dtype=dtype_name(owner.dtype), shape=list(owner.shape), owner=owner)

@@ -251,9 +251,9 @@ def test_racing_commits_each_win_exactly_one_seq(
 
 def test_gc_deletes_only_old_garbage(bucket: tuple[str, str, dict[str, Any]]) -> None:
     which, url, options = bucket
-    grace = 6.0
+    grace = 8.0
     repo = Repository.init(
-        url, grace=grace, max_write_duration=2.0, storage_options=options, single_writer=which == "gcs"
+        url, grace=grace, max_write_duration=3.0, storage_options=options, single_writer=which == "gcs"
     )
     kept = _begin(repo, os.urandom(100_000))
     kept.commit()

@@ -321,8 +321,10 @@ LOAD_CASES: dict[str, Mutation] = {
     "huge-shape": setting("items.0.shape", [2**40, 2**40]),
     "tree-node-number": setting("extra.tree", {"dict": 5}),
     "tree-unknown-node": setting("extra.tree", {"frobnicate": []}),
-    "tree-names-missing-item": setting("extra.tree", {"dict": {"w": {"tensor": "nope"}}}),
-    "tree-key-unhashable": setting("extra.tree", {"$dict": [[{"dict": {}}, {"v": 1}]]}),
+    "tree-names-missing-item": setting("extra.tree", {"dict": [["w", {"tensor": "nope"}]]}),
+    "tree-key-unhashable": setting("extra.tree", {"$dict": [[{"dict": []}, {"v": 1}]]}),
+    "tree-dict-as-object": setting("extra.tree", {"dict": {"w": {"v": 1}}}),  # tree version 3 keeps order in arrays
+    "tree-names-wrong-kind": setting("extra.tree", {"dict": [["w", {"bytes": "w"}]]}),
     "tree-version-string": setting("extra.tree_version", "2"),
 }
 
@@ -334,11 +336,11 @@ def test_a_crafted_state_dict_snapshot_is_refused_by_load(scene: Scene, case: st
 
 
 def test_a_deep_but_legal_state_tree_loads(scene: Scene) -> None:
-    deep = '{"dict": {"y": ' * 50 + '{"v": 1}' + "}}" * 50
-    craft(scene, MANIFEST_2, raw(lambda t: t.replace('"tree": {"dict": {', '"tree": {"dict": {"x": ' + deep + ", ")))
+    deep = '{"dict": [["y", ' * 35 + '{"int": 1}' + "]]}" * 35  # three JSON levels a dict: 111 in all
+    craft(scene, MANIFEST_2, raw(lambda t: t.replace('"tree": {"dict": [', '"tree": {"dict": [["x", ' + deep + "], ")))
     state = behaves(scene, lambda: tqsnap.load(scene.url, stream=STREAM))
     node = state["x"]
-    for _ in range(49):
+    for _ in range(34):
         node = node["y"]
     assert node == {"y": 1} and float(state["w"][1]) == 2.0
 

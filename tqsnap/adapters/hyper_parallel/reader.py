@@ -23,6 +23,7 @@ used: every rank reads its own items from the store, which is correct with or wi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -162,9 +163,8 @@ class Reader(StorageReader):
         self.rank = kwargs.get("rank")
 
     def optimize_local_plan(self, plan: LoadPlan) -> LoadPlan:
-        """Every rank: tag the plan with the snapshot this rank resolved."""
-        plan.storage_data = self._snapshot.name if self._snapshot is not None else None
-        return plan
+        """Every rank: tag the plan with the snapshot this rank resolved (a copy: plans may be frozen)."""
+        return dataclasses.replace(plan, storage_data=self._snapshot.name if self._snapshot is not None else None)
 
     def optimize_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
         """Coordinator: all ranks must load the same snapshot (given one plan, it passes through)."""

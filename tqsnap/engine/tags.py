@@ -1,6 +1,6 @@
 """Tags that can move and be deleted, on a store whose only safe write is put-if-absent.
 
-A tag is a chain of immutable versions (docs/format.md section 8): version 0 is the original
+A tag is a chain of immutable versions (docs/format.md section 9): version 0 is the original
 ``tags/<name>.json``; every later change is ``tags/<name>/<version:020d>.json`` written with
 put-if-absent, and the highest version wins. A deletion is a version whose target is null.
 

@@ -358,7 +358,7 @@ class Tombstone:
 
 @dataclass(frozen=True)
 class Tag:
-    """A name for one snapshot (docs/format.md section 8).
+    """A name for one snapshot (docs/format.md section 9).
 
     ``version`` 0 is the original write-once object ``tags/<name>.json``; a move or a deletion
     adds ``tags/<name>/<version:020d>.json`` with put-if-absent, and the highest version wins.

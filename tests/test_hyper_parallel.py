@@ -262,6 +262,7 @@ def test_a_planner_whose_data_contradicts_its_plan_is_refused_on_save_and_nothin
     assert Repository.open(url).visible_seqs("hp") == []
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_a_dcp_snapshot_and_a_missing_one_are_refused_with_typed_errors(tmp_path: Path) -> None:
     import torch.distributed.checkpoint as dcp
 

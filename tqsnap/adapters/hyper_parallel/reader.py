@@ -45,10 +45,10 @@ from .types import (
     Metadata,
     MetadataIndex,
     ReadItem,
-    StorageInfo,
     StorageReader,
     is_byte_io,
 )
+from .writer import storage_info
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,7 @@ class Reader(StorageReader):
         check_snapshot(metadata, paths, reader.items, reader.name)
         self._snapshot = reader
         self._paths = paths
-        metadata.storage_data = {
-            index: StorageInfo(relative_path=path, offset=0, length=reader.items[path].size)
-            if "tensor_key" not in getattr(StorageInfo, "__dataclass_fields__", {})
-            else StorageInfo(relative_path=path, offset=0, length=reader.items[path].size, tensor_key=None)
-            for index, path in paths.items()
-        }
+        metadata.storage_data = {index: storage_info(path, reader.items[path].size) for index, path in paths.items()}
         log.debug("loading hyper_parallel checkpoint %s (%d entries)", reader.name, len(metadata.state_dict_metadata))
         return metadata
 

@@ -265,13 +265,13 @@ class Writer(StorageWriter):
         for rank_results in results:
             for result in rank_results:
                 info = result.storage_data
-                if result.index in paths:
-                    raise ManifestError(
-                        f"two ranks wrote {result.index}; the save plan should give each chunk one writer"
-                    )
                 if not isinstance(getattr(info, "relative_path", None), str):
                     raise ManifestError(f"write result for {result.index} did not come from tqsnap.hyper_parallel")
                 key = MetadataIndex(result.index.fqn, tuple(int(o) for o in result.index.offset or ()))
+                if key in paths:
+                    raise ManifestError(
+                        f"two ranks wrote {result.index}; the save plan should give each chunk one writer"
+                    )
                 paths[key] = info.relative_path
                 infos[result.index] = storage_info(info.relative_path, info.length)
                 pack = getattr(info, "pack", None)

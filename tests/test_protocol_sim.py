@@ -2,7 +2,9 @@
 
 Actors are generators that do one protocol step per ``next()``: writers (the real
 :class:`SnapshotWriter` and :class:`ShardPacker`, cut into begin+pack / one PUT per shard /
-commit), ``forget`` (plan, then tombstones) and gc (the real :class:`GarbageCollector`, cut into
+commit), job writers (the real :class:`~tqsnap.engine.job.PartStager` and
+:func:`~tqsnap.engine.job.commit_job`, cut into begin / stage each part / one PUT per shard /
+commit, the driver free to stall between stages), ``forget`` (plan, then tombstones) and gc (the real :class:`GarbageCollector`, cut into
 its four steps). A seed picks which actor moves next, how far the fake clock jumps, which
 writers crash (before any step, or right after their manifest lands) and which lose the reply
 to their commit. All actors share one :class:`MemoryStore` whose LastModified comes from the
@@ -37,10 +39,12 @@ from typing import Any
 
 import pytest
 
+import tqsnap.engine.job as job_module
 import tqsnap.engine.shards as shards_module
 import tqsnap.engine.writer as writer_module
 from tqsnap.engine import PackOptions, Repository, ShardPacker, SnapshotReader, SnapshotWriter
 from tqsnap.engine.gc import GarbageCollector
+from tqsnap.engine.job import PartStager, StagedPart, begin_job, commit_job
 from tqsnap.engine.retention import RetentionPolicy, plan_forget
 from tqsnap.errors import CommitOutcomeUnknownError, StoreError, WriteDeadlineExceededError
 from tqsnap.format.keys import (
@@ -67,12 +71,14 @@ SCHEDULES = int(os.environ.get("TQSNAP_SIM_SCHEDULES", "2000"))
 
 @dataclass(frozen=True)
 class Protocol:
-    """The four rules docs/protocol.md needs; a test switches one off to show it is needed."""
+    """The rules docs/protocol.md needs; a test switches one off to show it is needed."""
 
     fresh_keys: bool = True  # writers upload to <hash>.<upload-id>, never to a reused key
     deadline: bool = True  # writers refuse to commit after started_at + max_write_duration
     grace_check: bool = True  # gc deletes only shards older than T - grace
     young_tombstones: bool = True  # manifests tombstoned less than grace ago still protect shards
+    job_clock_first: bool = True  # J1: a job's clock starts when its FIRST part began staging
+    stage_checks_parent: bool = True  # J2: a stage reuses the parent only if it is visible then
 
     def gc_class(self) -> type[GarbageCollector]:
         return type(
@@ -84,6 +90,9 @@ class Protocol:
     def writer_class(self) -> type[SnapshotWriter]:
         return SnapshotWriter if self.deadline else _NoDeadlineWriter
 
+    def stager_class(self) -> type[PartStager]:
+        return PartStager if self.stage_checks_parent else _BlindStager
+
 
 SAFE = Protocol()
 
@@ -94,6 +103,26 @@ class _NoDeadlineWriter(SnapshotWriter):
     @property
     def deadline(self) -> float:
         return math.inf
+
+
+class _BlindStager(PartStager):
+    """A stage that reuses the job's parent without checking it is still visible (simulation only)."""
+
+    _check_parent_visible = False
+
+
+@contextmanager
+def _job_clock_from_last(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, a job's clock starts at its LAST part's staging (simulation only)."""
+    if not enabled:
+        yield
+        return
+    original = job_module.first_staged
+    job_module.first_staged = lambda parts: max(sorted(parts), key=lambda n: parts[n].staged_at)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        job_module.first_staged = original
 
 
 @contextmanager
@@ -479,6 +508,66 @@ def writer(
         yield f"commit {info.stream}@{info.seq}"
 
 
+Job = dict[str, Content]  # part name -> that part's items
+
+
+def job_writer(
+    sim: Sim,
+    name: str,
+    stream: str,
+    jobs: list[Job],
+    *,
+    skew: float = 0.0,
+    mishaps: dict[int, str] | None = None,
+) -> Step:
+    """Each job: begin, then per part a stage step and one step per PUT, then one commit.
+
+    The parts are staged one after another with the driver free to stall between them, as
+    when DCP ranks, a TransferQueue and the driver stage in turn.
+    """
+    repo, view = sim.repo_view(skew)
+    stager_cls = sim.protocol.stager_class()
+    for n, parts in enumerate(jobs):
+        token = begin_job(repo, stream)
+        sim.expected[token.job_id] = {f"{p}/{path}": data for p, c in parts.items() for path, data in c.items()}
+        sim.busy.add(name)
+        yield f"begin job {n} (parent {token.parent})"
+        staged: dict[str, StagedPart] = {}
+        for part, content in parts.items():
+            stager = stager_cls.begin(repo, token, part, "sim", options=TINY)
+            deferred = DeferredStore(sim.store)
+            with _content_keys(not sim.protocol.fresh_keys):
+                packer = InlinePacker(deferred, stager.reuse_index, TINY)
+                for path, data in content.items():
+                    packer.add(path, data)
+                stager.add_result(packer.finish())
+            staged[part] = stager.finish({})
+            yield f"stage part {part} of job {n} ({len(deferred.queued)} uploads, {len(stager.reuse_index)} reusable)"
+            for key, data in deferred.queued:
+                view.put(key, data)
+                yield f"put {key}"
+        view.commit_mishap = (mishaps or {}).get(n)
+        sim.busy.discard(name)
+        try:
+            with _writer_waits_in_sim_time(sim), _job_clock_from_last(not sim.protocol.job_clock_first):
+                info = commit_job(repo, token, staged, writer_class=sim.protocol.writer_class())
+        except WriteDeadlineExceededError:  # JobDeadlineExceededError included
+            sim.count("deadline aborts")
+            sim.count("job deadline aborts")
+            yield "job commit refused: past deadline"
+            continue
+        except CommitOutcomeUnknownError:
+            sim.count("deadline with unknown outcome")
+            yield "job commit outcome unknown: past deadline"
+            continue
+        except Crash:
+            sim.count("crash after commit landed")
+            return
+        sim.count("commits")
+        sim.count("job commits")
+        yield f"commit job {info.stream}@{info.seq}"
+
+
 def forgetter(
     sim: Sim, runs: int, *, skew: float = 0.0, policies: list[RetentionPolicy] | None = None, idle: int = 0
 ) -> Step:
@@ -559,13 +648,15 @@ def random_schedule(seed: int, protocol: Protocol = SAFE, strict: bool = True) -
     sim.spawn("w3", writer(sim, "w3", "b", saves("b", rng.randint(1, 3)), skew=skew(), mishaps=mishaps(3)))
     if rng.random() < 0.5:
         sim.spawn("w4", writer(sim, "w4", "fork", saves("a", 2), fork_from="a", skew=skew()))
+    jobs = [{"trainer": saves("a", 1)[0], "loop": saves("a", 1)[0]} for _ in range(rng.randint(1, 2))]
+    sim.spawn("j1", job_writer(sim, "j1", "a", jobs, skew=skew(), mishaps=mishaps(2)))
     sim.spawn("forget", forgetter(sim, rng.randint(1, 3), skew=skew(), idle=12))
     sim.spawn("gc", collector(sim, rng.randint(2, 4), skew=skew(), idle=10))
     crash_p = rng.choice((0.0, 0.02, 0.05))
     while sim.actors:
         name = rng.choice(sorted(sim.actors))
         sim.advance(_random_dt(rng, bool(sim.busy)))
-        if name.startswith("w") and rng.random() < crash_p:
+        if name.startswith(("w", "j")) and rng.random() < crash_p:
             sim.crash(name)
             continue
         sim.step(name)
@@ -612,6 +703,8 @@ def test_every_visible_snapshot_restores_in_thousands_of_random_schedules() -> N
     assert totals["crashes"] > SCHEDULES / 20
     assert totals["crash after commit landed"] > 0
     assert totals["restored"] > SCHEDULES * 2
+    assert totals["job commits"] > SCHEDULES / 2
+    assert totals["job deadline aborts"] > 0
 
 
 def test_random_schedules_are_reproducible_from_their_seed() -> None:
@@ -695,18 +788,67 @@ def _schedule_young_tombstones(protocol: Protocol, strict: bool = True) -> Sim:
     return sim
 
 
+def _schedule_job_clock_first(protocol: Protocol, strict: bool = True) -> Sim:
+    """A job stages one part, its driver stalls past grace, then it stages another and commits.
+
+    The first part's shard is old and unreferenced when gc runs: only a clock that started at
+    the first stage (J1) refuses the commit that would reference it.
+    """
+    sim = Sim(protocol, check_young_tombstoned=strict)
+    sim.spawn("j1", job_writer(sim, "j1", "a", [{"trainer": {"x": X}, "loop": {"w": W}}]))
+    sim.spawn("gc", collector(sim, 1))
+    sim.step("j1")  # begin
+    sim.step("j1")  # stage trainer
+    sim.step("j1", 0.5)  # PUT X
+    sim.advance(GRACE + 5)  # the driver stalls between two stages
+    sim.run("gc")  # X is old and unreferenced: deleted
+    sim.step("j1")  # stage loop: a fresh clock reading
+    sim.run("j1")  # PUT W, then commit, unless the job's clock refuses it
+    sim.check_restores()
+    return sim
+
+
+def _schedule_stage_checks_parent(protocol: Protocol, strict: bool = True) -> Sim:
+    """A job begins on parent a@1; a@1 is forgotten and swept before the job stages its part.
+
+    Only a stage that checks, after reading its clock, that the parent is still visible (J2)
+    uploads X again instead of reusing the key gc is about to delete.
+    """
+    sim = Sim(protocol, check_young_tombstoned=strict)
+    sim.spawn("w1", writer(sim, "w1", "a", [{"x": X}, {"z": Z}]))
+    sim.step("w1")
+    sim.step("w1")
+    sim.step("w1")  # a@1 = {X}
+    sim.spawn("j1", job_writer(sim, "j1", "a", [{"trainer": {"x": X, "w": W}}]))
+    sim.step("j1")  # begin: the token names parent a@1
+    sim.run("w1")  # a@2 = {Z}
+    sim.spawn("forget", forgetter(sim, 1, policies=[RetentionPolicy(keep_last=1)]))
+    sim.run("forget")  # tombstones a@1
+    sim.advance(GRACE + 5)  # the driver stalls before its first stage; a@1's tombstone ages
+    sim.spawn("gc", collector(sim, 1))
+    sim.step("gc")  # lists references: a@1 is old-tombstoned, X is not protected
+    sim.step("gc")  # lists shards: X is garbage
+    sim.step("j1")  # stage trainer: reuse X through a@1, or upload it again
+    sim.run("gc")  # deletes X's old key, finalises a@1
+    sim.run("j1")  # PUTs, then commits well within its deadline
+    sim.check_restores()
+    return sim
+
+
 RULES = {
     "grace_check": _schedule_grace_check,
     "fresh_keys": _schedule_fresh_keys,
     "deadline": _schedule_deadline,
     "young_tombstones": _schedule_young_tombstones,
+    "job_clock_first": _schedule_job_clock_first,
+    "stage_checks_parent": _schedule_stage_checks_parent,
 }
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_targeted_schedule_is_safe_under_the_full_protocol(rule: str) -> None:
     sim = RULES[rule](SAFE)
-    if rule == "deadline":
+    if rule in ("deadline", "job_clock_first"):
         assert sim.stats["deadline aborts"] == 1  # refused to commit: no broken snapshot
         assert "commits" not in sim.stats
     else:

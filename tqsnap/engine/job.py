@@ -156,17 +156,20 @@ def begin_job(repo: Repository, stream: str, parent: SnapshotId | str | None = "
     return token
 
 
-def part_reuse_index(repo: Repository, parent: SnapshotId | None, part: str) -> tuple[dict[str, ShardRef], frozenset[str]]:
+def part_reuse_index(
+    repo: Repository, parent: SnapshotId | None, part: str, *, check_visible: bool = True
+) -> tuple[dict[str, ShardRef], frozenset[str]]:
     """The parent's shards to deduplicate ``part`` against, and every shard key of the parent.
 
     A job parent offers the shards of its part of the same name (all of its shards if it has
     no such part); a single-kind parent offers all of its shards. A parent that is no longer
     visible offers nothing (rule J2: call this after reading the stage's clock).
+    ``check_visible=False`` skips that check: the protocol simulation's broken variant only.
     """
     if parent is None:
         return {}, frozenset()
     try:
-        sid = repo.resolve(parent.stream, parent.seq)
+        sid = repo.resolve(parent.stream, parent.seq) if check_visible else parent
         manifest = repo.load_manifest(sid.stream, sid.seq)
     except SnapshotNotFoundError:
         log.warning("parent %s was forgotten before part %r was staged; uploading all of it", parent, part)
@@ -189,6 +192,9 @@ class PartStager:
     :meth:`packer` may run in other processes too (their :class:`PackResult` comes back
     through :meth:`add_result`); only :meth:`finish` runs here.
     """
+
+    #: Rule J2. The protocol simulation turns it off to show it is needed; nothing else does.
+    _check_parent_visible: bool = True
 
     def __init__(
         self,
@@ -234,7 +240,7 @@ class PartStager:
                 f"{token.stream!r}; give the writer the job's stream"
             )
         staged_at = repo.store.now()  # J1: before the parent check and before any upload
-        reuse, keys = part_reuse_index(repo, token.parent, part)
+        reuse, keys = part_reuse_index(repo, token.parent, part, check_visible=cls._check_parent_visible)
         bad = unconfirmed(repo.store, reuse.values(), repo.config.grace / 2)
         for ref, why in bad:
             log.warning("parent %s: shard %s fails its check (%s); uploading it again", token.parent, ref.key, why)
@@ -294,6 +300,11 @@ def check_part(token: JobToken, name: str, staged: StagedPart) -> None:
         raise JobError(f"part staged as {staged.part!r} was added as {name!r}; add it under its own name")
 
 
+def first_staged(parts: dict[str, StagedPart]) -> str:
+    """The part whose staging began first: its ``staged_at`` starts the job's clock (rule J1)."""
+    return min(sorted(parts), key=lambda n: parts[n].staged_at)
+
+
 def commit_job(
     repo: Repository,
     token: JobToken,
@@ -301,18 +312,30 @@ def commit_job(
     *,
     metadata: dict[str, Any] | None = None,
     max_attempts: int = 50,
+    writer_class: type[SnapshotWriter] = SnapshotWriter,
 ) -> SnapshotInfo:
-    """Commit every staged part as ONE ``job`` manifest (J3), or raise with nothing visible."""
+    """Commit every staged part as ONE ``job`` manifest (J3), or raise with nothing visible.
+
+    ``writer_class`` is for the protocol simulation, which swaps in a writer without a deadline.
+    """
     if not parts:
         raise JobError(f"job {token.job_id} of stream {token.stream!r} has no parts; add at least one before commit")
     for name, staged in parts.items():
         check_part(token, name, staged)
     names = sorted(parts)
-    first = min(names, key=lambda n: parts[n].staged_at)
+    first = first_staged(parts)
     started_at = parts[first].staged_at
-    deadline = started_at + repo.config.max_write_duration
+    writer = writer_class(
+        repo,
+        token.stream,
+        JOB_KIND,
+        parent=token.parent,
+        parent_manifest=None,
+        started_at=started_at,
+        options=PackOptions(),
+    )
     now = repo.store.now()
-    if now > deadline:
+    if now > writer.deadline:
         raise JobDeadlineExceededError(
             f"job {token.job_id} of stream {token.stream!r}: part {first!r} was staged at {started_at:.0f} and "
             f"the job ran past the writer deadline ({repo.config.max_write_duration:g}s, server time now "
@@ -327,15 +350,6 @@ def commit_job(
             n: JobPart(n, parts[n].kind, parts[n].header, parts[n].stats, parts[n].staged_at, len(parts[n].pack.items))
             for n in names
         },
-    )
-    writer = SnapshotWriter(
-        repo,
-        token.stream,
-        JOB_KIND,
-        parent=token.parent,
-        parent_manifest=None,
-        started_at=started_at,
-        options=PackOptions(),
     )
     writer.write_id = token.job_id  # a lost reply is resolved by this id (J3)
     writer._t0 = time.monotonic() - max(0.0, now - started_at)  # the job's clock, not this call's

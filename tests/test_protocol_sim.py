@@ -867,7 +867,7 @@ def test_suite_fails_when_a_rule_is_removed(rule: str) -> None:
         RULES[rule](weakened, strict=False)
 
 
-@pytest.mark.parametrize("rule", ["grace_check", "fresh_keys", "deadline"])
+@pytest.mark.parametrize("rule", ["grace_check", "fresh_keys", "deadline", "job_clock_first"])
 def test_random_schedules_find_the_violation_when_a_rule_is_removed(rule: str) -> None:
     found = find_violation(Protocol(**{rule: False}), range(3000))
     assert found is not None, f"no random schedule broke the protocol without {rule}"

@@ -140,6 +140,13 @@ def test_each_part_restores_alone_on_more_and_fewer_ranks(two_ranks, repo_url, t
         assert loop["step"] == 1000 + version and torch.equal(loop["rng"], loop_state(version)["rng"])
 
 
+def test_one_call_restores_every_part_of_one_pinned_job(two_ranks, repo_url):
+    state = {"model": {n: torch.zeros_like(t) for n, t in full_tensors(1).items()}, "bias": torch.zeros(33), "step": -1}
+    out = tqsnap.job.restore(repo_url, "run", "2", dcp_states={"trainer": state})
+    assert out["seq"] == 2 and out["loop"]["step"] == 1001
+    assert all(torch.equal(state["model"][n], t) for n, t in full_tensors(1).items()) and state["step"] == 1001
+
+
 def test_parts_are_read_only_with_their_own_kind(two_ranks, repo_url):
     with pytest.raises(KindMismatchError, match="'dcp' part, not 'state_dict'"):
         tqsnap.load(repo_url, stream="run", part="trainer")

@@ -3,6 +3,6 @@
 The code lives in :mod:`tqsnap.faces.job`; this module keeps the short import path. See docs/job.md.
 """
 
-from .faces.job import JobSnapshot, StagedPart, begin, from_token, parts, resolve
+from .faces.job import JobSnapshot, StagedPart, begin, from_token, parts, resolve, restore
 
-__all__ = ["JobSnapshot", "StagedPart", "begin", "from_token", "parts", "resolve"]
+__all__ = ["JobSnapshot", "StagedPart", "begin", "from_token", "parts", "resolve", "restore"]

@@ -188,4 +188,52 @@ def resolve(
     return manifest.seq
 
 
-__all__ = ["JobSnapshot", "StagedPart", "begin", "from_token", "parts", "resolve"]
+def restore(
+    url: RepoLike,
+    stream: str = "default",
+    snapshot: str | int = "latest",
+    *,
+    dcp_states: Mapping[str, Any] | None = None,
+    queue: bool = True,
+    force: bool = False,
+    allow_pickle: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Restore every part of one job snapshot in this process; returns part name -> result.
+
+    The snapshot is pinned to one seq first, so every part comes from the same job. A
+    ``state_dict`` part returns its state. A ``dcp`` part is loaded in place into
+    ``dcp_states[name]`` when given (one process; on many ranks, pass the returned ``"seq"`` to
+    ``tqsnap.dcp.Reader(..., snapshot=seq, part=name)`` on each rank instead) and is left out
+    otherwise. A ``transferqueue`` part is restored into the attached TransferQueue when
+    ``queue`` (any unit count; ``force`` replaces what it holds). ``result["seq"]`` is the seq.
+    """
+    repo = open_repo(url, storage_options=storage_options)
+    manifest, header = load_job(repo, stream, snapshot)
+    if header is None:
+        raise JobError(f"snapshot {manifest.id} is a {manifest.kind!r} snapshot, not a job; load it with its own API")
+    seq = manifest.seq
+    out: dict[str, Any] = {"seq": seq}
+    for name, part in sorted(header.parts.items()):
+        if part.kind == "state_dict":
+            from ..adapters.state_dict import load_state
+
+            out[name] = load_state(repo, stream=stream, snapshot=seq, allow_pickle=allow_pickle, part=name)
+        elif part.kind == "dcp" and dcp_states is not None and name in dcp_states:
+            import torch.distributed.checkpoint as dcp
+
+            from ..adapters.dcp import Reader
+
+            reader = Reader(repo, stream, seq, part=name, allow_pickle=allow_pickle)
+            dcp.load(dcp_states[name], storage_reader=reader)
+            out[name] = dcp_states[name]
+        elif part.kind == "transferqueue" and queue:
+            from .tq import restore as restore_queue
+
+            out[name] = restore_queue(
+                repo, stream=stream, snapshot=seq, part=name, force=force, allow_pickle=allow_pickle
+            )
+    return out
+
+
+__all__ = ["JobSnapshot", "StagedPart", "begin", "from_token", "parts", "resolve", "restore"]

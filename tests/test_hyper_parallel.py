@@ -24,6 +24,7 @@ from tqsnap.adapters.hyper_parallel import types as hp_types
 from tqsnap.adapters.hyper_parallel.layout import EXTRA_KEY, KIND, checkpoint_id_text
 from tqsnap.engine import Repository, SnapshotWriter
 from tqsnap.errors import (
+    InconsistentSnapshotError,
     JobError,
     KindMismatchError,
     ManifestError,
@@ -260,6 +261,32 @@ def test_a_planner_whose_data_contradicts_its_plan_is_refused_on_save_and_nothin
     with pytest.raises(ManifestError, match="would not load"):
         hp.save({"w": torch.ones(4, 2)}, Writer(url, stream="hp"), LyingPlanner(1))
     assert Repository.open(url).visible_seqs("hp") == []
+
+
+def test_a_writer_shipped_to_a_persist_process_by_pickle_saves_there(tmp_path: Path) -> None:
+    """hyper_parallel's async_save pickles the writer into its persist child process."""
+    import pickle
+
+    url = str(tmp_path / "repo")
+    writer = save_one(url, 0)
+    shipped = pickle.loads(pickle.dumps(writer))
+    hp.save(full_state(1), shipped, hp.RowSavePlanner(1))
+    assert shipped.last_snapshot is not None and shipped.last_snapshot.seq == 2
+    assert shipped.last_snapshot.stats["reused_bytes"] >= 3 * 1024 * 1024
+    check_loaded(load_one(url, 1, stream="hp"), 1, 0, 1)
+
+
+def test_ranks_that_resolved_different_snapshots_are_refused_by_the_coordinator(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    save_one(url, 0)
+    save_one(url, 1)
+    plans = []
+    for snapshot in (1, 2):  # as if a save committed between two ranks' load_metadata
+        reader = Reader(url, stream="hp", snapshot=snapshot)
+        reader.configure_reader(reader.load_metadata(), is_coordinator=snapshot == 1, rank=snapshot - 1)
+        plans.append(reader.optimize_local_plan(hp_types.LoadPlan(items=[])))
+    with pytest.raises(InconsistentSnapshotError, match="hp@1, hp@2"):
+        reader.optimize_global_plan(plans)
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")

@@ -61,6 +61,11 @@ def _job(rank: int, url: str, options: dict[str, str]) -> dict[str, Any]:
         return tqsnap.hyper_parallel.Reader(url, stream="hp", storage_options=options, **kwargs)
 
     pair = dist.new_group([0, 1])  # collective: every rank creates it
+    try:  # one snapshot of all ranks needs their results on the coordinator
+        writer("hp").configure_writer(is_coordinator=rank == 0, rank=rank, use_collectives=False)
+        refused = None
+    except ValueError as exc:
+        refused = str(exc)
     for version in (0, 1):
         hp.save(full_state(version), writer("hp"), hp.RowSavePlanner(WORLD), rank=rank, world=WORLD)
     for version, snapshot in ((0, 1), (1, "latest")):
@@ -89,8 +94,8 @@ def _job(rank: int, url: str, options: dict[str, str]) -> dict[str, Any]:
     try:
         hp.save(full_state(2), writer("crash", DyingWriter), hp.RowSavePlanner(WORLD), rank=rank, world=WORLD)
     except Exception as exc:  # noqa: BLE001 - the survivors see their peer vanish
-        return {"crash_save_raised": type(exc).__name__, "job_stats": job_stats}
-    return {"crash_save_raised": None, "job_stats": job_stats}
+        return {"crash_save_raised": type(exc).__name__, "job_stats": job_stats, "refused": refused}
+    return {"crash_save_raised": None, "job_stats": job_stats, "refused": refused}
 
 
 def _entry(rank: int, port: int, url: str, options: dict[str, str], out: str) -> None:
@@ -145,6 +150,8 @@ def test_three_ranks_save_and_load_back_exactly_and_two_ranks_reshard(three_rank
         assert report is not None and report["ok"], f"rank {rank} failed:\n{(report or {}).get('traceback')}"
     repo = Repository.open(three_ranks["url"], storage_options=three_ranks["options"])
     assert repo.visible_seqs("hp") == [1, 2]
+    for rank in (0, 1):
+        assert "use_collectives=True" in (three_ranks["reports"][rank]["refused"] or ""), "use_collectives=False"
     items = repo.reader("hp", 1).items
     assert {p for p in items if p.startswith("t/emb@")} == {"t/emb@0,0", "t/emb@1024,0", "t/emb@2048,0"}
 

@@ -19,6 +19,7 @@ import pytest
 
 from tqsnap.engine import PackOptions, Repository, SnapshotWriter
 from tqsnap.engine.check import check_repository
+from tqsnap.engine.copy_resume import find_young_orphans
 from tqsnap.engine.fanout import split
 from tqsnap.engine.fanout_sweep import ReferenceSet
 from tqsnap.engine.gc import GarbageCollector
@@ -26,6 +27,7 @@ from tqsnap.errors import IncompleteListingError, JobError
 from tqsnap.faces.api_retention import forget
 from tqsnap.faces.cli import main
 from tqsnap.format.keys import SHARDS_PREFIX, shard_key
+from tqsnap.format.manifest import ShardRef
 from tqsnap.store import MemoryStore
 
 GRACE, MAX_WRITE = 60.0, 10.0
@@ -222,3 +224,37 @@ def test_cli_gc_and_check_take_workers_and_executor(mixed_repo: Path, capsys: py
     assert main(["gc", str(mixed_repo), "--workers", "3", "--executor", "threads", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["shards_deleted"] > 300
     assert main(["gc", str(mixed_repo), "--workers", "0"]) == 2  # bad usage
+
+
+def orphan_scene(tmp_path: Path) -> tuple[Repository, list[ShardRef], float]:
+    root = tmp_path / "dst"
+    repo = Repository.init(str(root), grace=GRACE, max_write_duration=MAX_WRITE)  # reuse window 40 s
+    wanted = []
+    for i in range(400):
+        h = digest_of(b"copy", i)
+        wanted.append(ShardRef(shard_key(h, "0" * 16, "zstd"), h, 100, 10, "zstd"))
+        kind = i % 5
+        if kind == 0:  # young and right: reusable
+            plant(root, shard_key(h, f"{i:016x}", "zstd"), b"z" * 10, age=5)
+        elif kind == 1:  # right size, older than the window
+            plant(root, shard_key(h, f"{i:016x}", "zstd"), b"z" * 10, age=GRACE)
+        elif kind == 2:  # young, wrong size
+            plant(root, shard_key(h, f"{i:016x}", "zstd"), b"z" * 11, age=5)
+        elif kind == 3:  # young, wrong codec
+            plant(root, shard_key(h, f"{i:016x}"), b"z" * 10, age=5)
+        # kind 4: nothing there
+    plant(root, shard_key(digest_of(b"copy", 0), "f" * 16, "zstd"), b"z" * 10, age=1)  # a younger second copy
+    return repo, wanted, repo.store.now()
+
+
+def test_copy_finds_the_same_young_orphans_by_prefix_sweep_as_by_one_list_per_hash(tmp_path: Path) -> None:
+    repo, wanted, started = orphan_scene(tmp_path)
+    one_by_one = find_young_orphans(repo.store, repo.config, wanted, started, sweep=False)
+    assert len(one_by_one) == 80 and one_by_one[digest_of(b"copy", 0)].key.endswith("f" * 16 + ".zstd")
+    assert find_young_orphans(repo.store, repo.config, wanted, started, sweep=True, executor="threads") == one_by_one
+
+
+def test_copy_orphan_sweep_on_ray_finds_the_same(tmp_path: Path, ray_cluster: None) -> None:
+    repo, wanted, started = orphan_scene(tmp_path)
+    one_by_one = find_young_orphans(repo.store, repo.config, wanted, started, sweep=False)
+    assert find_young_orphans(repo.store, repo.config, wanted, started, sweep=True, executor="ray", workers=2) == one_by_one

@@ -13,20 +13,30 @@ Assumption A keeps below ``max_write_duration``) after ``started_at``, so the or
 still younger than ``grace`` and no gc run can have listed it as old garbage. ``grace >
 2 * max_write_duration`` holds in every repository, so the window is never empty. An older
 orphan is left alone and the content is uploaded to a fresh key, as any save does.
+
+Two ways to look, with the same answer: one LIST of ``shards/<h2>/<hash>.`` per wanted hash
+(cheap for a few shards), or, for a large copy (``copy --all`` of a big repository), one
+streamed listing of each ``shards/<h2>/`` prefix that holds a wanted hash, fanned out over
+threads or Ray tasks (:mod:`.fanout`): a million wanted shards then cost about
+``objects / 1000`` LIST pages instead of a million LISTs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..format.config import RepoConfig
 from ..format.keys import SHARDS_PREFIX, parse_shard_key
 from ..format.manifest import ShardRef
-from ..store.base import ObjectStore
+from ..store.base import ObjectInfo, ObjectStore
+from .fanout import resolve_executor, run_pieces, split
 
 log = logging.getLogger(__name__)
+
+#: Above this many wanted hashes, whole prefixes are listed instead of one LIST per hash.
+SWEEP_ABOVE = 2048
 
 
 def reuse_window(config: RepoConfig) -> float:
@@ -41,43 +51,105 @@ def find_young_orphans(
     started_at: float,
     *,
     threads: int = 8,
+    sweep: bool | None = None,
+    workers: int | None = None,
+    executor: str = "auto",
 ) -> dict[str, ShardRef]:
     """hash -> a reference to an existing object at the destination that holds that content.
 
     ``wanted`` are the source's references; an object qualifies when its key parses as a shard
     of the same hash and codec, its size equals the stored size, and it is young enough
     (:func:`reuse_window`) measured from ``started_at``, which the caller read from the
-    destination's clock before this listing. One LIST request per wanted hash.
+    destination's clock before this listing. One LIST request per wanted hash, or with
+    ``sweep`` (the default above :data:`SWEEP_ABOVE` hashes) one listing per prefix, fanned
+    out over ``workers`` threads or Ray tasks.
     """
     refs = {ref.hash: ref for ref in wanted}
     window = reuse_window(config)
     if not refs or window <= 0:
         return {}
+    if sweep is None:
+        sweep = len(refs) > SWEEP_ABOVE
+    if sweep:
+        found = _sweep_prefixes(store, refs, (started_at, window), threads, workers, executor)
+    else:
+        found = {}
+        items = list(refs.values())
 
-    def look(ref: ShardRef) -> ShardRef | None:
-        best: tuple[float, str] | None = None
-        for info in store.list(f"{SHARDS_PREFIX}{ref.hash[:2]}/{ref.hash}."):
-            parsed = parse_shard_key(info.key)
-            if parsed is None or parsed[0] != ref.hash or parsed[2] != ref.codec:
-                continue
-            if info.size != ref.stored_size:
-                continue
-            age = started_at - info.last_modified
-            if age >= window:
-                log.debug("not reusing %s: %.0fs old, the copy reuse window is %.0fs", info.key, age, window)
-                continue
-            if best is None or info.last_modified > best[0]:
-                best = (info.last_modified, info.key)
-        if best is None:
-            return None
-        return ShardRef(best[1], ref.hash, ref.size, ref.stored_size, ref.codec)
+        def look(ref: ShardRef) -> ShardRef | None:
+            listed = store.list(f"{SHARDS_PREFIX}{ref.hash[:2]}/{ref.hash}.")
+            return _best(listed, {ref.hash: ref}, (started_at, window)).get(ref.hash)
 
-    found: dict[str, ShardRef] = {}
-    items = list(refs.values())
-    with ThreadPoolExecutor(max(1, min(threads, len(items))), "tqsnap-orphans") as pool:
-        for ref in pool.map(look, items):
-            if ref is not None:
-                found[ref.hash] = ref
+        with ThreadPoolExecutor(max(1, min(threads, len(items))), "tqsnap-orphans") as pool:
+            for ref in pool.map(look, items):
+                if ref is not None:
+                    found[ref.hash] = ref
     if found:
         log.info("found %d shards an earlier copy left at %s; reusing them", len(found), store.url)
+    return found
+
+
+def _best(infos: Iterable[ObjectInfo], refs: dict[str, ShardRef], when: tuple[float, float]) -> dict[str, ShardRef]:
+    """For each wanted hash, the youngest listed object that may stand in for it.
+
+    It must parse as a shard of that hash and codec, have the stored size, and be younger
+    than the reuse window at ``started_at`` (``when`` is the pair of both).
+    """
+    started_at, window = when
+    best: dict[str, tuple[float, str]] = {}
+    for info in infos:
+        parsed = parse_shard_key(info.key)
+        ref = refs.get(parsed[0]) if parsed is not None else None
+        if ref is None or parsed is None or parsed[2] != ref.codec or info.size != ref.stored_size:
+            continue
+        age = started_at - info.last_modified
+        if age >= window:
+            log.debug("not reusing %s: %.0fs old, the copy reuse window is %.0fs", info.key, age, window)
+            continue
+        if ref.hash not in best or info.last_modified > best[ref.hash][0]:
+            best[ref.hash] = (info.last_modified, info.key)
+    return {h: ShardRef(key, h, refs[h].size, refs[h].stored_size, refs[h].codec) for h, (_, key) in best.items()}
+
+
+def _sweep_piece(
+    store: ObjectStore, when: tuple[float, float], threads: int, piece: Sequence[tuple[str, dict[str, ShardRef]]]
+) -> dict[str, ShardRef]:
+    """List each prefix of ``piece`` once and keep the best orphan of each wanted hash there."""
+
+    def one(job: tuple[str, dict[str, ShardRef]]) -> dict[str, ShardRef]:
+        return _best(store.list(job[0]), job[1], when)  # a listing error propagates
+
+    found: dict[str, ShardRef] = {}
+    if threads <= 1 or len(piece) <= 1:
+        parts = [one(job) for job in piece]
+    else:
+        with ThreadPoolExecutor(min(threads, len(piece)), "tqsnap-orphans") as pool:
+            parts = list(pool.map(one, piece))
+    for part in parts:
+        found.update(part)
+    return found
+
+
+def _sweep_prefixes(
+    store: ObjectStore,
+    refs: dict[str, ShardRef],
+    when: tuple[float, float],
+    threads: int,
+    workers: int | None,
+    executor: str,
+) -> dict[str, ShardRef]:
+    by_prefix: dict[str, dict[str, ShardRef]] = {}
+    for h, ref in refs.items():
+        by_prefix.setdefault(f"{SHARDS_PREFIX}{h[:2]}/", {})[h] = ref
+    jobs = sorted(by_prefix.items())
+    kind = resolve_executor(executor, store)
+    if kind == "ray":
+        n = workers or 4
+        pieces, inner = split(jobs, n * 4), threads
+    else:
+        n = workers or threads
+        pieces, inner = [[job] for job in jobs], 1
+    found: dict[str, ShardRef] = {}
+    for part in run_pieces(_sweep_piece, pieces, workers=n, executor=kind, shared=(store, when, inner)):
+        found.update(part)
     return found

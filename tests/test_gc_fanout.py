@@ -258,3 +258,26 @@ def test_copy_orphan_sweep_on_ray_finds_the_same(tmp_path: Path, ray_cluster: No
     repo, wanted, started = orphan_scene(tmp_path)
     one_by_one = find_young_orphans(repo.store, repo.config, wanted, started, sweep=False)
     assert find_young_orphans(repo.store, repo.config, wanted, started, sweep=True, executor="ray", workers=2) == one_by_one
+
+
+class DeleteRecorder(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__(clock=lambda: 1_000_000.0)
+        self.batches: list[list[str]] = []
+
+    def delete_many(self, keys) -> int:  # type: ignore[no-untyped-def, override]
+        self.batches.append(list(keys))
+        return super().delete_many(self.batches[-1])
+
+
+def test_each_delete_batch_spreads_over_the_prefixes_instead_of_filling_one() -> None:
+    store = DeleteRecorder()
+    repo = Repository.init(store, grace=GRACE, max_write_duration=MAX_WRITE)
+    for i in range(3000):
+        store._objects[shard_key(digest_of(b"g", i), f"{i:016x}")] = (b"g", 1_000_000.0 - 2 * GRACE)
+    report = GarbageCollector(repo, executor="threads").run()
+    assert report.shards_deleted == 3000 and report.deleted_shard_keys == sorted(report.deleted_shard_keys)
+    shard_batches = [b for b in store.batches if b[0].startswith(SHARDS_PREFIX)]
+    assert [len(b) for b in shard_batches] == [1000, 1000, 1000]
+    for batch in shard_batches:  # ~4 keys per prefix, never 1000 of one (S3 limits writes per prefix)
+        assert len({k[:10] for k in batch}) > 200

@@ -10,6 +10,8 @@
 # the working tree while the benchmark runs do not change what is measured). Each version
 # runs from its own directory with PYTHONPATH set to it, which Ray's actors inherit too. Each
 # run's output goes to benchmarks/results/before_after/<bench>-<base|head>-<round>.txt.
+# TRIES=<n> runs a version again (up to n times in all) when it exits non-zero: on a loaded
+# machine Ray can fail to start within its fixed 30 s, which measures nothing.
 set -euo pipefail
 base=$1; rounds=$2; bench=$3; shift 3
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,9 +30,19 @@ fi
 echo "base: $(git -C "$scratch/base" rev-parse --short HEAD); after: ${AFTER:-working tree} $(git -C "$after" rev-parse --short HEAD)"
 out="$here/benchmarks/results/before_after"
 mkdir -p "$out"
+run() {  # run DIR LABEL ROUND ARGS...: one benchmark run of the code in DIR
+  local dir=$1 label=$2 round=$3; shift 3
+  for try in $(seq 1 "${TRIES:-1}"); do
+    if (cd "$dir" && PYTHONPATH="$dir" python "benchmarks/$bench" "$@") | tee "$out/${bench%.py}-$label-$round.txt"; then
+      return 0
+    fi
+    echo "== $label round $round: try $try failed"
+  done
+  return 1
+}
 for round in $(seq 1 "$rounds"); do
   echo "== round $round: base $base"
-  (cd "$scratch/base" && PYTHONPATH="$scratch/base" python "benchmarks/$bench" "$@") | tee "$out/${bench%.py}-base-$round.txt"
+  run "$scratch/base" base "$round" "$@"
   echo "== round $round: ${AFTER:-working tree}"
-  (cd "$after" && PYTHONPATH="$after" python "benchmarks/$bench" "$@") | tee "$out/${bench%.py}-head-$round.txt"
+  run "$after" head "$round" "$@"
 done

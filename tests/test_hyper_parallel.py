@@ -276,6 +276,42 @@ def test_a_writer_shipped_to_a_persist_process_by_pickle_saves_there(tmp_path: P
     check_loaded(load_one(url, 1, stream="hp"), 1, 0, 1)
 
 
+def replay_two_ranks_rank1_first(url: str, version: int) -> float:
+    """Two ranks by hand, with a plan that carries no word from the coordinator (as a cached
+    plan, which skips both plan steps): rank 1 uploads before rank 0 begins. Returns rank 1's clock."""
+    import time
+
+    state = full_state(version)
+    planners = [hp.RowSavePlanner(2), hp.RowSavePlanner(2)]
+    writers = [Writer(url, stream="hp"), Writer(url, stream="hp")]
+    plans = []
+    for rank in (0, 1):
+        planners[rank].configure_planner(state, rank=rank, is_coordinator=rank == 0)
+        plans.append(planners[rank].build_local_plan())
+    cached, metadata = planners[0].build_global_plan(plans)
+    writers[1].configure_writer(is_coordinator=False, rank=1)
+    early = writers[1].execute_write(cached[1], planners[1])
+    time.sleep(0.05)
+    writers[0].configure_writer(is_coordinator=True, rank=0)
+    late = writers[0].execute_write(cached[0], planners[0])
+    writers[0].finalize_checkpoint(metadata, [late, early])
+    began_at = early[0].storage_data.began_at
+    assert began_at is not None
+    return began_at
+
+
+def test_a_rank_replaying_a_cached_plan_before_the_coordinator_begins_moves_the_save_clock_back(
+    tmp_path: Path,
+) -> None:
+    url = str(tmp_path / "repo")
+    replay_two_ranks_rank1_first(url, 0)
+    began_at = replay_two_ranks_rank1_first(url, 1)
+    manifest = Repository.open(url).load_manifest("hp", 2)
+    assert manifest.started_at == began_at  # the deadline counts from rank 1's first upload
+    assert manifest.stats["reused_bytes"] >= 3 * 1024 * 1024  # rank 1 found the parent on its own
+    check_loaded(load_one(url, 1, stream="hp"), 1, 0, 1)  # both ranks' chunks, onto one rank
+
+
 def test_ranks_that_resolved_different_snapshots_are_refused_by_the_coordinator(tmp_path: Path) -> None:
     url = str(tmp_path / "repo")
     save_one(url, 0)

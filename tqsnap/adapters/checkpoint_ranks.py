@@ -14,7 +14,10 @@ The coordinator's parent travels to the ranks in ``SavePlanData`` (the DCP adapt
 payload, shared as is). A rank that never received one (a framework that calls no global plan
 step on the coordinator, or replays a cached plan) begins its own read-only save or stage to
 find the parent, which also drops parent shards that fail their existence check, so such a
-rank never references a shard it did not confirm.
+rank never references a shard it did not confirm. Such a rank also reads the server clock
+before its first upload; the coordinator moves the save's clock back to the earliest one a
+rank reports (:func:`adopt_earliest_clock`), so the write deadline still counts from before
+every upload of the save (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ def rank_reuse_index(
     coordinator_save: SnapshotWriter | PartStager | None,
     begin_here: Callable[[], SnapshotWriter | PartStager],
     rank: int | None,
-) -> dict[str, ShardRef]:
-    """The parent's shards by hash that this rank may reference instead of uploading.
+) -> tuple[dict[str, ShardRef], float | None]:
+    """The parent's shards by hash that this rank may reference instead of uploading, and the
+    server time this rank read when it had to begin on its own (else ``None``).
 
     ``data`` is the coordinator's word on the parent (and, for a job part, the part's name);
     ``coordinator_save`` the coordinator's own save or stage, on the coordinator only. Without
@@ -69,21 +73,44 @@ def rank_reuse_index(
     rank's items, never a reference to a deleted shard.
     """
     if data is None:
-        save = coordinator_save if coordinator_save is not None else begin_here()
-        return save.reuse_index
+        if coordinator_save is not None:
+            return coordinator_save.reuse_index, None
+        own = begin_here()
+        return own.reuse_index, clock(own)
     if data.parent is None:
-        return {}
+        return {}, None
     if coordinator_save is not None and save_id(coordinator_save) == data.write_id:
-        return coordinator_save.reuse_index  # the coordinator read it when it began
+        return coordinator_save.reuse_index, None  # the coordinator read it when it began
     if data.part is not None:
-        return part_reuse_index(repo, data.parent, data.part)[0]
+        return part_reuse_index(repo, data.parent, data.part)[0], None
     try:
         sid = repo.resolve(data.parent.stream, data.parent.seq)
         manifest = repo.load_manifest(sid.stream, sid.seq)
     except SnapshotNotFoundError:
         log.warning("parent %s was forgotten during the save; rank %s uploads all its shards", data.parent, rank)
-        return {}
-    return {ref.hash: ref for ref in manifest.shards}
+        return {}, None
+    return {ref.hash: ref for ref in manifest.shards}, None
+
+
+def clock(save: SnapshotWriter | PartStager) -> float:
+    """The server time a save or stage began at: the start of its write deadline."""
+    return save.staged_at if isinstance(save, PartStager) else save.started_at
+
+
+def adopt_earliest_clock(save: SnapshotWriter | PartStager, began_at: float | None) -> None:
+    """Move the save's clock back to ``began_at`` when a rank began before the coordinator.
+
+    Without a word from the coordinator (a replayed plan), a rank can upload before the
+    coordinator's begin; its own begin read the clock first. The deadline must count from the
+    earliest upload, so the earlier time wins; a later one changes nothing.
+    """
+    if began_at is None or began_at >= clock(save):
+        return
+    log.debug("a rank began at %.3f, before the coordinator; the save's clock starts there", began_at)
+    if isinstance(save, PartStager):
+        save.staged_at = began_at
+    else:
+        save.started_at = began_at
 
 
 def pack_entries(

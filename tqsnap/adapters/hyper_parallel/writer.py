@@ -42,7 +42,7 @@ from ...errors import JobError, ManifestError, ShapeMismatchError
 from ...format.job import validate_part_name
 from ...format.keys import validate_name
 from ...format.manifest import SnapshotId
-from ..checkpoint_ranks import PackEntry, pack_entries, rank_reuse_index, save_id
+from ..checkpoint_ranks import PackEntry, adopt_earliest_clock, pack_entries, rank_reuse_index, save_id
 from ..dcp.repos import RepoLike, open_repository, repo_url
 from ..dcp.writer import SavePlanData
 from ..tensors import dtype_name, tensor_bytes
@@ -73,14 +73,18 @@ class ItemInfo(StorageInfo):
     """
 
     pack: PackResult | None = None
+    #: The server time this rank began its own save, when it had no word from the coordinator.
+    began_at: float | None = None
 
 
-def storage_info(path: str, length: int, pack: PackResult | None = None) -> StorageInfo:
+def storage_info(
+    path: str, length: int, pack: PackResult | None = None, began_at: float | None = None
+) -> StorageInfo:
     """A ``StorageInfo`` for an item (an :class:`ItemInfo` when it carries a pack result)."""
     fields: dict[str, Any] = {"relative_path": path, "offset": 0, "length": int(length)}
     if "tensor_key" in _STORAGE_INFO_FIELDS:  # later hyper_parallel versions
         fields["tensor_key"] = None
-    return ItemInfo(**fields, pack=pack) if pack is not None else StorageInfo(**fields)
+    return ItemInfo(**fields, pack=pack, began_at=began_at) if pack is not None else StorageInfo(**fields)
 
 
 def item_path(item: Any) -> str:
@@ -231,10 +235,10 @@ class Writer(StorageWriter):
         """Every rank: pack, hash and upload this rank's items; return where each one went."""
         data = plan.storage_data if isinstance(plan.storage_data, SavePlanData) else None
         entries = [self._entry(item, planner) for item in plan.items]
-        pack = None
+        pack, began_at = None, None
         if entries:
             repo = self._repository()
-            reuse = rank_reuse_index(repo, data, self._begun, self._begin, self.rank)
+            reuse, began_at = rank_reuse_index(repo, data, self._begun, self._begin, self.rank)
             pack = pack_entries(repo, reuse, self.options, [entry for _, entry in entries])
             assert pack is not None
             log.debug(
@@ -246,7 +250,12 @@ class Writer(StorageWriter):
                 pack.stats.reused_shards,
             )
         return [
-            WriteResult(index=index, storage_data=storage_info(entry.path, len(entry.data), pack if i == 0 else None))
+            WriteResult(
+                index=index,
+                storage_data=storage_info(entry.path, len(entry.data), pack, began_at)
+                if i == 0
+                else storage_info(entry.path, len(entry.data)),
+            )
             for i, (index, entry) in enumerate(entries)
         ]
 
@@ -277,6 +286,7 @@ class Writer(StorageWriter):
                 pack = getattr(info, "pack", None)
                 if pack is not None:
                     writer.add_result(pack)
+                    adopt_earliest_clock(writer, getattr(info, "began_at", None))
         extra = {EXTRA_KEY: encode_metadata(metadata, paths, where)}
         metadata.storage_data = infos  # what save() returns: where every item went, without pack results
         if isinstance(writer, PartStager):

@@ -40,11 +40,13 @@ class Layout:
     jitter_ms: float = 1.0
     rate_mbit: float | None = None  # cap on every host's link, each way
     regions: Sequence[str] = ("x", "y")
+    clients: Sequence[str] = ()  # plain hosts besides the clusters (a benchmark's client)
 
     def host_names(self) -> list[str]:
+        """``a_workers=-1`` (or ``b_workers=-1``) leaves that cluster out."""
         a = [f"a{i}" for i in range(self.a_workers + 1)]
-        b = [f"b{i}" for i in range(self.b_workers + 1)] if self.b_workers >= 0 else []
-        return [*a, *b, *self.regions]
+        b = [f"b{i}" for i in range(self.b_workers + 1)]
+        return [*a, *b, *self.regions, *self.clients]
 
 
 @dataclass
@@ -60,6 +62,10 @@ class Region:
     @property
     def endpoint_url(self) -> str:
         return self.info["endpoint_url"]
+
+    def credentials_env(self) -> dict[str, str]:
+        """The region's keys as the AWS_* variables the tqsnap CLI reads."""
+        return {"AWS_ACCESS_KEY_ID": self.info["access_key"], "AWS_SECRET_ACCESS_KEY": self.info["secret_key"]}
 
     def client_bytes(self, hosts: dict[str, Host]) -> dict[str, dict[str, int]]:
         """Bytes each host sent up to this region and got back, from the proxy's counters."""
@@ -170,7 +176,14 @@ class SimCluster:
         for p in cluster.processes:
             p.wait(timeout=10)
 
-    def run_on(self, host: str, argv: Sequence[str], timeout: float, log_name: str | None = None) -> str:
+    def run_on(
+        self,
+        host: str,
+        argv: Sequence[str],
+        timeout: float,
+        log_name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Run ``argv`` on ``host`` from the repository root; return its output, raise if it fails.
 
         The output goes to ``<work>/<log_name>`` as it comes, so a step that hangs can be read.
@@ -182,7 +195,7 @@ class SimCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=host_env(),
+                env=host_env(env),
                 cwd=Path(__file__).resolve().parents[2],
             )
             try:

@@ -87,16 +87,17 @@ def _options(a: argparse.Namespace) -> dict[str, str]:
 
 
 def load_features(tq: Any, mib: float) -> int:
-    """A static partition of float32 rows (4 KiB each), ``mib`` MiB in all: the bulk of the
-    sample data, so the bytes each host uploads show where sample data goes. Returns the rows."""
+    """A static partition of float32 rows (64 KiB each, like a response's hidden states),
+    ``mib`` MiB in all: the bulk of the sample data, so the bytes each host uploads show where
+    sample data goes. Returns the rows."""
     import torch
     from tensordict import TensorDict
 
-    rows = int(mib * 256)
-    for start in range(0, rows, 512):
-        n = min(512, rows - start)
+    rows = int(mib * 16)
+    for start in range(0, rows, 64):
+        n = min(64, rows - start)
         g = torch.Generator().manual_seed(start)
-        fields = TensorDict({"features": torch.randn(n, 1024, generator=g)}, batch_size=n)
+        fields = TensorDict({"features": torch.randn(n, 16384, generator=g)}, batch_size=n)
         keys = [f"feature-{i}" for i in range(start, start + n)]
         tq.kv_batch_put(keys=keys, partition_id="features", fields=fields)
     return rows
@@ -204,7 +205,6 @@ def run_source(a: argparse.Namespace) -> dict[str, Any]:
         "driver": ray.util.get_node_ip_address(),
         "units": unit_addresses(system),
         "snapshots": [r.to_json() for r in results],
-        "unit_data_bytes": [r.detail.unit_data_bytes for r in results],
         "steps": loop.step,
         "produced": loop.worker.produced,
         "feature_rows": features,

@@ -12,6 +12,7 @@ when the layer below changes.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,21 @@ def test_importing_tqsnap_or_its_command_loads_neither_torch_nor_ray() -> None:
         "print(sorted(m for m in ('torch', 'ray', 'transfer_queue') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_gc_and_check_in_a_process_without_ray_do_not_import_it(tmp_path: Path) -> None:
+    """The sweep's executor defaults to Ray only where Ray runs; finding out must not import it."""
+    code = (
+        "import sys; from tqsnap.engine import Repository; from tqsnap.engine.gc import GarbageCollector; "
+        "from tqsnap.engine.check import check_repository; "
+        f"repo = Repository.init({str(tmp_path / 'repo')!r}); "
+        "GarbageCollector(repo, dry_run=True).run(); check_repository(repo); "
+        "print(sorted(m for m in ('torch', 'ray', 'transfer_queue') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -56,11 +57,18 @@ def resolve_executor(executor: str, store: ObjectStore) -> str:
     if executor == "auto":
         if not store.shareable_across_processes:
             return "threads"
+        # A process that has not imported Ray has not started it: asking would cost Ray's
+        # import (1-2 s of CPU) on every gc and check, with the answer known to be no.
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            return "ray"
+        if not os.environ.get("RAY_ADDRESS"):
+            return "threads"
         try:
-            import ray
+            import ray  # noqa: F401 - a cluster to join: only checks that Ray is installed
         except ImportError:
             return "threads"
-        return "ray" if ray.is_initialized() or os.environ.get("RAY_ADDRESS") else "threads"
+        return "ray"
     if not store.shareable_across_processes:
         raise JobError(
             f"executor 'ray' needs a store other processes can open; {store.url} is in-process only. "

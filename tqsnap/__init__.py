@@ -1,7 +1,8 @@
 """tqsnap: incremental, content-addressed, atomically committed snapshots of ML state.
 
-``tqsnap.tq`` (TransferQueue) and ``tqsnap.dcp`` (torch.distributed.checkpoint) are imported
-on first use, so ``import tqsnap`` pulls in neither Ray nor torch.
+``tqsnap.tq`` (TransferQueue), ``tqsnap.dcp`` (torch.distributed.checkpoint),
+``tqsnap.hyper_parallel`` (MindSpore hyper_parallel's checkpoint) and ``tqsnap.job`` (whole-job
+snapshots) are imported on first use, so ``import tqsnap`` pulls in neither Ray nor torch.
 """
 
 from . import errors
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     """Import the heavy adapters (``tq`` needs Ray, ``dcp`` needs torch) on first use."""
-    if name in ("tq", "dcp", "job"):
+    if name in ("tq", "dcp", "job", "hyper_parallel"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

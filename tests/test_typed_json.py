@@ -201,3 +201,11 @@ def test_state_tree_version_3_refuses_what_it_never_writes(node: object) -> None
     decoder = _TreeDecoder({"w": memoryview(b"\0" * 4)}, {"w": SimpleNamespace(kind="tensor")}, allow_pickle=False)
     with pytest.raises(FormatError):
         decoder.decode(node)
+
+
+@pytest.mark.parametrize("node", [{"$frob": 1}, {"$int": "12a"}, {"$float": True}])
+def test_an_unknown_or_malformed_typed_value_is_refused_never_read_as_a_plain_dict(node: object) -> None:
+    with pytest.raises(FormatError):
+        decode_value({"x": node})
+    with pytest.raises(FormatError):
+        jsonval.Decoder(where="a value").decode({"x": node})

@@ -110,6 +110,8 @@ def decode_value(node: Any, where: str = "DCP planner_data", depth: int = 0) -> 
                 typed_json.hashable(decode_value(k, where, depth + 1), where): decode_value(v, where, depth + 1)
                 for k, v in typed_json.pairs(body, where)
             }
+        if tag.startswith("$"):  # writers spell a dict with a $ key as $dict: this is a tag we lack
+            raise ManifestError(f"{where} holds an unknown typed value {tag!r:.40}; a newer tqsnap wrote it?")
     return {k: decode_value(v, where, depth + 1) for k, v in node.items()}
 
 

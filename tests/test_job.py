@@ -16,6 +16,7 @@ on one (fewer ranks), and gc runs with every part's shards aged past the grace p
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
@@ -26,6 +27,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from cli_subprocess import run_tqsnap
 from test_dcp_distributed import (
     assert_all_ok,
     check_loaded,
@@ -179,6 +181,44 @@ def test_gc_keeps_every_part_of_a_job_and_collects_an_uncommitted_one(two_ranks,
     dcp.load(whole, storage_reader=tqsnap.dcp.Reader(repo_url, stream="run", part="trainer"))
     assert torch.equal(whole["model"]["big"], full_tensors(2)["big"])
     assert tqsnap.load(repo_url, stream="run", part="loop")["step"] == 1002
+
+
+def test_the_cli_lists_a_job_as_one_snapshot_and_shows_its_parts(two_ranks, repo_url):
+    listing = run_tqsnap("snapshots", repo_url).stdout
+    assert "job(loop,trainer)" in listing
+    shown = json.loads(run_tqsnap("show", repo_url, "run@3", "--json").stdout)
+    assert {n: p["kind"] for n, p in shown["parts"].items()} == {"loop": "state_dict", "trainer": "dcp"}
+    assert shown["parts"]["trainer"]["items"] > 0
+    text = run_tqsnap("show", repo_url, "run@3").stdout
+    assert "part.trainer" in text and "part.loop" in text
+    listed = run_tqsnap("ls", repo_url, "run@3", "--json").stdout.splitlines()
+    paths = [json.loads(line)["path"] for line in listed if line.strip()]
+    assert "loop/step" not in paths and any(p.startswith("trainer/") for p in paths)
+
+
+def test_retention_and_tags_keep_or_drop_a_job_whole(tmp_path):
+    url = str(tmp_path / "repo")
+    for step in range(3):
+        job = tqsnap.job.begin(url, stream="run")
+        job.add("loop", {"step": step, "w": torch.full((70_000,), float(step))})
+        job.add("opt", {"m": torch.full((70_000,), -float(step))})
+        job.commit()
+    tqsnap.tag(url, "best", stream="run", snapshot=1)
+    tqsnap.forget(url, keep_last=1, keep_tags=["best"])
+    assert [s.seq for s in tqsnap.snapshots(url, "run")] == [1, 3]
+    repo = Repository.open(url)
+    _age(url, 3 * repo.config.grace)
+    collect_garbage(repo, executor="threads")
+    for seq in (1, 3):
+        assert tqsnap.verify(url, stream="run", snapshot=seq).ok
+        assert tqsnap.load(url, stream="run", snapshot=seq, part="opt")["m"][0] == -float(seq - 1)
+    assert tqsnap.load(url, stream="run", snapshot="tag:best", part="loop")["step"] == 0
+
+
+def _age(url: str, by: float) -> None:
+    old = time.time() - by
+    for info in LocalStore(url).list(""):
+        os.utime(Path(url) / info.key, (old, old))
 
 
 def test_a_job_past_the_writer_deadline_refuses_to_commit(tmp_path):

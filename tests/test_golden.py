@@ -98,3 +98,16 @@ def _load(kind: str, url: str, stream: str, seq: int):
         dcp.load(state, storage_reader=tqsnap.dcp.Reader(url, stream=stream, snapshot=seq))
         return state
     raise AssertionError(f"no loader for kind {kind!r}")
+
+
+def test_a_dcp_snapshot_stores_no_local_path(tmp_path: Path) -> None:
+    """Format 1.2 dropped the writer's checkpoint_id (its local path) from the stored metadata."""
+    repo = tmp_path / "private-dir-name"
+    state = values.dcp_state(1)
+    dcp.save(state, storage_writer=tqsnap.dcp.Writer(str(repo), stream="train"))
+    raw = (repo / "snapshots" / "train" / "00000000000000000001.json").read_text()
+    assert "private-dir-name" not in raw
+    assert json.loads(raw)["extra"]["dcp"]["storage_meta"]["checkpoint_id"] is None
+    loaded = values.dcp_state(2)
+    dcp.load(loaded, storage_reader=tqsnap.dcp.Reader(str(repo), stream="train"))
+    assert values.describe(loaded) == values.describe(state)

@@ -20,7 +20,6 @@ log = logging.getLogger("tqsnap.demo")
 #: Ray gets this many CPUs whatever the machine has: the TransferQueue actors ask for one each
 #: and the trainer ranks for none, so the demo fits a 2-core machine.
 RAY_CPUS = 6
-START_ATTEMPTS = 3
 
 
 def start_ray() -> Any:
@@ -30,23 +29,16 @@ def start_ray() -> Any:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     import ray
 
-    for attempt in range(1, START_ATTEMPTS + 1):
-        if ray.is_initialized():
-            break
-        try:
-            ray.init(
-                num_cpus=RAY_CPUS,
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                logging_level="ERROR",
-                log_to_driver=False,
-            )
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
-            # Ray gives its raylet a fixed 30 s to register; a busy machine can miss that.
-            if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
-                raise
-            log.warning("Ray's node timed out during startup (a busy machine?); starting it again")
-            ray.shutdown()
+    if not ray.is_initialized():
+        # Ray gives its node a fixed 30 s to register; on a machine too busy for that it raises
+        # "timed out during startup". No retry here: the failed start leaves its processes behind.
+        ray.init(
+            num_cpus=RAY_CPUS,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
     logging.getLogger("transfer_queue").setLevel(logging.ERROR)
     return ray
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from tqsystem import RAY_ENV, finish, launch, start_ray  # noqa: E402
 
-from tqsnap.faces.demo import init_transferqueue, wait_transferqueue_closed  # noqa: E402
+from tqsnap.faces.demo_cluster import init_transferqueue, wait_transferqueue_gone  # noqa: E402
 
 os.environ.update(RAY_ENV)
 
@@ -196,7 +196,7 @@ def main() -> int:
     # Both timed restores run with the source closed (as on another cluster), each into a
     # fresh 3-unit TransferQueue.
     tq.close()
-    wait_transferqueue_closed(ray)
+    wait_transferqueue_gone(ray)
     fresh = finish("bench-target2", *launch(3, "bench-target2"))
     with PeakRSS(pids_of(fresh.system)) as rss:
         t0 = time.perf_counter()

@@ -170,8 +170,21 @@ def _key(key: Any) -> Any:
     return tuple(key) if isinstance(key, list) else key
 
 
-def load_state(repo: Repo, stream: str, selector: str | int = "latest") -> Any:
+def job_part(manifest: dict[str, Any], part: str) -> dict[str, Any]:
+    """The manifest a snapshot of one part's kind would have (docs/format/job.md, "Reading one part")."""
+    if manifest["kind"] != "job" or manifest["extra"]["job"]["version"] != 1:
+        raise FormatViolation("not a job snapshot of layout version 1")
+    entry, prefix = manifest["extra"]["job"]["parts"][part], f"{part}/"
+    items = [{**i, "path": i["path"][len(prefix) :]} for i in manifest["items"] if i["path"].startswith(prefix)]
+    if len(items) != entry["items"]:
+        raise FormatViolation(f"part {part!r}: {len(items)} items, not {entry['items']}")
+    return {**manifest, "kind": entry["kind"], "extra": entry["header"], "items": items}
+
+
+def load_state(repo: Repo, stream: str, selector: str | int = "latest", part: str | None = None) -> Any:
     manifest = repo.manifest(stream, repo.resolve(stream, selector))
+    if part is not None:
+        manifest = job_part(manifest, part)
     version = manifest["extra"].get("tree_version")
     if manifest["kind"] != "state_dict" or version not in (1, 2, 3):
         raise FormatViolation("not a state_dict snapshot of tree version 1, 2 or 3")

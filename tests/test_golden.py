@@ -13,11 +13,15 @@ import stat
 import sys
 from pathlib import Path
 
+import hyper_parallel_planners as hp
 import pytest
+import torch
 import torch.distributed.checkpoint as dcp
 
 import tqsnap
 import tqsnap.dcp
+import tqsnap.hyper_parallel
+import tqsnap.job
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
@@ -49,7 +53,7 @@ def test_golden_repositories_exist() -> None:
     versions = {p.parent.name for p in CASES}
     kinds = {p.name for p in CASES}
     assert {"v1.0", "v1.2"} <= versions  # the first version and every one that changed the encoding
-    assert {"state_dict", "dcp"} <= kinds
+    assert {"state_dict", "dcp", "job", "hyper_parallel"} <= kinds
     for version in ("v1.0", "v1.2"):
         assert {p.name for p in CASES if p.parent.name == version} >= {"state_dict", "dcp"}
 
@@ -96,6 +100,16 @@ def _load(kind: str, url: str, stream: str, seq: int):
         for t in state.values():
             t.zero_()
         dcp.load(state, storage_reader=tqsnap.dcp.Reader(url, stream=stream, snapshot=seq))
+        return state
+    if kind == "job":  # each part alone, by name, through its own kind's reader
+        assert tqsnap.job.parts(url, stream, seq) == {"loop": "state_dict", "trainer": "dcp"}
+        trainer = {name: t.zero_() for name, t in values.dcp_state(0).items()}
+        dcp.load(trainer, storage_reader=tqsnap.dcp.Reader(url, stream=stream, snapshot=seq, part="trainer"))
+        return {"loop": tqsnap.load(url, stream=stream, snapshot=seq, part="loop"), "trainer": trainer}
+    if kind == "hyper_parallel":
+        template = values.hyper_parallel_state(0)  # zeroed tensors; values come from the snapshot
+        state = {n: torch.zeros_like(t) if isinstance(t, torch.Tensor) else None for n, t in template.items()}
+        hp.load(state, tqsnap.hyper_parallel.Reader(url, stream=stream, snapshot=seq), hp.RowLoadPlanner(1))
         return state
     raise AssertionError(f"no loader for kind {kind!r}")
 

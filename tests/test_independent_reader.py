@@ -57,6 +57,14 @@ def test_independent_reader_loads_every_golden_state_dict_snapshot(case: Path) -
             assert describe(load_state(repo, stream, int(seq))) == description, f"{stream}@{seq}"
 
 
+def test_independent_reader_loads_the_state_dict_part_of_every_golden_job() -> None:
+    expected = json.loads((GOLDEN / "v1.2" / "job" / "expected.json").read_text())
+    repo = Repo(GOLDEN / "v1.2" / "job" / "repo")
+    for seq, description in expected["streams"]["run"]["snapshots"].items():
+        parts = dict(description["dict"])  # [[part name, what it loads as], ...]
+        assert describe(load_state(repo, "run", int(seq), part="loop")) == parts["loop"], seq
+
+
 def test_independent_reader_loads_what_the_writer_writes_now(tmp_path: Path) -> None:
     sys.path.insert(0, str(GOLDEN))
     import values

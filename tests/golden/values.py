@@ -115,6 +115,28 @@ def dcp_state(seed: int) -> dict[str, Any]:
     }
 
 
+def loop_state(version: int) -> dict[str, Any]:
+    """A training loop's own state, the ``loop`` part of a golden job snapshot."""
+    return {
+        "step": 1000 + version,
+        "rng": torch.Generator().manual_seed(version).get_state(),
+        "sampler": {"epoch": 0, "index": 64 * version, "order": (3, 1, 2)},
+        "lr": 0.5 / version,
+    }
+
+
+def hyper_parallel_state(version: int) -> dict[str, Any]:
+    """A hyper_parallel checkpoint of one rank: row-split tensors and pickled plain values."""
+    g = torch.Generator().manual_seed(21)
+    return {
+        "emb": torch.randn(64, 16, generator=g),
+        "w": torch.randn(8, 8, generator=g).bfloat16(),
+        "ids": torch.arange(40, dtype=torch.int64).reshape(10, 4) + version,
+        "step": 2000 + version,
+        "cfg": {"lr": 0.25, "betas": (0.9, 0.999), "names": ["a", "b"]},
+    }
+
+
 def describe(value: Any) -> Any:
     """Plain JSON for a loaded value; two values with equal descriptions round-tripped alike."""
     if isinstance(value, torch.Tensor):

@@ -127,7 +127,7 @@ class RayCluster:
     head: Host
     workers: list[Host]
     head_cpus: int = 2
-    worker_cpus: int = 2
+    worker_cpus: int = 8  # logical: every TransferQueue actor asks for 1 CPU, whatever it uses
     object_store_mb: int = 256
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)

@@ -16,6 +16,8 @@ on one (fewer ranks), and gc runs with every part's shards aged past the grace p
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import pickle
@@ -43,7 +45,14 @@ import tqsnap.dcp
 import tqsnap.job
 from tqsnap.engine import Repository
 from tqsnap.engine.gc import collect_garbage
-from tqsnap.errors import JobDeadlineExceededError, JobError, KindMismatchError, SnapshotNotFoundError
+from tqsnap.errors import (
+    JobDeadlineExceededError,
+    JobError,
+    KindMismatchError,
+    ManifestError,
+    SnapshotNotFoundError,
+)
+from tqsnap.format.job import JobHeader
 from tqsnap.store import LocalStore
 
 
@@ -219,6 +228,28 @@ def _age(url: str, by: float) -> None:
     old = time.time() - by
     for info in LocalStore(url).list(""):
         os.utime(Path(url) / info.key, (old, old))
+
+
+def test_a_damaged_or_crafted_job_header_is_refused_naming_the_snapshot(tmp_path):
+    url = str(tmp_path / "repo")
+    job = tqsnap.job.begin(url, stream="run")
+    job.add("loop", {"w": torch.arange(10.0)})
+    job.commit()
+    repo = Repository.open(url)
+    good = repo.load_manifest("run", 1)
+    assert JobHeader.from_manifest(good).parts["loop"].items == 1
+    crafted = {
+        "unknown layout version": lambda m: m.extra["job"].update(version=2),
+        "an item in no part": lambda m: m.items.append(dataclasses.replace(m.items[0], path="ghost/w")),
+        "a wrong item count": lambda m: m.extra["job"]["parts"]["loop"].update(items=5),
+        "a nested job": lambda m: m.extra["job"]["parts"]["loop"].update(kind="job"),
+        "no parts": lambda m: m.extra["job"].update(parts={}),
+    }
+    for damage in crafted.values():
+        m = copy.deepcopy(good)
+        damage(m)
+        with pytest.raises(ManifestError, match="run@1"):
+            JobHeader.from_manifest(m)
 
 
 def test_a_job_past_the_writer_deadline_refuses_to_commit(tmp_path):

@@ -12,7 +12,7 @@ import torch
 import tqsnap
 from tqsnap.adapters.dcp.metadata_json import decode_value, encode_value
 from tqsnap.adapters.transferqueue import jsonval
-from tqsnap.errors import FormatError
+from tqsnap.errors import FormatError, UnsupportedTensorError
 from tqsnap.format import typed_json
 
 VALUE = {"nan": math.nan, "inf": math.inf, "neg": -math.inf, "pair": (1, (2, "x")), "keys": {3: "a", (4, 5): "b"}}
@@ -176,6 +176,22 @@ def test_dtype_names_come_from_the_closed_table(tmp_path) -> None:
             dtype_from_name(alias)
     with pytest.raises(TypeError, match="quantized"):
         tqsnap.save(str(tmp_path / "repo"), {"q": torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)}, stream="s")
+
+
+@pytest.mark.parametrize(
+    ("tensor", "match"),
+    [
+        (torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8), r"layers/0/q: a quantized \(torch.qint8\)"),
+        (torch.ones(2, 2).to_sparse(), r"layers/0/q: a torch.sparse_coo tensor has no plain bytes"),
+    ],
+)
+def test_a_tensor_the_format_cannot_hold_is_a_typed_error_naming_its_path(tmp_path, tensor, match) -> None:
+    """Typed (a FormatError, and still the TypeError callers caught), named, nothing written."""
+    url = str(tmp_path / "repo")
+    with pytest.raises(UnsupportedTensorError, match=match) as info:
+        tqsnap.save(url, {"step": 1, "layers": [{"q": tensor}]}, stream="s")
+    assert isinstance(info.value, FormatError) and isinstance(info.value, TypeError)
+    assert tqsnap.snapshots(url, "s") == [] and not list((tmp_path / "repo").glob("shards/*/*"))
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,11 @@ class CorruptShardError(FormatError):
         return (type(self), self._init_args)
 
 
+class UnsupportedTensorError(FormatError, TypeError):
+    """A tensor the format cannot hold (quantized, sparse, a dtype outside its table); nothing
+    was written. A ``TypeError`` too, which is what callers caught before this class existed."""
+
+
 class MissingShardError(FormatError):
     """A shard referenced by a manifest is absent from the store."""
 

@@ -280,3 +280,32 @@ def test_a_value_nested_deeper_than_a_restore_reads_is_refused_at_the_save():
     for _ in range(jsonval.MAX_VALUE_DEPTH // 3):
         ok = {"k": ok}
     assert jsonval.loads(jsonval.dumps(ok)) == ok  # as deep as allowed: written and read back
+
+
+@pytest.mark.parametrize(
+    ("values", "gi"),
+    [
+        (["ok", "bad \ud800 text"], 11),  # plain strings: no typed JSON encoder in between
+        ([{"k": ["x", "\udfff"]}, 1], 10),
+        ([(1, 2), {"\ud800key": 1}], 11),  # a dict key
+    ],
+)
+def test_a_lone_surrogate_in_a_value_is_a_format_error_naming_field_and_sample(values, gi):
+    where = "field 'text' of partition 'p'"
+    with pytest.raises(FormatError, match=f"{where}: the value of the sample with global index {gi} holds") as info:
+        encode_block([10, 11][: len(values)], values, allow_pickle=False, where=where)
+    assert "lone surrogate" in str(info.value) and not isinstance(info.value, UnicodeError)
+
+
+def test_a_lone_surrogate_in_controller_metadata_is_a_format_error_naming_the_place():
+    from tqsnap.adapters.transferqueue import controller_codec
+
+    state = _controller_state()
+    state.partitions["p/1"].custom_meta[2] = {"note": "half \ud83d of an emoji"}
+    with pytest.raises(FormatError, match=r"metadata of partition 'p/1' at \['custom_meta'\]\['v'\]\[1\]\['note'\]"):
+        controller_codec.encode(state, allow_pickle=False)
+    state = _controller_state()
+    state.sampler.state["_states"]["\udc80"] = [1]
+    with pytest.raises(FormatError, match=r"sampler state at .*'\\udc80'"):
+        controller_codec.encode(state, allow_pickle=False)
+    assert jsonval.loads(jsonval.dumps({"fine": "\U0001f600"})) == {"fine": "\U0001f600"}  # a pair is Unicode

@@ -96,10 +96,11 @@ class _TreeEncoder:
             value = float(value)
             return {typed_json.FLOAT: value} if math.isfinite(value) else typed_json.encode_float(value)
         if is_tensor(value):
-            view, owner = tensor_bytes(value)
+            where = f"the tensor at {'/'.join(parts) or '<root>'}"
+            view, owner = tensor_bytes(value, where)
             self.keepalive.append(owner)
             path = self._path(parts)
-            spec = {"kind": "tensor", "dtype": dtype_name(value.dtype), "shape": list(value.shape)}
+            spec = {"kind": "tensor", "dtype": dtype_name(value.dtype, where), "shape": list(value.shape)}
             if value.requires_grad:
                 spec["meta"] = {"requires_grad": True}
             self.items.append((path, view, spec))

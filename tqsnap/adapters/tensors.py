@@ -9,22 +9,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FormatError
+from ..errors import FormatError, UnsupportedTensorError
 from ..format.dtypes import element_size
 
 if TYPE_CHECKING:
     import torch
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype, where: str = "a tensor") -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``: the name written to manifests.
 
-    A dtype outside the format's table (format/dtypes.py) is refused before anything is written.
+    A dtype outside the format's table (format/dtypes.py) is refused before anything is written,
+    with :class:`~tqsnap.errors.UnsupportedTensorError` naming ``where``.
     """
     name = str(dtype).removeprefix("torch.")
     if element_size(name) is None:
-        raise FormatError(
-            f"cannot store a tensor of dtype {name}: the snapshot format has no such dtype "
+        raise UnsupportedTensorError(
+            f"cannot store {where} of dtype {name}: the snapshot format has no such dtype "
             "(quantized tensors need dequantizing first)"
         )
     return name
@@ -42,17 +43,24 @@ def dtype_from_name(name: str) -> torch.dtype:
     return dtype
 
 
-def tensor_bytes(t: torch.Tensor) -> tuple[memoryview, torch.Tensor]:
+def tensor_bytes(t: torch.Tensor, where: str = "a tensor") -> tuple[memoryview, torch.Tensor]:
     """The tensor's bytes as a flat view, plus the tensor that owns them (keep it alive).
 
     Contiguous CPU tensors are not copied. Others (strided views, GPU tensors) are copied once.
+    A sparse or quantized tensor is refused with :class:`~tqsnap.errors.UnsupportedTensorError`
+    naming ``where``: its bytes alone do not say what it holds (indices, scale, zero point).
     """
     import torch
 
     if t.layout != torch.strided:
-        raise TypeError(f"cannot snapshot a {t.layout} tensor; convert it with .to_dense() first")
+        raise UnsupportedTensorError(
+            f"cannot snapshot {where}: a {t.layout} tensor has no plain bytes; convert it with .to_dense() first"
+        )
     if t.is_quantized:
-        raise TypeError("cannot snapshot a quantized tensor; dequantize it first")
+        raise UnsupportedTensorError(
+            f"cannot snapshot {where}: a quantized ({t.dtype}) tensor's scale and zero point have no place "
+            "in the format; dequantize it first (.dequantize()) and store the quantization parameters beside it"
+        )
     owner = t.detach()
     if owner.device.type != "cpu":
         owner = owner.cpu()

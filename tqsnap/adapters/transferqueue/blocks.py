@@ -19,7 +19,6 @@ metadata, which can lag behind an overwrite in flight):
 from __future__ import annotations
 
 import ctypes
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +121,16 @@ def encode_block(gis: list[int], values: list[Any], *, allow_pickle: bool, where
     encoder = jsonval.Encoder(allow_pickle, where)
     # Plain strings (the common non-tensor field) are their own JSON; skip the encoder for them.
     tree = values if all(type(v) is str for v in values) else [encoder.encode(v) for v in values]
-    body = json.dumps(tree, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    try:
+        body = jsonval.dump_tree(tree, where)
+    except FormatError as exc:  # name the sample by its global index, not its place in the block
+        at = jsonval.surrogate_path(tree)
+        if not at:
+            raise
+        raise FormatError(
+            f"{where}: the value of the sample with global index {gis[int(at[0])]} holds a string with a "
+            "lone surrogate, which is not Unicode and cannot be stored; pass valid text (or bytes)"
+        ) from exc
     meta = {"enc": "json", "gi": runs}
     if encoder.pickled:
         meta["pickle"] = True

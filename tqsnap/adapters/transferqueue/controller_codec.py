@@ -12,7 +12,6 @@ cannot stretch, is :mod:`.controller_decode`'s job.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,8 +113,9 @@ def _partition_doc(p: PartitionState, enc: jsonval.Encoder) -> dict[str, Any]:
     }
 
 
-def _json(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+def _json(doc: Any, where: str) -> bytes:
+    """Compact UTF-8 JSON; a lone surrogate is a FormatError naming ``where`` and the place."""
+    return jsonval.dump_tree(doc, where)
 
 
 def _blob(path: str, body: bytes, pickled: bool) -> ItemSpec:
@@ -139,7 +139,7 @@ def encode(state: ControllerState, *, allow_pickle: bool) -> dict[str, ItemSpec]
     items: dict[str, ItemSpec] = {}
     for pid in sorted(state.partitions):
         enc = jsonval.Encoder(allow_pickle, f"partition {pid!r} metadata")
-        body = _json(_partition_doc(state.partitions[pid], enc))
+        body = _json(_partition_doc(state.partitions[pid], enc), f"the controller's metadata of partition {pid!r}")
         path = layout.partition_state_path(pid)
         items[path] = _blob(path, body, enc.pickled)
     im_doc = {
@@ -149,9 +149,10 @@ def encode(state: ControllerState, *, allow_pickle: bool) -> dict[str, ItemSpec]
         "allocated_indexes": _runs(im.allocated_indexes),
     }
     path = layout.index_manager_path()
-    items[path] = _blob(path, _json(im_doc), False)
+    items[path] = _blob(path, _json(im_doc, "the controller's index manager"), False)
     enc = jsonval.Encoder(allow_pickle, "sampler state")
-    sampler = _json(enc.encode({"class": state.sampler.class_name, "state": state.sampler.state}))
+    sampler_doc = enc.encode({"class": state.sampler.class_name, "state": state.sampler.state})
+    sampler = _json(sampler_doc, "the controller's sampler state")
     path = layout.sampler_path()
     items[path] = _blob(path, sampler, enc.pickled)
     return items

@@ -225,8 +225,54 @@ def _hashable(v: Any) -> Any:
 
 def dumps(value: Any, *, allow_pickle: bool = False, where: str = "") -> bytes:
     """Encode ``value`` as compact UTF-8 JSON bytes."""
-    tree = Encoder(allow_pickle, where).encode(value)
-    return json.dumps(tree, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    return dump_tree(Encoder(allow_pickle, where).encode(value), where or "a TransferQueue value")
+
+
+def dump_tree(tree: Any, where: str) -> bytes:
+    """An encoded tree as compact UTF-8 JSON.
+
+    A string holding a lone surrogate (Python text that is not Unicode, so has no UTF-8) is
+    refused with a :class:`FormatError` naming ``where`` and the string's place in the tree,
+    never a bare ``UnicodeEncodeError``; nothing has been written then.
+    """
+    text = json.dumps(tree, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        at = surrogate_path(tree)
+        place = "".join(f"[{c}]" if type(c) is int else f"[{c!r}]" for c in at or [])
+        raise FormatError(
+            f"{where}{' at ' + place if place else ''} holds a string with a lone surrogate ({bad!r}), "
+            "which is not Unicode and cannot be stored; pass valid text (or bytes)"
+        ) from None
+
+
+def surrogate_path(tree: Any) -> list[str | int] | None:
+    """The place (list indexes, dict keys) of the first string or key in ``tree`` that holds a
+    lone surrogate, or None. Walked with a stack: trees come from values of any depth."""
+    stack: list[tuple[Any, list[str | int]]] = [(tree, [])]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, str):
+            if not _is_unicode(node):
+                return at
+        elif isinstance(node, list | tuple):
+            stack.extend((v, [*at, i]) for i, v in reversed(list(enumerate(node))))
+        elif isinstance(node, dict):
+            for k in node:
+                if isinstance(k, str) and not _is_unicode(k):
+                    return [*at, k]
+            stack.extend((v, [*at, k]) for k, v in reversed(list(node.items())))
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def loads(data: bytes | bytearray | memoryview, *, allow_pickle: bool = False, where: str = "") -> Any:

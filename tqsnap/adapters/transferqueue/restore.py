@@ -32,7 +32,7 @@ from ...engine.shards import Shards
 from ...errors import FormatError
 from ...format.manifest import Item
 from .blocks import block_units
-from .controller_codec import controller_paths, decode_sampler
+from .controller_decode import controller_paths, decode_sampler
 from .controller_restore import (
     discard_controller,
     hold_controller,

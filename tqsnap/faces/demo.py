@@ -89,13 +89,12 @@ def run_original(target: JobTarget, duration: float, every: float) -> tuple[Demo
 
 
 def kill_mid_step(job: DemoJob) -> list[int]:
-    """Start the next step on the ranks, then SIGKILL them and the queue's actors."""
+    """Send the ranks into the next training step, then SIGKILL them and the queue's actors."""
     import ray
 
     ranks = job.pids()
     queue = transferqueue_pids()
-    job._request_ahead()
-    in_flight = [r.digests.remote() for r in job.ranks]  # the ranks are busy when the kill lands
+    in_flight = job.start_step()  # the next step's batch is consumed and the ranks are training
     job.stop_worker()
     sigkill(ranks + queue)
     del in_flight

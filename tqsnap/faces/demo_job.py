@@ -170,9 +170,11 @@ class DemoJob:
             self.inflight[ahead] = req
             self.worker.submit(req)
 
-    def train_step(self, timeout: float = 120.0) -> None:
-        """Train step ``self.step + 1`` on all ranks; record the model/optimizer digests after it."""
-        import ray
+    def start_step(self, timeout: float = 120.0) -> list[Any]:
+        """The driver's half of step ``self.step + 1``: wait for its partition, send the ranks to work.
+
+        Returns the ranks' pending results; :meth:`train_step` waits for them.
+        """
         import torch
 
         self._request_ahead()
@@ -196,9 +198,16 @@ class DemoJob:
         size = len(keys) // MICROBATCHES
         microbatches = [keys[i * size : (i + 1) * size] for i in range(MICROBATCHES)]
         seed = int(torch.randint(0, 2**31, (1,), generator=self.gen))
-        ray.get([r.train_step.remote(part, microbatches, seed) for r in self.ranks], timeout=timeout)
+        return [r.train_step.remote(part, microbatches, seed) for r in self.ranks]
+
+    def train_step(self, timeout: float = 120.0) -> None:
+        """Train step ``self.step + 1`` on all ranks; record the model/optimizer digests after it."""
+        import ray
+
+        ray.get(self.start_step(timeout), timeout=timeout)
+        t = self.step + 1
         if t > KEEP:
-            client.clear_partition(partition(t - KEEP))
+            self.tq.get_client().clear_partition(partition(t - KEEP))
         self.step = t
         digests = ray.get([r.digests.remote() for r in self.ranks], timeout=timeout)
         if any(d != digests[0] for d in digests[1:]):

@@ -648,8 +648,9 @@ def random_schedule(seed: int, protocol: Protocol = SAFE, strict: bool = True) -
     sim.spawn("w3", writer(sim, "w3", "b", saves("b", rng.randint(1, 3)), skew=skew(), mishaps=mishaps(3)))
     if rng.random() < 0.5:
         sim.spawn("w4", writer(sim, "w4", "fork", saves("a", 2), fork_from="a", skew=skew()))
-    jobs = [{"trainer": saves("a", 1)[0], "loop": saves("a", 1)[0]} for _ in range(rng.randint(1, 2))]
-    sim.spawn("j1", job_writer(sim, "j1", "a", jobs, skew=skew(), mishaps=mishaps(2)))
+    if rng.random() < 0.5:  # a job writer in half the schedules, so the suite's time stays put
+        jobs = [{"trainer": saves("a", 1)[0], "loop": saves("a", 1)[0]} for _ in range(rng.randint(1, 2))]
+        sim.spawn("j1", job_writer(sim, "j1", "a", jobs, skew=skew(), mishaps=mishaps(2)))
     sim.spawn("forget", forgetter(sim, rng.randint(1, 3), skew=skew(), idle=12))
     sim.spawn("gc", collector(sim, rng.randint(2, 4), skew=skew(), idle=10))
     crash_p = rng.choice((0.0, 0.02, 0.05))
@@ -703,7 +704,7 @@ def test_every_visible_snapshot_restores_in_thousands_of_random_schedules() -> N
     assert totals["crashes"] > SCHEDULES / 20
     assert totals["crash after commit landed"] > 0
     assert totals["restored"] > SCHEDULES * 2
-    assert totals["job commits"] > SCHEDULES / 2
+    assert totals["job commits"] > SCHEDULES / 4
     assert totals["job deadline aborts"] > 0
 
 

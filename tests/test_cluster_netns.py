@@ -14,9 +14,11 @@ busy one, hence the long timeout.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cluster import e2e  # noqa: E402
+from benchmarks.cluster.delayproxy import DelayProxy, Shaping  # noqa: E402
 from benchmarks.cluster.netns import namespaces_permitted  # noqa: E402
-
-pytestmark = [pytest.mark.slow, pytest.mark.tq]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.tq
 @pytest.mark.timeout(1800)
 def test_units_upload_from_their_own_hosts_and_the_driver_sends_no_sample_data(report: dict) -> None:
     src = report["source"]
@@ -70,6 +73,8 @@ def test_units_upload_from_their_own_hosts_and_the_driver_sends_no_sample_data(r
     assert up.get("a0", 0) < e2e.DRIVER_SHARE_LIMIT * data, f"the driver's host sent sample data: {up}"
 
 
+@pytest.mark.slow
+@pytest.mark.tq
 @pytest.mark.timeout(1800)
 def test_copy_mirrors_every_snapshot_and_cluster_b_restores_the_same_state(report: dict) -> None:
     assert len(report["source"]["snapshots"]) >= 2
@@ -80,8 +85,52 @@ def test_copy_mirrors_every_snapshot_and_cluster_b_restores_the_same_state(repor
     assert rst["samples"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.tq
 @pytest.mark.timeout(1800)
 def test_cluster_b_units_fetch_their_own_samples(report: dict) -> None:
     assert e2e.check(report) == []
     down = report["y_downloads"]
     assert down.get("b1", 0) > 1_000_000, down
+
+
+async def _round_trips(shaping: Shaping, payload: bytes, trips: int) -> tuple[list[float], dict]:
+    """Echo ``payload`` ``trips`` times through a proxy with ``shaping``; the times and the proxy's counters."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", server.sockets[0].getsockname()[1]), shaping)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    serving = asyncio.ensure_future(proxy.serve(ready, stop))
+    await ready.wait()
+    reader, writer = await asyncio.open_connection(*proxy._server.sockets[0].getsockname()[:2])
+    times = []
+    for _ in range(trips):
+        t0 = time.monotonic()
+        writer.write(payload)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(len(payload)), 10) == payload
+        times.append(time.monotonic() - t0)
+    writer.close()
+    await asyncio.sleep(0.2)
+    stop.set()
+    await serving
+    server.close()
+    return times, dict(proxy.stats)
+
+
+def test_delay_proxy_adds_its_round_trip_and_counts_bytes_per_client() -> None:
+    times, stats = asyncio.run(_round_trips(Shaping(delay_s=0.02), b"x" * 1000, 3))
+    assert times[0] >= 0.08, "the first round trip also pays the handshake's"
+    assert all(0.04 <= t < 0.04 + 0.15 for t in times[1:]), times
+    assert stats["127.0.0.1"] == {"up": 3000, "down": 3000, "connections": 1}
+
+
+def test_delay_proxy_stalls_hold_a_chunk_as_a_lost_segment_would() -> None:
+    times, _ = asyncio.run(_round_trips(Shaping(delay_s=0.01, stall_probability=1.0, stall_s=0.1), b"y", 2))
+    assert all(t >= 0.02 + 0.2 for t in times), times

@@ -8,8 +8,8 @@ the driver's host sent none of it, every snapshot reached Y, the restore on B eq
 state, and B's units fetched their samples themselves.
 
 Needs root and ``ip netns`` (skipped otherwise, saying which). Starting Ray nodes and the
-TransferQueue actors dominates its time: about 3 minutes on an idle 2-core machine, much more on a
-busy one, hence the long timeout.
+TransferQueue actors (each a process importing torch) dominates its time: 8 minutes on the
+shared 2-core machine under a load average of 30-40, hence the long timeout.
 """
 
 from __future__ import annotations

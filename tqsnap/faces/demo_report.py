@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,7 @@ def summary(
         "the controller was blocked; loop = staging the loop state; training stall = the loop's whole wait, "
         "boundary to commit (the queue stages beside the trainer)",
         f"job snapshots: {len(snapshots)} ({', '.join(totals)}); "
-        f"training stall per snapshot: median {_ms(sorted(stalls)[len(stalls) // 2])}, max {_ms(max(stalls))}",
+        f"training stall per snapshot: median {_ms(statistics.median(stalls))}, max {_ms(max(stalls))}",
         f"job: {shape['ranks']} trainer ranks (DDP, gloo), TransferQueue with {shape['units']} units; "
         f"{shape['steps']} steps trained, {shape['produced']} rollout samples produced; "
         f"killed (SIGKILL) at step {shape['killed_at']}",

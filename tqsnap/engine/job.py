@@ -105,6 +105,27 @@ class JobToken:
         return result
 
 
+def stage_part_name(stage: str | None, part: str | None, stream: str, caller: str) -> str | None:
+    """The part name a checkpoint writer (``caller``) stages under, checked when it is built.
+
+    ``stage`` is a job token: it must decode and name ``stream``, so a bad token fails on every
+    rank before a save starts; ``part`` defaults to ``"trainer"``. Without ``stage`` there is
+    no part (a plain save), and a ``part`` alone is refused rather than ignored.
+    """
+    if stage is None:
+        if part is not None:
+            raise JobError(f"{caller}(part=...) needs stage=job.token: a part belongs to a job snapshot")
+        return None
+    token = JobToken.decode(stage)
+    name = validate_part_name(part or "trainer")
+    if token.stream != stream:
+        raise JobError(
+            f"{caller}(stream={stream!r}) was given the token of a job on stream "
+            f"{token.stream!r}; give it the job's stream"
+        )
+    return name
+
+
 @dataclass
 class StagedPart:
     """One part's shards, uploaded but not committed: what a stager hands the driver.

@@ -46,9 +46,8 @@ from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
 from ...engine import PackOptions, PackResult, Repository, ShardPacker, SnapshotInfo, SnapshotWriter
-from ...engine.job import JobToken, PartStager, StagedPart, part_reuse_index
-from ...errors import JobError, ManifestError, SnapshotNotFoundError
-from ...format.job import validate_part_name
+from ...engine.job import PartStager, StagedPart, part_reuse_index, stage_part_name
+from ...errors import ManifestError, SnapshotNotFoundError
 from ...format.keys import validate_name
 from ...format.manifest import ShardRef, SnapshotId
 from ..tensors import dtype_name, tensor_bytes
@@ -140,17 +139,7 @@ class Writer(StorageWriter):
     ) -> None:
         super().__init__()
         self.stage = stage
-        self.part = part
-        if stage is not None:
-            token = JobToken.decode(stage)  # a bad token fails here, on every rank, before DCP starts
-            self.part = validate_part_name(part or "trainer")
-            if token.stream != stream:
-                raise JobError(
-                    f"tqsnap.dcp.Writer(stream={stream!r}) was given the token of a job on stream "
-                    f"{token.stream!r}; give it the job's stream"
-                )
-        elif part is not None:
-            raise JobError("tqsnap.dcp.Writer(part=...) needs stage=job.token: a part belongs to a job snapshot")
+        self.part = stage_part_name(stage, part, stream, "tqsnap.dcp.Writer")
         #: The staged part of the last save (coordinator rank, with ``stage``); None elsewhere.
         self.staged: StagedPart | None = None
         self._stager: PartStager | None = None

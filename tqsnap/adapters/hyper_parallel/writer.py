@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...engine import PackOptions, PackResult, Repository, SnapshotInfo, SnapshotWriter
-from ...engine.job import JobToken, PartStager, StagedPart
-from ...errors import JobError, ManifestError, ShapeMismatchError
-from ...format.job import validate_part_name
+from ...engine.job import PartStager, StagedPart, stage_part_name
+from ...errors import ManifestError, ShapeMismatchError
 from ...format.keys import validate_name
 from ...format.manifest import SnapshotId
 from ..checkpoint_ranks import PackEntry, adopt_earliest_clock, pack_entries, rank_reuse_index, save_id
@@ -131,19 +130,7 @@ class Writer(StorageWriter):
     ) -> None:
         super().__init__()
         self.stage = stage
-        self.part = part
-        if stage is not None:
-            token = JobToken.decode(stage)  # a bad token fails here, on every rank, before the save starts
-            self.part = validate_part_name(part or "trainer")
-            if token.stream != stream:
-                raise JobError(
-                    f"tqsnap.hyper_parallel.Writer(stream={stream!r}) was given the token of a job on stream "
-                    f"{token.stream!r}; give it the job's stream"
-                )
-        elif part is not None:
-            raise JobError(
-                "tqsnap.hyper_parallel.Writer(part=...) needs stage=job.token: a part belongs to a job snapshot"
-            )
+        self.part = stage_part_name(stage, part, stream, "tqsnap.hyper_parallel.Writer")
         #: The staged part of the last save (coordinator rank, with ``stage``); None elsewhere.
         self.staged: StagedPart | None = None
         self.url = url

@@ -48,7 +48,7 @@ from .packer import PackOptions, PackResult, ShardPacker, merge_results
 from .reader import load_body
 from .repository import Repository, SnapshotInfo
 from .shard_confirm import unconfirmed
-from .writer import SnapshotWriter
+from .writer import SnapshotWriter, resolve_parent
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +164,7 @@ def begin_job(repo: Repository, stream: str, parent: SnapshotId | str | None = "
     """Start a job snapshot of ``stream``: a fresh id, the parent to deduplicate against."""
     validate_name(stream)
     began_at = repo.store.now()
-    parent_id: SnapshotId | None
-    if parent == "latest":
-        visible = repo.visible_seqs(stream)
-        parent_id = SnapshotId(stream, visible[-1]) if visible else None
-    elif isinstance(parent, SnapshotId):
-        parent_id = repo.resolve(parent.stream, parent.seq)
-    else:
-        parent_id = None
+    parent_id = resolve_parent(repo, stream, parent)
     token = JobToken(secrets.token_hex(16), stream, parent_id, began_at)
     log.debug("job %s of %s begins, parent %s", token.job_id, stream, parent_id)
     return token

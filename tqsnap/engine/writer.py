@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 INLINE_BODY_LIMIT = 256 * 1024
 
 
+def resolve_parent(repo: Repository, stream: str, parent: SnapshotId | str | None) -> SnapshotId | None:
+    """The snapshot a save deduplicates against: ``"latest"`` is the stream's newest visible
+    one (None for a new stream), a :class:`SnapshotId` must be visible, ``None`` is none."""
+    if parent == "latest":
+        visible = repo.visible_seqs(stream)
+        return SnapshotId(stream, visible[-1]) if visible else None
+    if isinstance(parent, SnapshotId):
+        return repo.resolve(parent.stream, parent.seq)
+    return None
+
+
 class SnapshotWriter:
     """One save of one stream. Create with :meth:`begin`; finish with :meth:`commit`."""
 
@@ -80,14 +91,7 @@ class SnapshotWriter:
         a :class:`SnapshotId` forks from any visible snapshot; ``None`` starts from nothing."""
         validate_name(stream)
         started_at = repo.store.now()
-        parent_id: SnapshotId | None
-        if parent == "latest":
-            visible = repo.visible_seqs(stream)
-            parent_id = SnapshotId(stream, visible[-1]) if visible else None
-        elif isinstance(parent, SnapshotId):
-            parent_id = repo.resolve(parent.stream, parent.seq)
-        else:
-            parent_id = None
+        parent_id = resolve_parent(repo, stream, parent)
         parent_manifest = repo.load_manifest(parent_id.stream, parent_id.seq) if parent_id else None
         log.debug("begin %s save of %s at %.3f, parent %s", kind, stream, started_at, parent_id)
         writer = cls(

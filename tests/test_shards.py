@@ -148,6 +148,39 @@ def test_an_object_longer_than_stored_size_is_refused(store: ObjectStore, codec:
     assert err.value.key == ref.key
 
 
+class _SizeBlind(CountingStore):
+    """A real store whose reads do not report the object's size, like a backend that cannot."""
+
+    def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
+        return self.get_into(key, buf, start), None
+
+
+@pytest.mark.parametrize("ranged", [False, True])
+def test_a_zero_copy_read_sees_a_longer_object_without_an_extra_request(store: ObjectStore, ranged: bool) -> None:
+    counting = CountingStore(store)
+    shards = Shards(counting, range_size=8 * 1024 if ranged else 8 * MiB, threads=4)
+    ref = shards.put([os.urandom(30_000)], "raw")
+    reads = -(-ref.stored_size // shards.range_size)
+    counting.requests.clear()
+    shards.get(ref, into=memoryview(bytearray(ref.size)))
+    assert counting.requests["get"] == reads  # the replies told the size: no read past the end
+    store.put(ref.key, store.get(ref.key) + b"!")
+    with pytest.raises(CorruptShardError, match="longer than its stored_size"):
+        shards.get(ref, into=memoryview(bytearray(ref.size)))
+
+
+def test_a_store_that_cannot_tell_the_size_is_asked_past_the_end(store: ObjectStore) -> None:
+    blind = _SizeBlind(store)
+    shards = Shards(blind)
+    ref = shards.put([os.urandom(30_000)], "raw")
+    blind.requests.clear()
+    shards.get(ref, into=memoryview(bytearray(ref.size)))
+    assert blind.requests["get"] == 2  # the shard, then one byte past its end
+    store.put(ref.key, store.get(ref.key) + b"!")
+    with pytest.raises(CorruptShardError, match="longer than its stored_size"):
+        shards.get(ref, into=memoryview(bytearray(ref.size)))
+
+
 @pytest.mark.parametrize("codec", ["raw", "zstd"])
 @pytest.mark.parametrize("into", [False, True])
 def test_a_truncated_object_is_corrupt(store: ObjectStore, codec: str, into: bool) -> None:
@@ -304,10 +337,10 @@ class _Tracking(CountingStore):
         self.begun: set[str] = set()
         self.guard = threading.Lock()
 
-    def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
+    def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
         with self.guard:
             self.begun.add(key)
-        return super().get_into(key, buf, start)
+        return super().get_into_sized(key, buf, start)
 
 
 def test_get_many_yields_in_order_within_a_bounded_window(store: ObjectStore) -> None:

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -254,13 +254,19 @@ class Shards:
         return buf[: ref.stored_size]
 
     def _read_exact(self, ref: ShardRef, into: memoryview, snapshot: str, ranges: ThreadPoolExecutor | None) -> None:
-        """Read a raw shard into the caller's buffer; a one-byte probe past its end sees a longer object."""
-        probe: Future[bytes] | None = None
-        if ranges is not None:
-            probe = ranges.submit(self._probe_past_end, ref, snapshot)
-        got = self._read(ref, into, snapshot, ranges)
-        longer = probe.result() if probe is not None else self._probe_past_end(ref, snapshot)
-        check_length(ref, got, bool(longer))
+        """Read a raw shard into the caller's buffer, refusing an object of any other size.
+
+        The caller's buffer holds exactly ``stored_size`` bytes, so a longer object cannot show
+        itself by filling one byte more. Stores whose reads report the object's size (S3's
+        ``Content-Range`` total, ``fstat`` on disk) settle it from the same replies; for any
+        other store a one-byte read past the end does.
+        """
+        got, sizes = self._read_sized(ref, into, snapshot, ranges)
+        if sizes:
+            longer = max(sizes) > ref.stored_size or min(sizes) != max(sizes)
+        else:
+            longer = bool(self._probe_past_end(ref, snapshot))
+        check_length(ref, got, longer)
 
     def _probe_past_end(self, ref: ShardRef, snapshot: str) -> bytes:
         try:
@@ -270,11 +276,21 @@ class Shards:
 
     def _read(self, ref: ShardRef, buf: memoryview, snapshot: str, ranges: ThreadPoolExecutor | None) -> int:
         """Fill ``buf`` from the object's start, in parallel ranges when large; return the bytes read."""
+        return self._read_sized(ref, buf, snapshot, ranges)[0]
+
+    def _read_sized(
+        self, ref: ShardRef, buf: memoryview, snapshot: str, ranges: ThreadPoolExecutor | None
+    ) -> tuple[int, list[int]]:
+        """:meth:`_read`, also returning every object size the store's replies reported."""
         try:
             if ranges is None or len(buf) <= self.range_size:
-                return self.store.get_into(ref.key, buf, 0)
-            starts = range(0, len(buf), self.range_size)
-            futures = [ranges.submit(self.store.get_into, ref.key, buf[s : s + self.range_size], s) for s in starts]
-            return sum(f.result() for f in futures)
+                parts = [self.store.get_into_sized(ref.key, buf, 0)]
+            else:
+                starts = range(0, len(buf), self.range_size)
+                futures = [
+                    ranges.submit(self.store.get_into_sized, ref.key, buf[s : s + self.range_size], s) for s in starts
+                ]
+                parts = [f.result() for f in futures]
         except ObjectNotFoundError:
             raise MissingShardError(ref.key, snapshot) from None
+        return sum(n for n, _ in parts), [size for _, size in parts if size is not None]

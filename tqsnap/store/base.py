@@ -109,6 +109,16 @@ class ObjectStore(abc.ABC):
         buf[: len(data)] = data
         return len(data)
 
+    def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
+        """Like :meth:`get_into`, and also the object's whole size when the reply told it.
+
+        Why: a reader that fills a caller's buffer with exactly the bytes it expects must still
+        see an object that is *longer* than declared. A store whose reads carry the object's
+        size (S3's ``Content-Range`` total, ``fstat`` on disk) reports it here at no cost; the
+        default answers ``None`` and the caller asks with one more small read instead.
+        """
+        return self.get_into(key, buf, start), None
+
     @abc.abstractmethod
     def put(self, key: str, data: Buffer) -> None:
         """Write (or overwrite) an object. Used only for keys no one else writes."""

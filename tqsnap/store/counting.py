@@ -45,6 +45,11 @@ class CountingStore(ObjectStore):
         self._tally("get", n)
         return n
 
+    def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
+        n, size = self.inner.get_into_sized(key, buf, start)
+        self._tally("get", n)
+        return n, size
+
     def put(self, key: str, data: Buffer) -> None:
         self.inner.put(key, data)
         self._tally("put", memoryview(data).nbytes)

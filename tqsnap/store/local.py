@@ -267,11 +267,14 @@ class LocalStore(ObjectStore):
         return bytes(buf)
 
     def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
+        return self.get_into_sized(key, buf, start)[0]
+
+    def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
         self._check_range(key, start, len(buf))
         fd, st = self._open_object(key)
         try:
             want = max(0, min(len(buf), st.st_size - start))
-            return self._pread(fd, key, memoryview(buf).cast("B")[:want], start)
+            return self._pread(fd, key, memoryview(buf).cast("B")[:want], start), st.st_size
         finally:
             os.close(fd)
 

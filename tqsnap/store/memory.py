@@ -48,6 +48,12 @@ class MemoryStore(ObjectStore):
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._entry(key)[0][start : start + length]
 
+    def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
+        blob = self._entry(key)[0]
+        data = blob[start : start + len(buf)]
+        buf[: len(data)] = data
+        return len(data), len(blob)
+
     def put(self, key: str, data: Buffer) -> None:
         blob = bytes(data)
         with self._lock:

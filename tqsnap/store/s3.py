@@ -291,15 +291,20 @@ class S3Store(ObjectStore):
 
     def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
         """Stream a range straight into ``buf``; a broken stream resumes where it stopped."""
+        return self.get_into_sized(key, buf, start)[0]
+
+    def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
+        """:meth:`get_into`, with the object's size from the reply's ``Content-Range`` total."""
         view = _byte_view(buf)
         if start < 0:
             raise ValueError(f"invalid start {start}")
         if len(view) == 0:
             self.get_range(key, start, 0)
-            return 0
+            return 0, None
         full = self._s3.key(key)
-        state: dict[str, Any] = {"done": 0, "etag": None}
-        return self._s3.call("GetObject", key, lambda: self._fill(key, full, view, start, state))
+        state: dict[str, Any] = {"done": 0, "etag": None, "total": None}
+        done = self._s3.call("GetObject", key, lambda: self._fill(key, full, view, start, state))
+        return done, state["total"]
 
     def _fill(self, key: str, full: str, view: memoryview, start: int, state: dict[str, Any]) -> int:
         """One attempt at reading ``view``'s remaining bytes from ``start + state["done"]``.
@@ -333,6 +338,7 @@ class S3Store(ObjectStore):
                 f"GetObject of {full!r} answered without a Content-Length or with a malformed ETag {etag!r}"
             )
         state["etag"] = etag or state.get("etag")
+        state["total"] = _range_total(resp.get("ContentRange"))
         want = min(int(resp["ContentLength"]), len(view) - done)
         got = _read_into(resp, view[done : done + want])
         done += got
@@ -525,3 +531,13 @@ class S3Store(ObjectStore):
         close = getattr(self.client, "close", None)
         if close is not None:
             close()
+
+
+def _range_total(content_range: Any) -> int | None:
+    """The object's size from a ``Content-Range: bytes a-b/total`` header; ``None`` if absent or ``*``."""
+    if not isinstance(content_range, str):
+        return None
+    _, sep, total = content_range.rpartition("/")
+    if not sep or not total.isascii() or not total.isdigit():
+        return None
+    return int(total)

@@ -207,3 +207,7 @@ class JobError(TqsnapError, ValueError):
 
 class JobDeadlineExceededError(WriteDeadlineExceededError):
     """A job snapshot ran past ``first staged shard + max_write_duration``; nothing was committed."""
+
+
+class JobPartError(JobError):
+    """A part of an asynchronous job snapshot failed in the background; nothing was committed."""

@@ -20,10 +20,11 @@ from ..adapters.transferqueue import (
     restore_system,
     snapshot_system,
 )
-from ..adapters.transferqueue.snapshot import stage_system
+from ..adapters.transferqueue.stage_capture import QueueCapture, capture_system
 from ..engine import PackOptions, Repository
 from ..engine.job import JobToken, StagedPart
 from .api import RepoLike, open_repo
+from .background import PendingPart, in_background
 from .scheduler import Snapshotter
 
 
@@ -89,6 +90,44 @@ def restore(
     )
 
 
+def capture(
+    job: Any,
+    *,
+    part: str = "queue",
+    url: RepoLike | None = None,
+    storage_options: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    system: TransferQueueSystem | None = None,
+    options: PackOptions | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> QueueCapture:
+    """Freeze the attached TransferQueue for part ``part`` of a job; ``.upload()`` stages it later.
+
+    The capture is all a training loop must wait for: the controller and every storage unit
+    copy their state (pointers, for the units' data) and keep it, in a few milliseconds. The
+    returned :class:`QueueCapture`'s ``upload()`` packs and uploads those copies, on any
+    thread, and returns the :class:`StagedPart`: what the queue held at the capture, whatever
+    happened to it since. ``job`` is a :class:`tqsnap.job.JobSnapshot`, or its ``token`` with ``url``.
+    Pass ``system`` (``TransferQueueSystem.attached()``, kept) to skip looking the units up.
+    """
+    if isinstance(job, str | JobToken):
+        if url is None:
+            raise TypeError("tqsnap.tq.capture(token, ...) needs url= (a JobSnapshot carries its own)")
+        repo: Repository = open_repo(url, create=True, storage_options=storage_options)
+        token = JobToken.decode(job)
+    else:
+        repo, token = job.repository(), JobToken.decode(job.token)
+    return capture_system(
+        system or TransferQueueSystem.attached(),
+        repo,
+        token,
+        part,
+        allow_pickle=allow_pickle,
+        options=options,
+        block_size=block_size,
+    )
+
+
 def stage(
     job: Any,
     *,
@@ -102,34 +141,78 @@ def stage(
 ) -> StagedPart:
     """Stage the attached TransferQueue as part ``part`` of a job snapshot, for ``job.add``.
 
-    The same capture and per-unit upload as :func:`snapshot`, deduplicated against the same
-    part of the job's parent, but nothing is committed: ``job.commit()`` commits every part
-    at once. ``job`` is a :class:`tqsnap.job.JobSnapshot`, or its ``token`` with ``url``.
+    :func:`capture` then its upload, here: the same capture and per-unit upload as
+    :func:`snapshot`, deduplicated against the same part of the job's parent, but nothing is
+    committed: ``job.commit()`` commits every part at once. ``job`` is a
+    :class:`tqsnap.job.JobSnapshot`, or its ``token`` with ``url``.
     """
-    if isinstance(job, str | JobToken):
-        if url is None:
-            raise TypeError("tqsnap.tq.stage(token, ...) needs url= (a JobSnapshot carries its own)")
-        repo: Repository = open_repo(url, create=True, storage_options=storage_options)
-        token = JobToken.decode(job)
-    else:
-        repo, token = job.repository(), JobToken.decode(job.token)
-    return stage_system(
-        system or TransferQueueSystem.attached(),
-        repo,
-        token,
-        part,
+    return capture(
+        job,
+        part=part,
+        url=url,
+        storage_options=storage_options,
         allow_pickle=allow_pickle,
+        system=system,
         options=options,
         block_size=block_size,
-    )
+    ).upload()
+
+
+def stage_async(
+    job: Any,
+    *,
+    part: str = "queue",
+    url: RepoLike | None = None,
+    storage_options: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    system: TransferQueueSystem | None = None,
+    options: PackOptions | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    wait_capture: bool = True,
+) -> PendingPart:
+    """Capture now, upload in the background: a future of the :class:`StagedPart`, for ``job.add_async``.
+
+    Returns once the queue is captured (:func:`capture`; its errors are raised here). With
+    ``wait_capture=False`` it returns at once and the capture runs in the background too:
+    wait for ``pending.captured.result()`` before the loop changes the queue (overlap it
+    with the trainer's own staging copy, say).
+    """
+    pending = PendingPart(part)
+
+    def run() -> StagedPart:
+        try:
+            cap = capture(
+                job,
+                part=part,
+                url=url,
+                storage_options=storage_options,
+                allow_pickle=allow_pickle,
+                system=system,
+                options=options,
+                block_size=block_size,
+            )
+        except BaseException as exc:
+            pending.captured.set_exception(exc)
+            raise
+        pending.captured.set_result(cap.capture_s)
+        return cap.upload()
+
+    in_background(run, pending, name=f"tqsnap-stage-{part}")
+    if wait_capture:
+        pending.captured.result()
+    return pending
 
 
 __all__ = [
+    "PendingPart",
+    "QueueCapture",
     "Snapshotter",
     "TQRestoreResult",
     "TQSnapshotResult",
     "TransferQueueSystem",
     "restore",
+    "capture",
     "snapshot",
     "stage",
+    "stage_async",
 ]

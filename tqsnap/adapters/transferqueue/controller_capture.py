@@ -30,6 +30,7 @@ from .controller_state import (
     sampler_class_name,
 )
 from .guard import between_requests
+from .held import drop, hold, take
 from .system import in_actor
 
 #: The controller methods the guard lock wraps: its request handler.
@@ -101,3 +102,33 @@ def capture_encoded(self: Any, allow_pickle: bool) -> EncodedController:
         sampler_class=state.sampler.class_name,
         stall_s=stall,
     )
+
+
+@in_actor
+def capture_held(self: Any, capture_id: str) -> float:
+    """Capture and keep the copy here for :func:`encode_held`; returns the stall.
+
+    The capture of an asynchronous stage: only the copy under the lock, no encoding, so the
+    caller waits for one round trip and the copy.
+    """
+    state, stall = _capture(self)
+    hold(self, capture_id, state)
+    return stall
+
+
+@in_actor
+def encode_held(self: Any, capture_id: str, allow_pickle: bool, stall_s: float) -> EncodedController:
+    """What :func:`capture_encoded` returns, from the copy :func:`capture_held` kept."""
+    state: ControllerState = take(self, capture_id)
+    return EncodedController(
+        json_items=controller_codec.encode(state, allow_pickle=allow_pickle),
+        statuses={pid: p.status for pid, p in state.partitions.items()},
+        sampler_class=state.sampler.class_name,
+        stall_s=stall_s,
+    )
+
+
+@in_actor
+def drop_held(self: Any, capture_id: str) -> None:
+    """Forget an abandoned capture's copy."""
+    drop(self, capture_id)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ...engine import PackOptions, Repository, SnapshotInfo, SnapshotWriter
-from ...engine.job import JobToken, PartStager, StagedPart
 from ...engine.packer import reuse_fraction
 from ...engine.shards import Shards
 from ...errors import TqsnapError
@@ -192,26 +191,61 @@ def _take(
     # statuses the reconcile returns.
     captured: EncodedController = system.call_controller(capture_encoded, allow_pickle)
     t_capture = time.monotonic()
-    n = system.n_units
     reuse = ray.put(target.reuse_index)
     jobs = [
-        (
-            UnitJob(
-                unit=k,
-                units=n,
-                plan=plan,
-                shards=Shards(repo.store),
-                options=options,
-                block_size=block_size,
-                allow_pickle=allow_pickle,
-                measure_memcpy=measure_memcpy,
-            ),
-            reuse,
+        (job, reuse)
+        for job in unit_jobs(
+            repo,
+            captured,
+            system.n_units,
+            options=options,
+            allow_pickle=allow_pickle,
+            block_size=block_size,
+            measure_memcpy=measure_memcpy,
+        )
+    ]
+    results: list[UnitResult] = system.call_units(snapshot_unit, jobs)
+    return assemble(system, target, captured, results, block_size=block_size, t_capture=t_capture)
+
+
+def unit_jobs(
+    repo: Repository,
+    captured: EncodedController,
+    n: int,
+    *,
+    options: PackOptions,
+    allow_pickle: bool,
+    block_size: int,
+    measure_memcpy: bool = False,
+) -> list[UnitJob]:
+    """Per unit, what it must save: the samples the captured controller saw produced there."""
+    return [
+        UnitJob(
+            unit=k,
+            units=n,
+            plan=plan,
+            shards=Shards(repo.store),
+            options=options,
+            block_size=block_size,
+            allow_pickle=allow_pickle,
+            measure_memcpy=measure_memcpy,
         )
         for k, plan in enumerate(_plan(captured.statuses, n))
     ]
-    results: list[UnitResult] = system.call_units(snapshot_unit, jobs)
+
+
+def assemble(
+    system: TransferQueueSystem,
+    target: _Target,
+    captured: EncodedController,
+    results: list[UnitResult],
+    *,
+    block_size: int,
+    t_capture: float,
+) -> _Taken:
+    """Steps 4-5 up to the commit: the units' references, the reconcile, the controller items."""
     t_upload = time.monotonic()
+    n = len(results)
     for r in results:
         target.add_result(r.pack)
     statuses, dropped = _reconcile(captured.statuses, results)
@@ -310,33 +344,3 @@ def snapshot_system(
         max(result.unit_stall_s, default=0.0),
     )
     return result
-
-
-def stage_system(
-    system: TransferQueueSystem,
-    repo: Repository,
-    token: JobToken | str,
-    part: str = "queue",
-    *,
-    allow_pickle: bool = False,
-    options: PackOptions | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-) -> StagedPart:
-    """Stage ``system`` as part ``part`` of a job snapshot: the same capture and upload, no commit.
-
-    The part deduplicates against the same part of the job's parent. Its stats carry the
-    controller and unit stalls (``tq_controller_stall_s``, ``tq_unit_stall_s``).
-    """
-    _check_args(repo, block_size)
-    options = options or TQ_PACK_OPTIONS
-    stager = PartStager.begin(repo, token, part, KIND, options=options)
-    taken = _take(
-        system,
-        repo,
-        stager,
-        options=options,
-        allow_pickle=allow_pickle,
-        block_size=block_size,
-        measure_memcpy=False,
-    )
-    return stager.finish(taken.extra, stats=taken.stats)

@@ -26,6 +26,7 @@ from ...engine.shards import Shards
 from ...format.manifest import ShardRef
 from .blocks import EncodedBlock, encode_block
 from .guard import between_requests
+from .held import drop, hold, take
 from .layout import data_path, encode_runs
 from .system import in_actor
 
@@ -117,6 +118,32 @@ def measure_memcpy(snap: dict[str, dict[int, Any]]) -> tuple[float, float, int]:
 def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitResult:
     """Save this unit's produced samples; runs inside the storage unit actor."""
     snap, stall = copy_field_data(self.storage_data)
+    return upload_copy(job, reuse, snap, stall)
+
+
+@in_actor
+def capture_unit(self: Any, capture_id: str) -> float:
+    """The capture of an asynchronous stage: the pointer copy, kept here; returns the stall."""
+    snap, stall = copy_field_data(self.storage_data)
+    hold(self, capture_id, (snap, stall))
+    return stall
+
+
+@in_actor
+def upload_held(self: Any, capture_id: str, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitResult:
+    """Pack and upload the copy :func:`capture_unit` kept: the values as they were at the capture."""
+    snap, stall = take(self, capture_id)
+    return upload_copy(job, reuse, snap, stall)
+
+
+@in_actor
+def drop_unit_capture(self: Any, capture_id: str) -> None:
+    """Forget an abandoned capture's copy."""
+    drop(self, capture_id)
+
+
+def upload_copy(job: UnitJob, reuse: dict[str, ShardRef], snap: dict[str, dict[int, Any]], stall: float) -> UnitResult:
+    """Encode, hash and upload the planned samples of a unit's copy (outside any lock)."""
     result = UnitResult(PackResult(), stall_s=stall, entries=sum(len(v) for v in snap.values()))
     if job.measure_memcpy:
         result.memcpy_s, result.memcpy_raw_s, result.data_bytes = measure_memcpy(snap)

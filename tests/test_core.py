@@ -401,7 +401,7 @@ def test_future_format_version_is_refused(store: ObjectStore) -> None:
     tqsnap.save(store, {"v": 1}, stream="s")
     key = snapshot_key("s", 1)
     doc = json.loads(store.get(key))
-    doc["format_version"] = "2.0"
+    doc["format_version"] = "3.0"  # 2.0 is the columnar-body manifest
     store.put(key, json.dumps(doc).encode())
     with pytest.raises(UnsupportedFormatError, match="upgrade tqsnap"):
         tqsnap.load(store, stream="s")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MissingShardError
+from ..format.body_columnar_read import items_by_path
 from ..format.manifest import Item, Manifest, ShardRef, decode_body
 from ..store.base import ObjectStore
 from ..store.buffers import writable_buffer
@@ -103,7 +104,10 @@ def load_body(shards: Shards | ObjectStore, manifest: Manifest) -> Manifest:
     if manifest.body_shard is not None and not manifest.items and not manifest.extra:
         shards = shards if isinstance(shards, Shards) else Shards(shards)
         ref = manifest.shards[manifest.body_shard]
-        manifest.items, manifest.extra = decode_body(bytes(shards.get(ref, snapshot=str(manifest.id))), ref.key)
+        data = shards.get(ref, snapshot=str(manifest.id))
+        manifest.items, manifest.extra = decode_body(  # type: ignore[assignment]
+            data if manifest.body_format else bytes(data), ref.key, manifest.body_format
+        )
         manifest.validate(str(manifest.id))
     return manifest
 
@@ -130,7 +134,8 @@ class SnapshotReader:
         self.window_bytes = window_bytes
         self.name = str(manifest.id)
         load_body(self.shards, manifest)
-        self.items: dict[str, Item] = {item.path: item for item in manifest.items}
+        #: ``{path: Item}``; for a columnar body a view that finds paths by binary search.
+        self.items: Mapping[str, Item] = items_by_path(manifest.items)
 
     def read_items(self, paths: Iterable[str] | None = None, *, verify: bool = True) -> dict[str, memoryview]:
         """Return ``{path: bytes view}`` for the given items (all when None).

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ManifestError
+from ..errors import ManifestError, UnsupportedFormatError
 from . import strict, typed_json
 from .keys import parse_shard_key, validate_name
 from .shard import CODECS
 from .strict import MAX_BYTES, MAX_EXTENTS, MAX_ITEMS, MAX_SEQ, MAX_SHARDS
-from .version import FORMAT_VERSION, check_version
+from .version import FORMAT_VERSION, MANIFEST_MAJORS, check_version
+
+#: ``body_format`` values a format 2 manifest may name (closed: another is refused as newer).
+COLUMNAR_BODY = "columnar/1"
 
 ITEM_KINDS = ("tensor", "bytes", "pickle", "blob")
 
@@ -201,6 +205,9 @@ class Manifest:
     stats: dict[str, Any] = field(default_factory=dict)
     body_shard: int | None = None
     format_version: str = FORMAT_VERSION
+    #: None: a JSON body (inline or in the body shard); ``columnar/1``: a columnar body shard
+    #: (format 2.0, docs/format.md section 6.1).
+    body_format: str | None = None
 
     @property
     def id(self) -> SnapshotId:
@@ -222,6 +229,8 @@ class Manifest:
         }
         if self.body_shard is not None:
             d["body_shard"] = self.body_shard
+            if self.body_format is not None:
+                d["body_format"] = self.body_format
         else:
             d["extra"] = self.extra
             if include_items:
@@ -242,7 +251,7 @@ class Manifest:
         """
         what = "manifest"
         doc = strict.obj(strict.load_json(data, key, what, max_bytes=strict.MAX_MANIFEST_BYTES), key, what)
-        check_version(doc, key)
+        major = check_version(doc, key, MANIFEST_MAJORS)
         stream = strict.string(doc, "stream", key, what, max_len=256)
         try:
             validate_name(stream)
@@ -251,6 +260,16 @@ class Manifest:
         body_shard = None
         if doc.get("body_shard") is not None:
             body_shard = strict.integer(doc, "body_shard", key, what, hi=MAX_SHARDS)
+        body_format = None
+        if major == 2:  # 1.x manifests have no body_format: an unknown member there is ignored
+            body_format = strict.string(doc, "body_format", key, what, max_len=64)
+            if body_format != COLUMNAR_BODY:
+                raise UnsupportedFormatError(
+                    f"manifest {key!r} has a body of format {body_format!r}, which this tqsnap does not "
+                    f"know (it reads {COLUMNAR_BODY!r}); upgrade tqsnap to read it"
+                )
+            if body_shard is None:
+                raise ManifestError(f"manifest {key!r}: a {body_format} body must be in a body shard")
         manifest = cls(
             kind=strict.string(doc, "kind", key, what, max_len=256),
             stream=stream,
@@ -269,20 +288,28 @@ class Manifest:
             stats=strict.mapping(doc, "stats", key, what),
             body_shard=body_shard,
             format_version=strict.string(doc, "format_version", key, what, max_len=32),
+            body_format=body_format,
         )
         manifest.validate(key)
         return manifest
 
     def validate(self, key: str) -> None:
         """Check internal references so a reader never indexes out of range."""
+        from .body_columnar import MAX_COLUMNAR_BODY_BYTES
+        from .body_columnar_read import ColumnarItems
+
         n = len(self.shards)
         if self.body_shard is not None and not 0 <= self.body_shard < n:
             raise ManifestError(f"manifest {key!r}: body_shard {self.body_shard} out of range")
-        if self.body_shard is not None and self.shards[self.body_shard].size > strict.MAX_BODY_BYTES:
+        limit = strict.MAX_BODY_BYTES if self.body_format is None else MAX_COLUMNAR_BODY_BYTES
+        if self.body_shard is not None and self.shards[self.body_shard].size > limit:
             raise ManifestError(
                 f"manifest {key!r}: its body shard declares {self.shards[self.body_shard].size} bytes, "
-                f"more than the {strict.MAX_BODY_BYTES}-byte limit for a body"
+                f"more than the {limit}-byte limit for a body"
             )
+        if isinstance(self.items, ColumnarItems):  # every other rule held when it was decoded
+            self.items.check_shards([ref.size for ref in self.shards], key)
+            return
         if len(self.items) > MAX_ITEMS:
             raise ManifestError(f"manifest {key!r} lists {len(self.items)} items, more than {MAX_ITEMS}")
         paths: set[str] = set()
@@ -310,8 +337,18 @@ def encode_body(items: list[Item], extra: dict[str, Any]) -> bytes:
     return typed_json.portable_dumps(body, "a snapshot body")
 
 
-def decode_body(data: bytes, key: str) -> tuple[list[Item], dict[str, Any]]:
-    """Parse a body shard strictly (the same rules and limits as a manifest's inline body)."""
+def decode_body(data: bytes, key: str, body_format: str | None = None) -> tuple[Sequence[Item], dict[str, Any]]:
+    """Parse a body shard strictly (the same rules and limits as a manifest's inline body).
+
+    A ``columnar/1`` body (the manifest's ``body_format``) comes back as a lazy sequence whose
+    columns were all checked here; the manifest's ``validate`` then checks its extents against
+    the shard table.
+    """
+    if body_format == COLUMNAR_BODY:
+        from .body_columnar_read import ColumnarItems
+
+        items = ColumnarItems(data, key)
+        return items, items.extra
     what = "body shard"
     doc = strict.obj(strict.load_json(data, key, what, max_bytes=strict.MAX_BODY_BYTES), key, what)
     items = [Item.from_json(i, key, what) for i in strict.array(doc, "items", key, what, max_len=MAX_ITEMS)]

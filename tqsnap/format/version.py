@@ -17,13 +17,20 @@ FORMAT_MAJOR = 1
 #: text without lone surrogates); docs/format.md, "Changes", lists every version.
 FORMAT_MINOR = 2
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
+#: 2.0: a manifest whose body shard is columnar (``body_format``: ``columnar/1``). Only such a
+#: manifest is written as 2.0; every other object keeps 1.2. A major version, because a 1.x
+#: reader must refuse it as newer (``UnsupportedFormatError``) rather than fail on its body
+#: as if it were a damaged JSON body.
+COLUMNAR_FORMAT_VERSION = "2.0"
+#: The major versions a manifest may carry; other objects are major 1 only.
+MANIFEST_MAJORS = (1, 2)
 
 #: ``MAJOR[.MINOR]`` in ASCII digits only (``str.isdigit`` would take '¹' and then ``int`` fail).
 _VERSION_RE = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,9}))?", re.ASCII)
 
 
-def check_version(doc: dict[str, Any], key: str) -> None:
-    """Raise unless ``doc['format_version']`` has a major version this reader understands."""
+def check_version(doc: dict[str, Any], key: str, majors: tuple[int, ...] = (FORMAT_MAJOR,)) -> int:
+    """The major version of ``doc['format_version']``; raise unless it is one of ``majors``."""
     if not isinstance(doc, dict):
         raise ManifestError(f"{key} is not a JSON object")
     version = doc.get("format_version")
@@ -32,8 +39,10 @@ def check_version(doc: dict[str, Any], key: str) -> None:
     m = _VERSION_RE.fullmatch(version)
     if m is None:
         raise ManifestError(f"{key}: malformed format_version {version[:40]!r}; expected MAJOR.MINOR")
-    if int(m.group(1)) != FORMAT_MAJOR:
+    major = int(m.group(1))
+    if major not in majors:
         raise UnsupportedFormatError(
             f"{key} has format_version {version}, but this tqsnap reads major version "
-            f"{FORMAT_MAJOR} only; upgrade tqsnap to read it"
+            f"{' or '.join(map(str, majors))} only for this object; upgrade tqsnap to read it"
         )
+    return major

@@ -345,6 +345,15 @@ def test_a_filesystem_without_atomic_create_is_refused_for_shared_use(tmp_path: 
     assert not probe_store(store).ok, "doctor reports the missing atomic create"
 
 
+def test_the_recorded_single_writer_choice_is_applied_on_open(tmp_path: Path) -> None:
+    url = f"local://{tmp_path}/repo"
+    assert main(["init", url, "--single-writer"]) == 0
+    info = tqsnap.save(url, {"x": b"no flag needed"})  # no single_writer option passed
+    assert tqsnap.load(url, snapshot=info.seq) == {"x": b"no flag needed"}
+    repo = Repository.open(url)
+    assert repo.store.spec().options["single_writer"] is True, "actors reopening the store keep it"
+
+
 def test_single_writer_round_trip_on_a_plain_filesystem(tmp_path: Path) -> None:
     url = f"local://{tmp_path}/repo"
     options = {"single_writer": True}

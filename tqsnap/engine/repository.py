@@ -185,6 +185,8 @@ class Repository:
             ) from None
         config = current_config(store, RepoConfig.decode(raw, CONFIG_KEY))
         config.check_safe()
+        if config.single_writer:
+            store.declare_single_writer()
         return cls(store, config)
 
     # --- listing -----------------------------------------------------------------------------

@@ -91,6 +91,15 @@ class ObjectStore(abc.ABC):
     #: same objects. An in-process store cannot be shared; wrappers are not shared by default.
     shareable_across_processes: bool = False
 
+    def declare_single_writer(self) -> None:
+        """The repository says one writer at a time uses it (``single_writer`` in ``tqsnap.json``).
+
+        Why: a store without an atomic create refuses ``put_if_absent`` unless told so, and a
+        repository made with ``tqsnap init --single-writer`` records that choice once, so that
+        every later writer need not repeat it. Stores whose creates are atomic ignore it.
+        """
+        return None
+
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
         """Return the whole object. Raises :class:`~tqsnap.errors.ObjectNotFoundError`."""

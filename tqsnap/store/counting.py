@@ -45,6 +45,9 @@ class CountingStore(ObjectStore):
         self._tally("get", n)
         return n
 
+    def declare_single_writer(self) -> None:
+        self.inner.declare_single_writer()
+
     def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
         n, size = self.inner.get_into_sized(key, buf, start)
         self._tally("get", n)

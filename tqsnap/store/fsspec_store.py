@@ -12,7 +12,8 @@ clock, and batched deletes.
 A filesystem without a native create (HDFS, SFTP, a local path through fsspec, ...) is opened
 with ``atomic_create`` False: its ``put_if_absent`` is refused with
 :class:`~tqsnap.errors.ConditionalWriteUnsupportedError` unless the store was opened with
-``single_writer=True`` (``tqsnap init --single-writer``, recorded in ``tqsnap.json``), and
+``single_writer=True`` or its repository was made with ``tqsnap init --single-writer`` (recorded
+in ``tqsnap.json`` and applied on every open: :meth:`~.base.ObjectStore.declare_single_writer`), and
 ``tqsnap init`` refuses such a store for shared use after probing it.
 
 :func:`open_fsspec_store` wraps the store in the common retry policy (:mod:`.retry`); the
@@ -120,6 +121,10 @@ class FsspecStore(ObjectStore):
         self.atomic_create = self.backend.atomic_create
         self._clock_lock = threading.Lock()
         self._clock: tuple[float, float] | None = None  # (offset to the server, when measured)
+
+    def declare_single_writer(self) -> None:
+        self.single_writer = True
+        self._options["single_writer"] = True
 
     def spec(self) -> StoreSpec:
         """The URL and the options as given (credentials included: never log its options)."""

@@ -273,6 +273,9 @@ class RetryingStore(ObjectStore):
     def get_into(self, key: str, buf: memoryview, start: int = 0) -> int:
         return self._run("get_into", key, lambda: self.inner.get_into(key, buf, start))
 
+    def declare_single_writer(self) -> None:
+        self.inner.declare_single_writer()
+
     def get_into_sized(self, key: str, buf: memoryview, start: int = 0) -> tuple[int, int | None]:
         return self._run("get_into", key, lambda: self.inner.get_into_sized(key, buf, start))
 

@@ -204,6 +204,10 @@ class S3Store(ObjectStore):
             ensure_bucket(self._s3)
             self._bucket_checked = True
 
+    def declare_single_writer(self) -> None:
+        self.single_writer = True
+        self._spec = StoreSpec(self._spec.url, {**self._spec.options, "single_writer": True})
+
     def spec(self) -> StoreSpec:
         """URL, endpoint, region, conditional mode, retry policy, client config, and credentials
         only if they were passed explicitly (otherwise the other process uses its own boto3

@@ -92,12 +92,29 @@ def _dictionary(values: list[Any], what: str) -> tuple[list[Any], np.ndarray]:
     return table, np.fromiter((code[v] for v in values), dtype=np.uint8, count=len(values))
 
 
+@dataclass
+class Columns:
+    """A body's columns before layout: the header's counts and dictionaries, each column's bytes."""
+
+    n: int
+    e: int
+    d: int
+    kinds: list[Any]
+    dtypes: list[Any]
+    data: dict[str, bytes]
+
+
 def encode_columnar(items: Sequence[Any], extra: dict[str, Any], where: str = "a snapshot body") -> bytes:
     """``items`` (``Item`` objects) and ``extra`` as a ``columnar/1`` body shard payload.
 
     Refuses (``FormatError``, nothing written) what a reader would refuse: two items with one
     path, a path that is not Unicode, an extent longer than a shard can be, too many items.
     """
+    return assemble(build_columns(items, extra, where))
+
+
+def build_columns(items: Sequence[Any], extra: dict[str, Any], where: str = "a snapshot body") -> Columns:
+    """The columns of ``items`` (see :func:`encode_columnar`), before :func:`assemble` lays them out."""
     n = len(items)
     if n > MAX_COLUMNAR_ITEMS:
         raise FormatError(f"{where} has {n} items, more than the {MAX_COLUMNAR_ITEMS} a columnar body holds")
@@ -145,14 +162,14 @@ def encode_columnar(items: Sequence[Any], extra: dict[str, Any], where: str = "a
     }
     if len(lengths) > MAX_COLUMNAR_EXTENTS:
         raise FormatError(f"{where} has {len(lengths)} extents, more than {MAX_COLUMNAR_EXTENTS}")
-    return assemble(n, len(lengths), sum(len(s) for s in shapes), kinds, dtypes, data)
+    return Columns(n, len(lengths), sum(len(s) for s in shapes), kinds, dtypes, data)
 
 
 def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def assemble(n: int, e: int, d: int, kinds: list[Any], dtypes: list[Any], data: dict[str, bytes]) -> bytes:
+def assemble(cols: Columns) -> bytes:
     """Lay out magic, header and columns (each column starts at a multiple of 8, zero padded).
 
     The header's byte length is fixed before the column offsets are known by writing it with
@@ -160,6 +177,7 @@ def assemble(n: int, e: int, d: int, kinds: list[Any], dtypes: list[Any], data: 
     move the columns, so the loop runs until the header stops changing length (twice at most
     in practice; bounded at 8 rounds).
     """
+    data = cols.data
     header_len = 0
     for _ in range(8):
         pos = _align8(len(MAGIC) + 4 + header_len)
@@ -168,8 +186,8 @@ def assemble(n: int, e: int, d: int, kinds: list[Any], dtypes: list[Any], data: 
             spans[col.name] = [pos, len(data[col.name])]
             pos = _align8(pos + len(data[col.name]))
         header = json.dumps(
-            {"body_format": BODY_FORMAT, "items": n, "extents": e, "shape_dims": d,
-             "kinds": kinds, "dtypes": dtypes, "columns": spans},
+            {"body_format": BODY_FORMAT, "items": cols.n, "extents": cols.e, "shape_dims": cols.d,
+             "kinds": cols.kinds, "dtypes": cols.dtypes, "columns": spans},
             separators=(",", ":"), ensure_ascii=False,
         ).encode("utf-8")
         if len(header) == header_len:

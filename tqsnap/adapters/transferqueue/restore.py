@@ -5,8 +5,10 @@
    ``force``.
 2. Read the controller items here (verified against their hashes).
 3. Stage, all at once: the controller decodes its items and keeps the state aside, while
-   every target unit fetches, verifies and decodes its own samples, routed by ``gi % n``
-   over the target's unit order, and keeps them aside (:mod:`.unit_restore`).
+   every target unit fetches and verifies the shards assigned to it (each shard to one
+   unit), decodes its own samples, routed by ``gi % n`` over the target's unit order, and
+   hands the items other units also need on to them, unit to unit; then each unit decodes
+   what it was handed, and keeps it all aside (:mod:`.unit_restore`).
 4. Hold: every unit, then the controller, is checked empty (unless ``force``) and from then
    on holds its puts, clears and requests off (:func:`.guard.hold`), so nothing can land
    between the last check and the install.
@@ -42,7 +44,15 @@ from .controller_restore import (
 )
 from .layout import KIND, parse_data_path, sampler_path
 from .system import TransferQueueSystem
-from .unit_restore import StageJob, discard_unit, hold_unit, install_unit, release_unit, stage_unit
+from .unit_restore import (
+    StageJob,
+    discard_unit,
+    hold_unit,
+    install_unit,
+    receive_unit,
+    release_unit,
+    stage_unit,
+)
 from .validate import check_manifest, check_pickle, check_sampler, check_target
 
 log = logging.getLogger(__name__)
@@ -57,6 +67,8 @@ class TQRestoreResult:
     bytes: int
     units: int
     source_units: int
+    fetched_bytes: int = 0  # shard bytes the units read from the store (each shard once)
+    shipped_bytes: int = 0  # verified item bytes units handed to other units (another unit count)
     validate_s: float = 0.0
     stage_s: float = 0.0
     install_s: float = 0.0
@@ -72,24 +84,43 @@ class TQRestoreResult:
 def _stage_jobs(
     reader: Any, units: int, token: str, repo: Repository, allow_pickle: bool, threads: int
 ) -> list[StageJob]:
-    """Per target unit: the data items holding samples with ``gi % units == unit``.
+    """Per target unit: the shards it reads, and the data items in them with their target units.
+
+    Every shard is read by exactly one unit, so the store serves each stored byte once whatever
+    the source and target unit counts. Items that share a shard (a pack) or a shard's bytes (a
+    chunk kept once for two items) form a group read by one unit: the unit that needs most of
+    the group's bytes, the least loaded on a tie (a block rerouted into another unit count is
+    needed by every target in equal parts, so groups spread evenly). A unit hands the items
+    other units need on to them (:func:`.unit_restore.stage_unit`). When the unit counts are
+    equal each item is needed by its own unit only, so nothing is handed on.
 
     The items' paths and sample runs were checked by :func:`.validate.check_manifest`; the
     target units of an item are read from its runs without expanding them.
     """
-    per_unit: list[list[tuple[str, Item]]] = [[] for _ in range(units)]
+    entries: list[tuple[str, Item, tuple[int, ...]]] = []
     for path, item in reader.items.items():
         parsed = parse_data_path(path)
         if parsed is None:
             continue
         _, name, _, k, n = parsed
         targets = {k} if n == units else block_units(item.meta, units, f"data item {path!r} of {reader.name}")
-        for j in targets:
-            per_unit[j].append((name, item))
+        if targets:
+            entries.append((name, item, tuple(sorted(targets))))
+    shards = reader.manifest.shards
+    load = [0] * units
+    per_unit: list[list[tuple[str, Item, tuple[int, ...]]]] = [[] for _ in range(units)]
+    for group in _shard_groups(entries):
+        need = [0.0] * units
+        for _, item, targets in group:
+            for t in targets:
+                need[t] += item.size / len(targets)
+        best = max(range(units), key=lambda u: (need[u], -load[u], -u))
+        load[best] += sum(shards[s].stored_size for s in {e.shard for _, item, _ in group for e in item.extents})
+        per_unit[best].extend(group)
     jobs = []
     source = Shards(repo.store, threads=threads)
-    for j, entries in enumerate(per_unit):
-        refs, items = select_shards(reader.manifest.shards, (item for _, item in entries))
+    for j, group in enumerate(per_unit):
+        refs, items = select_shards(shards, (item for _, item, _ in group))
         jobs.append(
             StageJob(
                 unit=j,
@@ -97,12 +128,34 @@ def _stage_jobs(
                 token=token,
                 source=source,
                 refs=refs,
-                items=[(name, item) for (name, _), item in zip(entries, items, strict=True)],
+                items=[(name, item, targets) for (name, _, targets), item in zip(group, items, strict=True)],
                 snapshot=reader.name,
                 allow_pickle=allow_pickle,
             )
         )
     return jobs
+
+
+def _shard_groups(entries: list[tuple[str, Item, tuple[int, ...]]]) -> list[list[tuple[str, Item, tuple[int, ...]]]]:
+    """``entries`` grouped so that two items using one shard are in one group; manifest order kept."""
+    parent: dict[int, int] = {}
+
+    def root(s: int) -> int:
+        while parent.setdefault(s, s) != s:
+            parent[s] = parent[parent[s]]
+            s = parent[s]
+        return s
+
+    for _, item, _ in entries:
+        first = [root(e.shard) for e in item.extents]
+        for r in first[1:]:
+            parent[r] = first[0]
+    groups: dict[Any, list[tuple[str, Item, tuple[int, ...]]]] = {}
+    for i, entry in enumerate(entries):
+        extents = entry[1].extents
+        key: Any = root(extents[0].shard) if extents else ("empty", i)  # an empty item needs no shard
+        groups.setdefault(key, []).append(entry)
+    return list(groups.values())
 
 
 def restore_system(
@@ -161,7 +214,20 @@ def restore_system(
             ),
             *system.start_units(stage_unit, [(job,) for job in jobs]),
         ]
-        staged = system.collect(refs)[1:]
+        read = system.collect(refs)[1:]
+        # Each unit takes what the others read for it, straight from them: the coordinator
+        # passes references, never the bytes.
+        staged = system.call_units(
+            receive_unit,
+            [
+                (token, j, system.n_units, [r["sent"][j] for r in read if j in r["sent"]], reader.name, allow_pickle)
+                for j in range(system.n_units)
+            ],
+        )
+        fetched = sum(r["fetched_bytes"] for r in read)
+        shipped = sum(r["shipped_bytes"] for r in read)
+        kept = sum(r["kept_bytes"] for r in read)
+        del read  # drops the references to the bundles, so Ray frees them
     except BaseException:
         _discard(system, token)
         raise
@@ -187,7 +253,9 @@ def restore_system(
     result = TQRestoreResult(
         snapshot=reader.name,
         samples=sum(s["samples"] for s in staged),
-        bytes=sum(s["bytes"] for s in staged),
+        bytes=kept + shipped,
+        fetched_bytes=fetched,
+        shipped_bytes=shipped,
         units=system.n_units,
         source_units=header.units,
         validate_s=t_validate - t0,

@@ -1,7 +1,7 @@
 """A minimal reader of tqsnap repositories written from docs/format.md (and docs/format/) alone.
 
 It imports nothing of tqsnap: only the standard library, xxhash and zstandard. It reads
-format 1.0, 1.1 and 1.2 (state tree versions 1 to 3). It lists
+format 1.0, 1.1, 1.2 and 2.0 (state tree versions 1 to 3; the columnar body). It lists
 streams, resolves snapshots (tombstones, tags), fetches and verifies shards, assembles items,
 and rebuilds ``state_dict`` trees. Tensors come back as ``(dtype name, shape, raw bytes)``, so
 dtypes numpy lacks (bfloat16, float8) need no special case. Its one job is to prove that the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ class FormatViolation(Exception):
     """The repository breaks a MUST of docs/format.md."""
 
 
-def _json(path: Path) -> dict[str, Any]:
+def _json(path: Path, majors: tuple[str, ...] = ("1",)) -> dict[str, Any]:
     def no_constants(name: str) -> Any:
         raise FormatViolation(f"{path}: {name} is not allowed")
 
@@ -49,7 +50,7 @@ def _json(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise FormatViolation(f"{path}: not a JSON object")
     major = str(doc.get("format_version", "")).split(".")[0]
-    if major != "1":
+    if major not in majors:
         raise FormatViolation(f"{path}: unsupported format_version {doc.get('format_version')!r}")
     return doc
 
@@ -93,10 +94,14 @@ class Repo:
         return int(selector)
 
     def manifest(self, stream: str, seq: int) -> dict[str, Any]:
-        m = _json(self.root / "snapshots" / stream / f"{seq:020d}.json")
+        m = _json(self.root / "snapshots" / stream / f"{seq:020d}.json", ("1", "2"))
         if m["stream"] != stream or m["seq"] != seq:
             raise FormatViolation(f"manifest {stream}@{seq} names {m['stream']}@{m['seq']}")
-        if m.get("body_shard") is not None:
+        if m["format_version"].startswith("2.") and m["body_format"] != "columnar/1":
+            raise FormatViolation(f"manifest {stream}@{seq}: unknown body_format {m['body_format']!r}")
+        if m["format_version"].startswith("2."):
+            m["items"], m["extra"] = columnar_body(bytes(self.shard(m["shards"][m["body_shard"]])))
+        elif m.get("body_shard") is not None:
             body = json.loads(bytes(self.shard(m["shards"][m["body_shard"]])))
             m["items"], m["extra"] = body["items"], body["extra"]
         return m
@@ -139,6 +144,43 @@ class Repo:
             else:
                 out[item["path"]] = data
         return out
+
+
+def columnar_body(data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A ``columnar/1`` body (docs/format.md section 6.1) as the items and extra of a JSON body."""
+    (header_len,) = struct.unpack_from("<I", data, 8)
+    if data[:8] != b"TQSNCOL1" or 12 + header_len > len(data):
+        raise FormatViolation("not a columnar/1 body")
+    h = json.loads(data[12 : 12 + header_len])
+    if h["body_format"] != "columnar/1":
+        raise FormatViolation(f"body_format {h['body_format']!r}")
+
+    def col(name: str, code: str = "", width: int = 1) -> Any:
+        off, length = h["columns"][name]
+        if off < 12 + header_len or off + length > len(data) or length % width:
+            raise FormatViolation(f"column {name} lies outside the body")
+        return struct.unpack_from(f"<{length // width}{code}", data, off) if code else data[off : off + length]
+
+    po, paths, kind, dtype, flags = col("path_offsets", "I", 4), col("path_data"), col("kind"), col("dtype"), col("flags")
+    size, so, dims, xo = col("size", "Q", 8), col("shape_offsets", "I", 4), col("shape_dims", "Q", 8), col("extent_offsets", "I", 4)
+    xs, xoff, xlen = col("extent_shard", "I", 4), col("extent_offset", "Q", 8), col("extent_length", "Q", 8)
+    hashes, mo, metas = col("hash"), col("meta_offsets", "I", 4), col("meta_data")
+    items = []
+    for i in range(h["items"]):
+        item = {"path": paths[po[i] : po[i + 1]].decode("utf-8"), "kind": h["kinds"][kind[i]], "size": size[i],
+                "extents": [[xs[j], xoff[j], xlen[j]] for j in range(xo[i], xo[i + 1])]}
+        if h["dtypes"][dtype[i]] is not None:
+            item["dtype"] = h["dtypes"][dtype[i]]
+        if flags[i] & 1:
+            item["shape"] = list(dims[so[i] : so[i + 1]])
+        if flags[i] & 2:
+            item["hash"] = hashes[16 * i : 16 * i + 16].hex()
+        if mo[i + 1] > mo[i]:
+            item["meta"] = json.loads(metas[mo[i] : mo[i + 1]])
+        items.append(item)
+    if len({item["path"] for item in items}) != len(items):
+        raise FormatViolation("two items share a path")
+    return items, json.loads(col("extra"))
 
 
 def state_tree(node: dict[str, Any], items: dict[str, Any], version: int = 3) -> Any:

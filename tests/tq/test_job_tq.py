@@ -70,3 +70,25 @@ def test_a_job_snapshot_restored_as_a_plain_queue_snapshot_names_its_parts(tq_ma
         restore_system(tq_main.system, repo, "mixed", force=True)
     with pytest.raises(SnapshotNotFoundError, match="no part 'rollouts'"):
         tqsnap.tq.restore(repo_url, stream="mixed", part="rollouts", force=True)
+
+
+def test_an_async_queue_part_holds_the_queue_as_captured_whatever_happens_after(tq_main, tq_two, repo_url):
+    fill(tq_main.client)
+    before = dump(tq_main.system)
+
+    job = tqsnap.job.begin(repo_url, stream="async")
+    pending = tqsnap.tq.stage_async(job, part="queue")  # returns once the queue is captured
+    assert pending.captured.done() and pending.captured.exception() is None
+    # The job goes on at once: new samples, a consumed batch, and that batch cleared.
+    put(tq_main.client, "train", list(range(53, 61)))
+    meta = tq_main.client.get_meta(data_fields=FIELDS, batch_size=8, partition_id="train", task_name="learner")
+    tq_main.client.get_data(meta)
+    tq_main.client.clear_samples(meta)
+    job.add_async("queue", pending)
+    job.add_async("loop", {"step": 8})
+    info = job.commit_async(metadata={"step": 8}).result(timeout=300)
+
+    assert info.kind == "job" and job.parts["queue"].stats["tq_samples"] == 53 + 9 + 3
+    restored = tqsnap.tq.restore(repo_url, stream="async", part="queue", system=tq_two.system)
+    assert restored.samples == 65
+    assert_same(before, dump(tq_two.system))  # contents and consumption status as captured

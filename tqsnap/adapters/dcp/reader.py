@@ -35,14 +35,15 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPla
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
-from ...engine import Repository, SnapshotReader
+from ...engine import Repository
 from ...engine.job_read import open_reader
 from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError
 from ...format.manifest import Item, ShardRef
+from ..checkpoint_reader import CheckpointReaderSettings
 from ..tensors import dtype_name, tensor_bytes, tensor_from_bytes
 from .byte_values import restricted_value_stream
 from .checks import BYTES_KIND, check_reads, check_snapshot
-from .layout import EXTRA_KEY, KIND, CheckpointRef, is_checkpoint_id, parse_checkpoint_id, snapshot_arg
+from .layout import EXTRA_KEY, KIND, is_checkpoint_id, parse_checkpoint_id, snapshot_arg
 from .metadata_json import decode_metadata
 from .repos import RepoLike, open_repository, repo_url
 from .transfer import narrow, resolves_views
@@ -56,7 +57,7 @@ class _FailedRead:
     """Placeholder ``storage_data`` handed to DCP after ``read_metadata`` failed (see there)."""
 
 
-class Reader(StorageReader):
+class Reader(CheckpointReaderSettings, StorageReader):
     """Load a DCP checkpoint that :class:`~tqsnap.adapters.dcp.writer.Writer` saved.
 
     ``dcp.load(state_dict, storage_reader=Reader("s3://bucket/prefix", stream="run-1"))``
@@ -93,37 +94,22 @@ class Reader(StorageReader):
         part: str | None = None,
     ) -> None:
         super().__init__()
-        self.part = part
-        self.url = url
-        self.stream = stream
-        self.snapshot: str | int = snapshot
-        self.storage_options = dict(storage_options or {})
-        self.threads = threads
-        self.window_bytes = window_bytes
-        self.allow_pickle = allow_pickle
+        self._settle(
+            url,
+            stream,
+            snapshot,
+            storage_options=storage_options,
+            threads=threads,
+            window_bytes=window_bytes,
+            allow_pickle=allow_pickle,
+            part=part,
+        )
         self.load_id = uuid.uuid4().hex
-        self.is_coordinator = False
-        self.rank: int | None = None
-        self._repo: Repository | None = url if isinstance(url, Repository) else None
-        self._snapshot: SnapshotReader | None = None
         self._paths: dict[MetadataIndex, str] = {}
         self._chunk_sizes: dict[MetadataIndex, torch.Size] = {}
         self._failure: Exception | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if isinstance(self.url, str):
-            state["_repo"] = None
-        state["_snapshot"] = None
-        return state
-
     # --- identity ----------------------------------------------------------------------------
-
-    @property
-    def checkpoint_id(self) -> str:
-        """``<url>#<stream>@<snapshot>``; after ``read_metadata`` the snapshot is the resolved seq."""
-        snapshot = self._snapshot.manifest.seq if self._snapshot is not None else self.snapshot
-        return str(CheckpointRef(repo_url(self.url), self.stream, str(snapshot)))
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:

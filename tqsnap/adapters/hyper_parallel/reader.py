@@ -28,16 +28,17 @@ import logging
 import os
 from typing import Any
 
-from ...engine import Repository, SnapshotReader
+from ...engine import Repository
 from ...engine.job_read import open_reader
 from ...errors import InconsistentSnapshotError, ManifestError, ShapeMismatchError
 from ...format.manifest import Item
+from ..checkpoint_reader import CheckpointReaderSettings
 from ..dcp.checks import BYTES_KIND, TENSOR_KIND, _check_bounds, _check_cover, _check_region
 from ..dcp.layout import snapshot_arg
 from ..dcp.repos import RepoLike, open_repository, repo_url
 from ..tensors import tensor_from_bytes
 from .byte_values import safe_value_bytes
-from .layout import EXTRA_KEY, KIND, CheckpointRef, dtype_key, parse_hp_checkpoint_id
+from .layout import EXTRA_KEY, KIND, dtype_key, parse_hp_checkpoint_id
 from .metadata_json import decode_metadata
 from .types import (
     BytesStorageMetadata,
@@ -57,7 +58,7 @@ MiB = 1 << 20
 SOURCE = "hyper_parallel metadata"
 
 
-class Reader(StorageReader):
+class Reader(CheckpointReaderSettings, StorageReader):
     """Load a checkpoint that :class:`~tqsnap.adapters.hyper_parallel.writer.Writer` saved.
 
     ``load(state_dict, storage_reader=Reader("s3://bucket/prefix", stream="run-1"))`` loads the
@@ -91,32 +92,17 @@ class Reader(StorageReader):
         part: str | None = None,
     ) -> None:
         super().__init__()
-        self.part = part
-        self.url = url
-        self.stream = stream
-        self.snapshot: str | int = snapshot
-        self.storage_options = dict(storage_options or {})
-        self.threads = threads
-        self.window_bytes = window_bytes
-        self.allow_pickle = allow_pickle
-        self.is_coordinator = False
-        self.rank: int | None = None
-        self._repo: Repository | None = url if isinstance(url, Repository) else None
-        self._snapshot: SnapshotReader | None = None
+        self._settle(
+            url,
+            stream,
+            snapshot,
+            storage_options=storage_options,
+            threads=threads,
+            window_bytes=window_bytes,
+            allow_pickle=allow_pickle,
+            part=part,
+        )
         self._paths: dict[MetadataIndex, str] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if isinstance(self.url, str):
-            state["_repo"] = None
-        state["_snapshot"] = None
-        return state
-
-    @property
-    def checkpoint_id(self) -> str:
-        """``<url>#<stream>@<snapshot>``; after ``load_metadata`` the snapshot is the resolved seq."""
-        snapshot = self._snapshot.manifest.seq if self._snapshot is not None else self.snapshot
-        return str(CheckpointRef(repo_url(self.url), self.stream, str(snapshot)))
 
     # --- the steps ---------------------------------------------------------------------------
 

@@ -54,7 +54,11 @@ def _check_repository(root: Path) -> int:
             ref = doc["shards"][doc["body_shard"]]
             raw = (root / ref["key"]).read_bytes()
             body = zstandard.ZstdDecompressor().decompress(raw, max_output_size=ref["size"]) if ref["codec"] == "zstd" else raw
-            _validator("body").validate(json.loads(body))
+            if doc.get("body_format") == "columnar/1":  # a JSON header after 8 magic bytes and its length
+                header = body[12 : 12 + int.from_bytes(body[8:12], "little")]
+                _validator("columnar-header").validate(json.loads(header))
+            else:
+                _validator("body").validate(json.loads(body))
             checked += 1
     return checked
 

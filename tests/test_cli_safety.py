@@ -254,10 +254,21 @@ def test_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [TQSNAP, "snapshots", str(fifo.parent)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(3)  # bounded: imports done, blocked on the FIFO (or already refused it)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    # Until the command has opened the FIFO (then it hangs reading it: our end stays silent) or
+    # has refused it; a non-blocking open for writing succeeds only once a reader has it open.
+    writer, deadline = None, time.monotonic() + 60
+    while writer is None and proc.poll() is None and time.monotonic() < deadline:
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: not opened yet (still importing)
+            time.sleep(0.05)
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if writer is not None:
+            os.close(writer)
     assert "Traceback" not in err
     if proc.returncode != EXIT_INTERRUPTED:  # a store that refuses special files answers at once
         assert proc.returncode in DOCUMENTED and proc.returncode != EXIT_OK, err

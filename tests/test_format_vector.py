@@ -7,6 +7,7 @@ the store's clock and the save's duration; the test fixes them and nothing else.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ import tqsnap.engine.commit
 import tqsnap.engine.repository
 import tqsnap.engine.shards
 import tqsnap.engine.writer
+from tqsnap.format.body_columnar import encode_columnar
+from tqsnap.format.body_columnar_read import ColumnarItems
+from tqsnap.format.manifest import Item
 from tqsnap.store.memory import MemoryStore
 
 SPEC = Path(__file__).parent.parent / "docs" / "format.md"
@@ -84,3 +88,38 @@ def test_the_vector_decodes_to_its_state(tmp_path: Path) -> None:
     repo = independent_reader.Repo(root)
     other = independent_reader.load_state(repo, "vec")
     assert other["w"].data == torch.tensor([1.5, -2.0]).numpy().tobytes() and other["tag"] == b"hi"
+
+
+def columnar_vector_items() -> list:
+    """Section 6.1's example: the items of section 12, ``w`` listed first."""
+    manifest = json.loads(_block("manifest"))
+    return [Item.from_json(d) for d in reversed(manifest["items"])]
+
+
+def columnar_vector_bytes() -> bytes:
+    """The body shard as section 6.1 prints it: magic, header length, header, columns at their offsets."""
+    header = _block("columnar-header").encode()
+    body = bytearray(b"TQSNCOL1" + len(header).to_bytes(4, "little") + header)
+    spans = json.loads(header)["columns"]
+    for line in _block("columnar-columns").splitlines():
+        name, *hexes = line.split()
+        offset, length = spans[name]
+        body += bytes(offset - len(body)) + bytes.fromhex("".join(hexes))
+        assert len(body) == offset + length, name
+    return bytes(body)
+
+
+def test_the_writer_produces_the_columnar_vector_bytes_exactly() -> None:
+    assert encode_columnar(columnar_vector_items(), {"tree_version": 3}) == columnar_vector_bytes()
+
+
+def test_the_columnar_vector_decodes_to_its_items() -> None:
+    import independent_reader
+
+    data = columnar_vector_bytes()
+    assert len(data) == 714
+    items = ColumnarItems(data, "vector")
+    assert list(items) == columnar_vector_items() and items.extra == {"tree_version": 3}
+    assert items.find("tag") == 1 and items.find("w") == 0
+    other, extra = independent_reader.columnar_body(data)
+    assert other == [i.to_json() for i in columnar_vector_items()] and extra == {"tree_version": 3}

@@ -274,39 +274,63 @@ def _decode_entries(
     storage: dict[MetadataIndex, str] = {}
     for fqn, entry in entries.items():
         at = f"DCP metadata in {where}: entry {fqn!r:.200}"
-        if not isinstance(entry, dict) or len(entry) != 1 or not {"bytes", "tensor"} & entry.keys():
-            raise ManifestError(f"{at} must be one object: {{'tensor': ...}} or {{'bytes': item path}}")
-        if "bytes" in entry:
+        tensor, bytes_path = split_entry(entry, at)
+        if bytes_path is not None:
             state[fqn] = BytesStorageMetadata()
-            storage[MetadataIndex(fqn)] = _item_path(entry["bytes"], at)
+            storage[MetadataIndex(fqn)] = bytes_path
             continue
-        t = entry["tensor"]
-        if not isinstance(t, dict):
-            raise ManifestError(f"{at}: tensor must be an object")
-        size = _ints(t.get("size"), f"{at}: size", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
-        chunk_list = t.get("chunks")
-        if type(chunk_list) is not list:
-            raise ManifestError(f"{at}: chunks must be a list")
+        size, chunk_list = decode_tensor_chunks(tensor, at)
         chunks = []
-        for i, chunk in enumerate(chunk_list):
-            if type(chunk) is not list or len(chunk) != 3:
-                raise ManifestError(f"{at}: chunk {i} must be [offsets, sizes, item path]")
-            offsets = _ints(chunk[0], f"{at}: chunk {i} offsets", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
-            sizes = _ints(chunk[1], f"{at}: chunk {i} sizes", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
-            if len(offsets) != len(size) or len(sizes) != len(size):
-                raise ManifestError(
-                    f"{at}: chunk {i} has {len(offsets)} offsets and {len(sizes)} sizes for a "
-                    f"{len(size)}-dimensional tensor"
-                )
+        for i, (offsets, sizes, path) in enumerate(chunk_list):
             chunks.append(ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes)))
-            storage[MetadataIndex(fqn, offsets, i)] = _item_path(chunk[2], f"{at}: chunk {i}")
+            storage[MetadataIndex(fqn, offsets, i)] = path
         state[fqn] = TensorStorageMetadata(
-            _decode_properties(t.get("dtype"), t.get("properties"), at), torch.Size(size), chunks
+            _decode_properties(tensor.get("dtype"), tensor.get("properties"), at), torch.Size(size), chunks
         )
     return state, storage
 
 
-def _item_path(path: Any, where: str) -> str:
+def split_entry(entry: Any, at: str) -> tuple[dict[str, Any], str | None]:
+    """One state-dict entry, ``{"tensor": {...}}`` or ``{"bytes": item path}``: (tensor, None) or ({}, path).
+
+    Shared with the hyper_parallel adapter, whose metadata stores entries the same way.
+    """
+    if not isinstance(entry, dict) or len(entry) != 1 or not {"bytes", "tensor"} & entry.keys():
+        raise ManifestError(f"{at} must be one object: {{'tensor': ...}} or {{'bytes': item path}}")
+    if "bytes" in entry:
+        return {}, item_path(entry["bytes"], at)
+    tensor = entry["tensor"]
+    if not isinstance(tensor, dict):
+        raise ManifestError(f"{at}: tensor must be an object")
+    return tensor, None
+
+
+def decode_tensor_chunks(tensor: dict[str, Any], at: str) -> tuple[list[int], list[tuple[list[int], list[int], str]]]:
+    """A tensor entry's global size and its chunks as (offsets, sizes, item path), every one checked.
+
+    Offsets and sizes are plain integers within the byte limit, one per dimension of the size.
+    """
+    size = _ints(tensor.get("size"), f"{at}: size", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
+    chunk_list = tensor.get("chunks")
+    if type(chunk_list) is not list:
+        raise ManifestError(f"{at}: chunks must be a list")
+    chunks = []
+    for i, chunk in enumerate(chunk_list):
+        if type(chunk) is not list or len(chunk) != 3:
+            raise ManifestError(f"{at}: chunk {i} must be [offsets, sizes, item path]")
+        offsets = _ints(chunk[0], f"{at}: chunk {i} offsets", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
+        sizes = _ints(chunk[1], f"{at}: chunk {i} sizes", hi=strict.MAX_BYTES, max_len=MAX_DIMS)
+        if len(offsets) != len(size) or len(sizes) != len(size):
+            raise ManifestError(
+                f"{at}: chunk {i} has {len(offsets)} offsets and {len(sizes)} sizes for a "
+                f"{len(size)}-dimensional tensor"
+            )
+        chunks.append((offsets, sizes, item_path(chunk[2], f"{at}: chunk {i}")))
+    return size, chunks
+
+
+def item_path(path: Any, where: str) -> str:
+    """An item path as metadata names it: a non-empty string of at most 4096 characters."""
     if not isinstance(path, str) or not path or len(path) > 4096:
         raise ManifestError(f"{where}: an item path must be a non-empty string, not {path!r:.60}")
     return path

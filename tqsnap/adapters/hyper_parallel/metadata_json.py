@@ -29,9 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import FormatError, ManifestError, PickleNotAllowedError, UnsupportedFormatError
-from ...format import strict
-from ...format.manifest import MAX_DIMS
-from ..dcp.metadata_json import decode_value, encode_value
+from ..dcp.metadata_json import decode_tensor_chunks, decode_value, encode_value, split_entry
 from .types import (
     BytesStorageMetadata,
     ChunkStorageMetadata,
@@ -131,12 +129,6 @@ def decode_metadata(doc: Any, where: str) -> tuple[Metadata, dict[MetadataIndex,
     return Metadata(state_dict_metadata=state, planner_data=planner_data, version=version), paths
 
 
-def _ints(value: Any, where: str) -> list[int]:
-    if type(value) is not list or len(value) > MAX_DIMS:
-        raise ManifestError(f"{where} must be a list of at most {MAX_DIMS} integers, not {value!r:.60}")
-    return [strict.check_int(v, where, hi=strict.MAX_BYTES) for v in value]
-
-
 def _decode_entries(entries: Any, where: str) -> tuple[dict[str, Any], dict[MetadataIndex, str]]:
     if not isinstance(entries, dict):
         raise ManifestError(f"hyper_parallel metadata in {where}: state_dict must be an object")
@@ -144,15 +136,11 @@ def _decode_entries(entries: Any, where: str) -> tuple[dict[str, Any], dict[Meta
     paths: dict[MetadataIndex, str] = {}
     for fqn, entry in entries.items():
         at = f"hyper_parallel metadata in {where}: entry {fqn!r:.200}"
-        if not isinstance(entry, dict) or len(entry) != 1 or not {"bytes", "tensor"} & entry.keys():
-            raise ManifestError(f"{at} must be one object: {{'tensor': ...}} or {{'bytes': item path}}")
-        if "bytes" in entry:
+        t, bytes_path = split_entry(entry, at)
+        if bytes_path is not None:
             state[fqn] = BytesStorageMetadata()
-            paths[MetadataIndex(fqn)] = _item_path(entry["bytes"], at)
+            paths[MetadataIndex(fqn)] = bytes_path
             continue
-        t = entry["tensor"]
-        if not isinstance(t, dict):
-            raise ManifestError(f"{at}: tensor must be an object")
         dtype, grad, memory_format = t.get("dtype"), t.get("requires_grad", False), t.get("memory_format")
         if not isinstance(dtype, str) or not dtype or len(dtype) > 64:
             raise ManifestError(f"{at}: dtype must be a short string, not {dtype!r:.60}")
@@ -160,29 +148,11 @@ def _decode_entries(entries: Any, where: str) -> tuple[dict[str, Any], dict[Meta
             raise ManifestError(f"{at}: requires_grad must be true or false, not {grad!r:.40}")
         if memory_format is not None and (not isinstance(memory_format, str) or len(memory_format) > 64):
             raise ManifestError(f"{at}: memory_format must be a short string or null")
-        size = _ints(t.get("size"), f"{at}: size")
-        chunk_list = t.get("chunks")
-        if type(chunk_list) is not list:
-            raise ManifestError(f"{at}: chunks must be a list")
+        size, chunk_list = decode_tensor_chunks(t, at)
         chunks = []
-        for i, chunk in enumerate(chunk_list):
-            if type(chunk) is not list or len(chunk) != 3:
-                raise ManifestError(f"{at}: chunk {i} must be [offsets, sizes, item path]")
-            offsets = tuple(_ints(chunk[0], f"{at}: chunk {i} offsets"))
-            sizes = tuple(_ints(chunk[1], f"{at}: chunk {i} sizes"))
-            if len(offsets) != len(size) or len(sizes) != len(size):
-                raise ManifestError(
-                    f"{at}: chunk {i} has {len(offsets)} offsets and {len(sizes)} sizes for a "
-                    f"{len(size)}-dimensional tensor"
-                )
-            chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=sizes))
-            paths[MetadataIndex(fqn, offsets, i)] = _item_path(chunk[2], f"{at}: chunk {i}")
+        for i, (offsets, sizes, path) in enumerate(chunk_list):
+            chunks.append(ChunkStorageMetadata(offsets=tuple(offsets), sizes=tuple(sizes)))
+            paths[MetadataIndex(fqn, tuple(offsets), i)] = path
         props = TensorProperties(dtype=dtype, requires_grad=grad, memory_format=memory_format)
         state[fqn] = TensorStorageMetadata(properties=props, size=tuple(size), chunks=chunks)
     return state, paths
-
-
-def _item_path(path: Any, where: str) -> str:
-    if not isinstance(path, str) or not path or len(path) > 4096:
-        raise ManifestError(f"{where}: an item path must be a non-empty string, not {path!r:.60}")
-    return path

@@ -35,6 +35,7 @@ from typing import Any
 
 from fault_results import OPS, Failure, WorkloadResult
 from faultproxy import CLASSES, KINDS, FaultProxy, proxied_bucket
+from grace_wait import sleep_past_grace
 
 import tqsnap
 from tqsnap.engine import PackOptions, Repository
@@ -419,7 +420,7 @@ class FaultWorkload:
                     continue
                 if (tag.target.stream, tag.target.seq) != target:
                     self.result.missing_tags.append(f"{name} names {tag.target}, not {target}")
-            time.sleep(self.config.grace + 1.0)  # every shard and tombstone is now older than grace
+            sleep_past_grace(src, dst, grace=self.config.grace)  # every shard and tombstone
             for repo in (src, dst):
                 self._final_gc(repo)
         finally:

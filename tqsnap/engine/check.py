@@ -21,15 +21,14 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FormatError, MissingShardError, TqsnapError
 from ..format.manifest import Manifest, ShardRef
-from ..store.base import ObjectStore
-from .fanout import resolve_executor, run_pieces, split
+from ..store.base import ObjectInfo, ObjectStore
+from .fanout_sweep import list_prefixes
 from .reader import load_body
 from .repository import Repository
 from .shards import Shards
@@ -130,22 +129,9 @@ def _prefix_of(key: str) -> str:
     return key.rsplit("/", 1)[0] + "/"
 
 
-def _list_wanted(store: ObjectStore, threads: int, piece: Sequence[tuple[str, frozenset[str]]]) -> dict[str, int]:
-    """List each prefix of ``piece`` and return the listed size of each wanted key found there."""
-
-    def one(job: tuple[str, frozenset[str]]) -> dict[str, int]:
-        prefix, wanted = job
-        return {i.key: i.size for i in store.list(prefix) if i.key in wanted}  # raises if incomplete
-
-    found: dict[str, int] = {}
-    if threads <= 1 or len(piece) <= 1:
-        parts = [one(job) for job in piece]
-    else:
-        with ThreadPoolExecutor(min(threads, len(piece)), thread_name_prefix="tqsnap-check") as pool:
-            parts = list(pool.map(one, piece))
-    for part in parts:
-        found.update(part)
-    return found
+def _wanted_sizes(infos: Iterable[ObjectInfo], wanted: frozenset[str]) -> dict[str, int]:
+    """The listed size of each wanted key among ``infos``."""
+    return {i.key: i.size for i in infos if i.key in wanted}
 
 
 def list_referenced(
@@ -166,17 +152,7 @@ def list_referenced(
     for key in refs:
         by_prefix.setdefault(_prefix_of(key), set()).add(key)
     jobs = [(p, frozenset(keys)) for p, keys in sorted(by_prefix.items())]
-    kind = resolve_executor(executor, store)
-    if kind == "ray":
-        n = workers or 4
-        pieces, inner = split(jobs, n * 4), threads
-    else:
-        n = workers or threads
-        pieces, inner = [[job] for job in jobs], 1
-    found: dict[str, int] = {}
-    for part in run_pieces(_list_wanted, pieces, workers=n, executor=kind, shared=(store, inner)):
-        found.update(part)
-    return found
+    return list_prefixes(store, jobs, _wanted_sizes, workers=workers, executor=executor, threads=threads)
 
 
 def check_repository(

@@ -31,6 +31,7 @@ from typing import Any
 from ..errors import CopyOrderError, SnapshotNotFoundError
 from ..format.keys import validate_name
 from ..format.manifest import Manifest, ShardRef, SnapshotId, Tag
+from .copy_fanout import adopt_shards
 from .copy_identity import COPIED_FROM, SourceIdentity
 from .copy_resume import find_young_orphans
 from .packer import PackResult, PackStats
@@ -113,6 +114,15 @@ class DestinationHistory:
         self.copies.append((source, info))
 
 
+@dataclass(frozen=True)
+class _Fanout:
+    """How a copy spreads its listing and its shard moves (:mod:`.copy_fanout`)."""
+
+    threads: int
+    workers: int | None
+    executor: str
+
+
 def same_repository(a: Repository, b: Repository) -> bool:
     """One repository reached twice (its shards can be referenced, not copied)."""
     return a.config.repo_id == b.config.repo_id and a.url == b.url
@@ -129,12 +139,17 @@ def copy_snapshot(
     threads: int = 8,
     history: DestinationHistory | None = None,
     src_tags: list[Tag] | None = None,
+    workers: int | None = None,
+    executor: str = "auto",
 ) -> CopyResult:
     """Copy one visible snapshot of ``src`` to ``dst_stream`` (default: the same name) in ``dst``.
 
     Returns the existing destination snapshot, with status "already present", when it was
     copied before. Raises :class:`~tqsnap.errors.CopyOrderError` when the destination stream
     already holds a later snapshot of the same source stream.
+
+    ``workers``/``executor`` fan the search for an earlier copy's orphans and the moving of
+    shards out as gc's sweep does (threads, or Ray tasks; :mod:`.copy_fanout`).
     """
     sid = src.resolve(stream, snapshot)
     target = validate_name(dst_stream or sid.stream)
@@ -159,7 +174,7 @@ def copy_snapshot(
                 f"{later[0].stream}@{later[0].seq}; copying {sid} there would make its latest go "
                 "backwards. Copy it into another stream (--dst-stream) if you need it"
             )
-        result = _transfer(src, dst, manifest, source, target, fork, threads)
+        result = _transfer(src, dst, manifest, source, target, fork, _Fanout(threads, workers, executor))
         history.add(source, result.info)  # type: ignore[arg-type]
     if tags:
         _follow_tags(dst, sid, result, src.tags() if src_tags is None else src_tags)
@@ -174,6 +189,8 @@ def copy_all(
     dst_stream: str | None = None,
     tags: bool = False,
     threads: int = 8,
+    workers: int | None = None,
+    executor: str = "auto",
 ) -> list[CopyResult]:
     """Mirror every visible snapshot of ``stream`` (or of every stream), oldest first.
 
@@ -193,7 +210,7 @@ def copy_all(
                 results.append(
                     copy_snapshot(
                         src, dst, name, seq, dst_stream=target, tags=tags, threads=threads,
-                        history=history, src_tags=src_tags,
+                        history=history, src_tags=src_tags, workers=workers, executor=executor,
                     )
                 )
             except CopyOrderError as exc:
@@ -211,15 +228,14 @@ def _transfer(
     source: SourceIdentity,
     target: str,
     fork: bool,
-    threads: int,
+    fan: _Fanout,
 ) -> CopyResult:
     """Write the copy: reuse what the destination has, adopt the rest, commit with the record."""
     sid = manifest.id
     # Within one repository the source snapshot is the parent (resolved visible after the
     # writer's start, docs/protocol.md W1), so every shard is reused at its own key.
     writer = SnapshotWriter.begin(dst, target, manifest.kind, parent=sid if fork else "latest")
-    source_shards = Shards(src.store, threads=threads)
-    manifest = load_body(source_shards, manifest)
+    manifest = load_body(Shards(src.store, threads=fan.threads), manifest)
     result = CopyResult(COPIED, sid)
     stats = PackStats(items=len(manifest.items), item_bytes=sum(i.size for i in manifest.items))
     refs: list[ShardRef | None] = [None] * len(manifest.shards)
@@ -234,7 +250,13 @@ def _transfer(
                 refs[i] = known
     if todo and not fork:
         orphans = find_young_orphans(
-            dst.store, dst.config, [manifest.shards[i] for i in todo], writer.started_at, threads=threads
+            dst.store,
+            dst.config,
+            [manifest.shards[i] for i in todo],
+            writer.started_at,
+            threads=fan.threads,
+            workers=fan.workers,
+            executor=fan.executor,
         )
         still = []
         for i in todo:
@@ -252,9 +274,17 @@ def _transfer(
             result.reused_shards += 1
             result.reused_bytes += ref.stored_size
     # Each shard is verified before it is uploaded, so a damaged one is never spread.
-    target_shards = Shards(dst.store, threads=threads)
     pairs = [(i, manifest.shards[i]) for i in todo]
-    for i, new_ref in target_shards.adopt_many(source_shards, pairs, snapshot=str(sid)):
+    moved = adopt_shards(
+        src.store,
+        dst.store,
+        pairs,
+        snapshot=str(sid),
+        threads=fan.threads,
+        workers=fan.workers,
+        executor=fan.executor,
+    )
+    for i, new_ref in moved:
         refs[i] = new_ref
         stats.new_shards += 1
         stats.new_bytes += new_ref.size

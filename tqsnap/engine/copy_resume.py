@@ -23,15 +23,16 @@ threads or Ray tasks (:mod:`.fanout`): a million wanted shards then cost about
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..format.config import RepoConfig
 from ..format.keys import SHARDS_PREFIX, parse_shard_key
 from ..format.manifest import ShardRef
 from ..store.base import ObjectInfo, ObjectStore
-from .fanout import resolve_executor, run_pieces, split
+from .fanout_sweep import list_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -111,25 +112,6 @@ def _best(infos: Iterable[ObjectInfo], refs: dict[str, ShardRef], when: tuple[fl
     return {h: ShardRef(key, h, refs[h].size, refs[h].stored_size, refs[h].codec) for h, (_, key) in best.items()}
 
 
-def _sweep_piece(
-    store: ObjectStore, when: tuple[float, float], threads: int, piece: Sequence[tuple[str, dict[str, ShardRef]]]
-) -> dict[str, ShardRef]:
-    """List each prefix of ``piece`` once and keep the best orphan of each wanted hash there."""
-
-    def one(job: tuple[str, dict[str, ShardRef]]) -> dict[str, ShardRef]:
-        return _best(store.list(job[0]), job[1], when)  # a listing error propagates
-
-    found: dict[str, ShardRef] = {}
-    if threads <= 1 or len(piece) <= 1:
-        parts = [one(job) for job in piece]
-    else:
-        with ThreadPoolExecutor(min(threads, len(piece)), "tqsnap-orphans") as pool:
-            parts = list(pool.map(one, piece))
-    for part in parts:
-        found.update(part)
-    return found
-
-
 def _sweep_prefixes(
     store: ObjectStore,
     refs: dict[str, ShardRef],
@@ -142,14 +124,12 @@ def _sweep_prefixes(
     for h, ref in refs.items():
         by_prefix.setdefault(f"{SHARDS_PREFIX}{h[:2]}/", {})[h] = ref
     jobs = sorted(by_prefix.items())
-    kind = resolve_executor(executor, store)
-    if kind == "ray":
-        n = workers or 4
-        pieces, inner = split(jobs, n * 4), threads
-    else:
-        n = workers or threads
-        pieces, inner = [[job] for job in jobs], 1
-    found: dict[str, ShardRef] = {}
-    for part in run_pieces(_sweep_piece, pieces, workers=n, executor=kind, shared=(store, when, inner)):
-        found.update(part)
-    return found
+    pick = functools.partial(_best_of_prefix, when)
+    return list_prefixes(store, jobs, pick, workers=workers, executor=executor, threads=threads)
+
+
+def _best_of_prefix(
+    when: tuple[float, float], infos: Iterable[ObjectInfo], refs: dict[str, ShardRef]
+) -> dict[str, ShardRef]:
+    """:func:`_best` with the arguments in the order :func:`.fanout_sweep.list_prefixes` passes them."""
+    return _best(infos, refs, when)

@@ -21,14 +21,20 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import xxhash
 
 from ..format.keys import parse_shard_key
 from ..store.base import ObjectInfo, ObjectStore
+from .fanout import resolve_executor, run_pieces, split
+
+K = TypeVar("K")
+V = TypeVar("V")
+P = TypeVar("P")
 
 #: S3 ListObjectsV2 returns at most this many keys per page; used to count list requests.
 LIST_PAGE = 1000
@@ -199,6 +205,60 @@ def delete_batches(store: ObjectStore, threads: int, batches: Sequence[Sequence[
         return sum(pool.map(store.delete_many, batches))
 
 
+def list_prefixes(
+    store: ObjectStore,
+    jobs: Sequence[tuple[str, P]],
+    pick: Callable[[Iterable[ObjectInfo], P], dict[K, V]],
+    *,
+    workers: int | None,
+    executor: str,
+    threads: int,
+) -> dict[K, V]:
+    """List each ``(prefix, payload)`` of ``jobs`` once; merge ``pick(listing, payload)`` of all.
+
+    The fanned-out listing loop of ``check`` (which referenced keys exist) and of ``copy``
+    (which orphans an interrupted copy left): with Ray, the jobs are dealt into ``4 x workers``
+    pieces (default 4 workers), each listing ``threads`` prefixes at a time in its task; with
+    threads, one job per piece and ``workers`` (default ``threads``) threads. ``pick`` must be
+    picklable by reference (a module-level function, or a :func:`functools.partial` of one),
+    as must the payloads. A listing that cannot see everything raises
+    (:class:`~tqsnap.errors.IncompleteListingError`) and nothing is merged.
+    """
+    kind = resolve_executor(executor, store)
+    if kind == "ray":
+        n = workers or 4
+        pieces, inner = split(list(jobs), n * 4), threads
+    else:
+        n = workers or threads
+        pieces, inner = [[job] for job in jobs], 1
+    found: dict[K, V] = {}
+    for part in run_pieces(_list_piece, pieces, workers=n, executor=kind, shared=(store, pick, inner)):
+        found.update(part)
+    return found
+
+
+def _list_piece(
+    store: ObjectStore,
+    pick: Callable[[Iterable[ObjectInfo], P], dict[K, V]],
+    threads: int,
+    piece: Sequence[tuple[str, P]],
+) -> dict[K, V]:
+    """One piece of :func:`list_prefixes`: its prefixes, ``threads`` listings at a time."""
+
+    def one(job: tuple[str, P]) -> dict[K, V]:
+        return pick(store.list(job[0]), job[1])  # a listing error propagates
+
+    if threads <= 1 or len(piece) <= 1:
+        parts = [one(job) for job in piece]
+    else:
+        with ThreadPoolExecutor(min(threads, len(piece)), thread_name_prefix="tqsnap-list") as pool:
+            parts = list(pool.map(one, piece))
+    found: dict[K, V] = {}
+    for part in parts:
+        found.update(part)
+    return found
+
+
 __all__ = [
     "LIST_PAGE",
     "ReferenceSet",
@@ -207,5 +267,6 @@ __all__ = [
     "classify",
     "delete_batches",
     "key_digest",
+    "list_prefixes",
     "sweep_prefixes",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 from ..engine import Repository
 from ..engine.copy import CopyResult, copy_all, copy_snapshot
 from .cli_common import EXIT_OK, add_repo_args, fmt_bytes, storage_options, terminal_safe, write_json_line
+from .cli_fanout import add_fanout_args
 from .metrics import add_metrics_arg, job_metrics
 
 
@@ -74,10 +75,27 @@ def cmd_copy(args: argparse.Namespace) -> int:
         if args.all:
             if args.snapshot != "latest":
                 raise ValueError("--all copies every snapshot; leave out --snapshot")
-            results = copy_all(src, dst, args.stream, dst_stream=args.dst_stream, tags=args.tags)
+            results = copy_all(
+                src,
+                dst,
+                args.stream,
+                dst_stream=args.dst_stream,
+                tags=args.tags,
+                workers=args.workers,
+                executor=args.executor,
+            )
         else:
             results = [
-                copy_snapshot(src, dst, args.stream or "default", args.snapshot, dst_stream=args.dst_stream, tags=args.tags)
+                copy_snapshot(
+                    src,
+                    dst,
+                    args.stream or "default",
+                    args.snapshot,
+                    dst_stream=args.dst_stream,
+                    tags=args.tags,
+                    workers=args.workers,
+                    executor=args.executor,
+                )
             ]
         job.set("snapshots_copied", sum(r.status == "copied" for r in results), "Snapshots copied by the last run.")
         job.set("bytes_moved", sum(r.moved_bytes for r in results), "Shard bytes sent to the destination.")
@@ -109,5 +127,6 @@ def register(sub: Any) -> None:
     p.add_argument("--profile", default=None, help="AWS profile for the source")
     p.add_argument("--dst-endpoint-url", default=None, help="S3 endpoint of the destination")
     p.add_argument("--dst-profile", default=None, help="AWS profile (credentials, region) for the destination")
+    add_fanout_args(p)
     add_metrics_arg(p)
     p.set_defaults(func=cmd_copy)

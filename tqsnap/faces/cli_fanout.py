@@ -21,8 +21,8 @@ def add_fanout_args(p: argparse.ArgumentParser) -> None:
         type=_workers,
         default=None,
         metavar="N",
-        help="list and delete under this many shard prefixes at once (threads, or Ray tasks); default 16 "
-        "threads, or the Ray cluster's CPUs",
+        help="list and delete under (copy: list, and move shards) this many shard prefixes at once (threads, "
+        "or Ray tasks); default 16 threads, or the Ray cluster's CPUs",
     )
     p.add_argument(
         "--executor",

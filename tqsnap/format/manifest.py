@@ -82,6 +82,39 @@ class ShardRef:
         return ref
 
 
+#: A shard key as tqsnap writes it (raw or zstd), for :func:`shard_refs`' fast path.
+_WRITTEN_SHARD_KEY = re.compile(r"shards/([0-9a-f]{2})/([0-9a-f]{32})\.[0-9a-z]{1,64}(\.zstd)?", re.ASCII)
+
+
+def shard_refs(raw: list[Any], key: str, what: str = "manifest") -> list[ShardRef]:
+    """``ShardRef.from_json`` of each entry, with the same rules, in a third of the time.
+
+    A manifest of a million-item snapshot lists a few hundred thousand shards; checked field by
+    field they took seconds to read. A ref that passes the one-expression test below passes every
+    check of ``from_json``; any other goes through ``from_json``, which raises its exact error.
+    """
+    out = []
+    match = _WRITTEN_SHARD_KEY.fullmatch
+    for d in raw:
+        if type(d) is dict:
+            k, h, size, stored, codec = d.get("key"), d.get("hash"), d.get("size"), d.get("stored_size"), d.get("codec")
+            if (
+                type(k) is str
+                and type(size) is int
+                and type(stored) is int
+                and 0 <= size <= MAX_BYTES
+                and 0 <= stored <= MAX_BYTES
+                and (m := match(k)) is not None
+                and h == m.group(2)
+                and k[7:9] == k[10:12]
+                and ((codec == "raw" and m.group(3) is None and size == stored) or (codec == "zstd" and m.group(3)))
+            ):
+                out.append(ShardRef(k, h, size, stored, codec))
+                continue
+        out.append(ShardRef.from_json(d, key, what))
+    return out
+
+
 @dataclass(frozen=True)
 class Extent:
     """``length`` bytes at ``offset`` in the uncompressed bytes of ``shards[shard]``."""
@@ -278,7 +311,7 @@ class Manifest:
             write_id=strict.string(doc, "write_id", key, what, max_len=256),
             started_at=strict.timestamp(doc, "started_at", key, what),
             committed_at=strict.timestamp(doc, "committed_at", key, what),
-            shards=[ShardRef.from_json(s, key) for s in strict.array(doc, "shards", key, what, max_len=MAX_SHARDS)],
+            shards=shard_refs(strict.array(doc, "shards", key, what, max_len=MAX_SHARDS), key),
             items=[
                 Item.from_json(i, key)
                 for i in strict.array(doc, "items", key, what, max_len=MAX_ITEMS, default=[])

@@ -40,9 +40,21 @@ sys.path.insert(0, str(ROOT))
 GIB = 2**30
 
 
-def _cpu() -> float:
+def _usage() -> dict[str, float]:
+    """This process's CPU (user, system: all threads), context switches and page faults so far."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return {
+        "user": r.ru_utime,
+        "sys": r.ru_stime,
+        "wakeups": r.ru_nvcsw,
+        "preempted": r.ru_nivcsw,
+        "faults": r.ru_minflt + r.ru_majflt,
+    }
+
+
+def _since(before: dict[str, float]) -> dict[str, float]:
+    now = _usage()
+    return {k: now[k] - before[k] for k in now}
 
 
 def _tensors(total_mib: int, tensor_mib: int) -> dict[str, Any]:
@@ -101,7 +113,7 @@ def client_run(method: str, direction: str, info: dict[str, Any], a: argparse.Na
         if direction == "get":  # what the timed read reads, written untimed first
             with ThreadPoolExecutor(a.concurrency) as pool:
                 list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=f"{prefix}/{k}", Body=blobs[k]), blobs))
-        cpu0, t0 = _cpu(), time.perf_counter()
+        use0, t0 = _usage(), time.perf_counter()
         with ThreadPoolExecutor(a.concurrency) as pool:
             if direction == "put":
                 list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=f"{prefix}/{k}", Body=blobs[k]), blobs))
@@ -127,7 +139,7 @@ def client_run(method: str, direction: str, info: dict[str, Any], a: argparse.Na
 
         if direction == "get":
             asyncio.run(run(True))
-        cpu0, t0 = _cpu(), time.perf_counter()
+        use0, t0 = _usage(), time.perf_counter()
         n = asyncio.run(run(direction == "put"))
         assert direction == "put" or n == total
     else:
@@ -150,20 +162,21 @@ def client_run(method: str, direction: str, info: dict[str, Any], a: argparse.Na
         if direction == "get":
             tqsnap.save(repo, state, stream="bench", options=pack)
         store.reset()
-        cpu0, t0 = _cpu(), time.perf_counter()
+        use0, t0 = _usage(), time.perf_counter()
         if direction == "put":
             tqsnap.save(repo, state, stream="bench", options=pack)
         else:
             back = tqsnap.load(repo, stream="bench")
-        seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
+        seconds, used = time.perf_counter() - t0, _since(use0)
         if direction == "get":
             assert all(torch.equal(back[k], state[k]) for k in state)
         requests = sum(store.requests.values())
-        return _row(method, direction, total, seconds, cpu, requests)
-    return _row(method, direction, total, time.perf_counter() - t0, _cpu() - cpu0, requests)
+        return _row(method, direction, total, seconds, used, requests)
+    return _row(method, direction, total, time.perf_counter() - t0, _since(use0), requests)
 
 
-def _row(method: str, direction: str, total: int, seconds: float, cpu: float, requests: int) -> dict[str, Any]:
+def _row(method: str, direction: str, total: int, seconds: float, used: dict[str, float], requests: int) -> dict[str, Any]:
+    gib = total / GIB
     return {
         "method": method,
         "direction": direction,
@@ -171,7 +184,11 @@ def _row(method: str, direction: str, total: int, seconds: float, cpu: float, re
         "seconds": round(seconds, 3),
         "mb_s": round(total / 1e6 / seconds, 1),
         "requests": requests,
-        "cpu_s_per_gib": round(cpu / (total / GIB), 3),
+        "cpu_s_per_gib": round((used["user"] + used["sys"]) / gib, 3),
+        "sys_s_per_gib": round(used["sys"] / gib, 3),
+        "wakeups_per_mib": round(used["wakeups"] / (gib * 1024), 1),
+        "preempted_per_mib": round(used["preempted"] / (gib * 1024), 1),
+        "faults_per_mib": round(used["faults"] / (gib * 1024), 1),
     }
 
 

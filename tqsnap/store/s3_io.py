@@ -7,9 +7,12 @@ network.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import socket
+import sys
 from typing import Any
 
 from botocore.exceptions import IncompleteReadError
@@ -20,6 +23,15 @@ from .s3_errors import _TRANSIENT_EXCEPTIONS, _describe, _Retry
 logger = logging.getLogger(__name__)
 
 _READ_CHUNK = 1 << 20
+
+#: While a body has more than twice this much still to come, each socket read waits until this
+#: much has arrived (``SO_RCVLOWAT``, Linux) instead of waking for every few KiB: on a capped or
+#: distant link the bytes trickle in, and a thread woken per packet spends more CPU on the
+#: wake-ups and system calls than on the bytes. The tail is read with no floor, so a read never
+#: waits for bytes that will not come. A read timeout then means "less than this in the
+#: timeout", not "nothing".
+_READ_BATCH = 256 * 1024
+_BATCH_READS = sys.platform.startswith("linux") and hasattr(socket, "SO_RCVLOWAT")
 
 #: A quoted entity tag without quotes or spaces inside (RFC 9110), or a bare MD5 in hex.
 _ETAG = re.compile(r'^(?:"[\x21\x23-\x7e]+"|[0-9a-fA-F]{32})$')
@@ -141,8 +153,20 @@ def _read_into(resp: dict[str, Any], dest: memoryview) -> int:
         and (raw.headers.get("content-encoding") or "identity").strip().lower() == "identity"
     )
     done = 0
+    sock = _batchable_socket(raw) if direct else None
     try:
         if direct:
+            if sock is not None and len(dest) > 2 * _READ_BATCH:
+                # A floor only while at least twice the floor is still to come (see _READ_BATCH).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, _READ_BATCH)
+                head = len(dest) - 2 * _READ_BATCH
+                while done < head:
+                    n = fp.readinto(dest[done:head])
+                    if not n:
+                        break
+                    done += n
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                sock = None
             while done < len(dest):
                 n = fp.readinto(dest[done:])
                 if not n:
@@ -165,9 +189,23 @@ def _read_into(resp: dict[str, Any], dest: memoryview) -> int:
     except BaseException:
         body.close()
         raise
+    finally:
+        if sock is not None:  # left early: never hand a connection with a floor back to the pool
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
     if direct and fp.isclosed():
         # Fully consumed: hand the connection back to urllib3's pool for reuse.
         raw.release_conn()
     elif done < len(dest) or (direct and not fp.isclosed()):
         body.close()
     return done
+
+
+def _batchable_socket(raw: Any) -> socket.socket | None:
+    """The TCP socket under a urllib3 response, if its reads may be batched (see _READ_BATCH)."""
+    if not _BATCH_READS:
+        return None
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+        return None
+    return sock

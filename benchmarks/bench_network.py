@@ -16,8 +16,11 @@ fresh process per measurement, it times with ``--concurrency`` requests in fligh
   reader's threads set to the same concurrency.
 
 Each reports seconds, MB/s, requests, and the client process's CPU seconds (user + system,
-all threads, from ``resource.getrusage``) per GiB moved. Prints a table; ``--json`` also
-writes the rows.
+all threads, from ``resource.getrusage``) per GiB moved, with the system part, the voluntary
+context switches (a thread blocking and being woken) and page faults per MiB. tqsnap's rows also
+give the CPU of its xxh3-128 over the same bytes, measured apart (a save hashes every byte and a
+load verifies every byte; the raw clients do neither). Prints a table; ``--json`` also writes
+the rows.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
 import sys
@@ -171,7 +175,17 @@ def client_run(method: str, direction: str, info: dict[str, Any], a: argparse.Na
         if direction == "get":
             assert all(torch.equal(back[k], state[k]) for k in state)
         requests = sum(store.requests.values())
-        return _row(method, direction, total, seconds, used, requests)
+        row = _row(method, direction, total, seconds, used, requests)
+        # What hashing (save) or verifying (load) every byte costs, which raw clients skip:
+        # the same xxh3-128 over the same bytes, measured apart.
+        from tqsnap.format.shard import content_hash
+
+        hash0 = _usage()
+        for view in views.values():
+            content_hash(view)
+        hashed = _since(hash0)
+        row["hash_cpu_s_per_gib"] = round((hashed["user"] + hashed["sys"]) / (total / GIB), 3)
+        return row
     return _row(method, direction, total, time.perf_counter() - t0, _since(use0), requests)
 
 
@@ -233,6 +247,7 @@ def orchestrate(a: argparse.Namespace) -> list[dict[str, Any]]:
                     k += 1
                     out = sim.run_on("client", argv, timeout=a.timeout, log_name=f"bench-{method}-{direction}.log")
                     row = json.loads(out.strip().splitlines()[-1])
+                    row["load_avg_1m"] = round(os.getloadavg()[0], 1)  # other work on the machine
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     return rows
@@ -252,6 +267,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "mb_s": round(statistics.median(r["mb_s"] for r in sel), 1),
                 "requests": sel[0]["requests"],
                 "cpu_s_per_gib": round(statistics.median(r["cpu_s_per_gib"] for r in sel), 2),
+                "sys_s_per_gib": round(statistics.median(r.get("sys_s_per_gib", 0.0) for r in sel), 2),
+                "wakeups_per_mib": round(statistics.median(r.get("wakeups_per_mib", 0.0) for r in sel), 1),
+                "hash_cpu_s_per_gib": round(statistics.median(r.get("hash_cpu_s_per_gib", 0.0) for r in sel), 2),
             }
         )
     return out
@@ -274,20 +292,30 @@ def main() -> int:
         job = json.loads(a.client)
         print(json.dumps(client_run(job["method"], job["direction"], job["info"], a)))
         return 0
+    load_before = os.getloadavg()
+    started = time.perf_counter()
     rows = orchestrate(a)
+    load_after = os.getloadavg()
     table = summarize(rows)
     best = {d: max(r["mb_s"] for r in table if r["direction"] == d and r["method"] != "tqsnap") for d in ("put", "get")}
     boto_cpu = {r["direction"]: r["cpu_s_per_gib"] for r in table if r["method"] == "boto3"}
     print(
         f"\n{a.mib} MiB as {a.mib // a.tensor_mib} tensors of {a.tensor_mib} MiB; RTT {a.rtt_ms:g} ms (+-1 ms), "
-        f"links capped at {a.rate_mbit:g} Mbit/s each way; concurrency {a.concurrency}; median of {a.repeat}"
+        f"links capped at {a.rate_mbit:g} Mbit/s each way; concurrency {a.concurrency}; median of {a.repeat}; "
+        f"{time.perf_counter() - started:.0f} s in all; load average (1, 5, 15 min) "
+        f"{'/'.join(f'{x:.1f}' for x in load_before)} before, {'/'.join(f'{x:.1f}' for x in load_after)} after"
     )
-    print(f"{'client':<10}{'op':<5}{'seconds':>9}{'MB/s':>8}{'x best':>8}{'requests':>10}{'CPU s/GiB':>11}{'x boto3':>9}")
+    print(
+        f"{'client':<10}{'op':<5}{'seconds':>9}{'MB/s':>8}{'x best':>8}{'requests':>10}{'CPU s/GiB':>11}"
+        f"{'x boto3':>9}{'sys':>7}{'wake/MiB':>10}{'hash':>7}{'x boto3 w/o hash':>18}"
+    )
     for r in table:
         d = r["direction"]
         print(
             f"{r['method']:<10}{d:<5}{r['seconds']:>9.2f}{r['mb_s']:>8.1f}{r['mb_s'] / best[d]:>8.2f}"
             f"{r['requests']:>10}{r['cpu_s_per_gib']:>11.2f}{r['cpu_s_per_gib'] / boto_cpu[d]:>9.2f}"
+            f"{r['sys_s_per_gib']:>7.2f}{r['wakeups_per_mib']:>10.1f}{r['hash_cpu_s_per_gib']:>7.2f}"
+            f"{(r['cpu_s_per_gib'] - r['hash_cpu_s_per_gib']) / boto_cpu[d]:>18.2f}"
         )
     if a.json:
         a.json.write_text(json.dumps({"args": vars(a) | {"json": str(a.json)}, "rows": rows, "table": table}, indent=1))

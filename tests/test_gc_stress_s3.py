@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grace_wait import sleep_past_grace
 
 from tqsnap.engine import PackOptions, Repository, SnapshotWriter
 from tqsnap.engine.gc import collect_garbage
@@ -174,7 +175,7 @@ def test_writers_forget_and_gc_run_together_without_breaking_a_snapshot(
         assert {p: _digest(v) for p, v in restored.items()} == expected[info.write_id], info.id
 
     # Quiet for longer than grace: one more gc leaves only shards live snapshots reference.
-    time.sleep(GRACE + 1.5)
+    sleep_past_grace(repo, grace=GRACE)
     final = collect_garbage(repo)
     deleted.update(final.deleted_shard_keys)
     refs = _protected_refs(repo, margin=0)

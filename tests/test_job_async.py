@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from cli_subprocess import run_tqsnap
 
 import tqsnap
 import tqsnap.dcp
@@ -145,3 +146,25 @@ def test_the_snapshotter_takes_periodic_job_snapshots(tmp_path):
     assert tqsnap.load(url, stream="run", part="loop")["step"] == 5
     with pytest.raises(TypeError, match="part 'x'"):
         tqsnap.job.JobSource({"x": 3})
+
+
+def test_tqsnap_restore_writes_one_part_of_a_job_snapshot_to_files(tmp_path):
+    url = str(tmp_path / "repo")
+    state = model_state(5)
+    job = tqsnap.job.begin(url, stream="run")
+    writer = tqsnap.dcp.Writer(url, stream="run", stage=job.token, part="trainer")
+    job.add_async("trainer", dcp.async_save(state, storage_writer=writer, no_dist=True), writer=writer)
+    job.add_async("loop", loop_state(5))
+    job.commit_async().result(timeout=120)
+
+    refused = run_tqsnap("restore", url, "run@1", "--to", str(tmp_path / "all.pt"))
+    assert refused.returncode == 2 and "parts loop (state_dict), trainer (dcp); pass --part" in refused.stderr
+    assert not (tmp_path / "all.pt").exists()
+    for part in ("trainer", "loop"):
+        assert run_tqsnap("restore", url, "run@1", "--part", part, "--to", str(tmp_path / f"{part}.pt")).returncode == 0
+    trainer = torch.load(tmp_path / "trainer.pt", weights_only=True)
+    assert all(torch.equal(trainer["model"][k], v) for k, v in state["model"].items()) and trainer["step"] == 5
+    loop = torch.load(tmp_path / "loop.pt", weights_only=True)
+    assert loop["step"] == 5 and torch.equal(loop["rng"], loop_state(5)["rng"])
+    missing = run_tqsnap("restore", url, "run@1", "--part", "queue", "--to", str(tmp_path / "q.pt"))
+    assert missing.returncode == 3 and "no part 'queue'" in missing.stderr

@@ -127,7 +127,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     repo = open_repository(args)
     stream, snapshot = _snapshot_arg(args)
-    report = export_snapshot(repo, stream, snapshot, args.to, include=args.include, force=args.force)
+    report = export_snapshot(
+        repo, stream, snapshot, args.to, include=args.include, force=args.force, part=args.part
+    )
 
     def text() -> str:
         line = (
@@ -171,5 +173,6 @@ def register(sub: Any) -> None:
         metavar="GLOB",
         help="only items matching GLOB (item path, or a parent of it; repeatable); only their shards are read",
     )
+    p.add_argument("--part", metavar="NAME", help="the part of a job snapshot to write (trainer, loop, ...)")
     p.add_argument("--force", action="store_true", help="replace an existing target")
     p.set_defaults(func=cmd_restore)

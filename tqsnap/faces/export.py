@@ -33,7 +33,9 @@ from typing import Any
 from ..adapters.state_dict import KIND as STATE_DICT_KIND
 from ..adapters.state_dict import load_state
 from ..engine import Repository
+from ..engine.job_read import job_parts
 from ..errors import PickleNotAllowedError, RestoreError, SnapshotNotFoundError, TqsnapError
+from ..format.job import JOB_KIND
 from ..format.manifest import SnapshotId
 
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -83,8 +85,12 @@ def export_snapshot(
     *,
     include: Sequence[str] | None = None,
     force: bool = False,
+    part: str | None = None,
 ) -> ExportReport:
-    """Write the snapshot to ``target`` in the format its suffix names (module docstring)."""
+    """Write the snapshot to ``target`` in the format its suffix names (module docstring).
+
+    ``part`` names the part of a job snapshot to write (a job's ``dcp`` or ``state_dict`` part).
+    """
     path = Path(target)
     fmt = target_format(path)
     if fmt == "safetensors":
@@ -92,10 +98,12 @@ def export_snapshot(
     _check_target(path, fmt, force)
     sid = repo.resolve(stream, snapshot)
     kind = repo.load_manifest(sid.stream, sid.seq).kind
+    if kind == JOB_KIND or part is not None:
+        kind = _job_part_kind(repo, sid, part)
     if kind == STATE_DICT_KIND:
-        state = _load_state_dict(repo, sid, include)
+        state = _load_state_dict(repo, sid, include, part)
     elif kind == "dcp":
-        state = _load_dcp(repo, sid, include)
+        state = _load_dcp(repo, sid, include, part)
     else:
         raise RestoreError(
             f"snapshot {sid} is a {kind!r} snapshot; only state_dict and dcp snapshots can be written to "
@@ -115,9 +123,20 @@ def export_snapshot(
 # --- reading -------------------------------------------------------------------------------------
 
 
-def _load_state_dict(repo: Repository, sid: SnapshotId, include: Sequence[str] | None) -> Any:
+def _job_part_kind(repo: Repository, sid: SnapshotId, part: str | None) -> str:
+    """The kind of the job part to write; a job with several parts needs ``part`` named."""
+    kinds = job_parts(repo, sid.stream, sid.seq)  # a single-kind snapshot with a part raises here
+    if part is None:
+        listing = ", ".join(f"{n} ({k})" for n, k in kinds.items())
+        raise RestoreError(f"snapshot {sid} is a job snapshot with parts {listing}; pass --part NAME to write one")
+    if part not in kinds:
+        raise SnapshotNotFoundError(f"job snapshot {sid} has no part {part!r}; its parts are {', '.join(kinds)}")
+    return kinds[part]
+
+
+def _load_state_dict(repo: Repository, sid: SnapshotId, include: Sequence[str] | None, part: str | None = None) -> Any:
     try:
-        return load_state(repo, stream=sid.stream, snapshot=sid.seq, include=include)
+        return load_state(repo, stream=sid.stream, snapshot=sid.seq, include=include, part=part)
     except PickleNotAllowedError as exc:
         raise RestoreError(
             f"{exc}. A file written by restore must load without running code: leave the pickled "
@@ -125,13 +144,15 @@ def _load_state_dict(repo: Repository, sid: SnapshotId, include: Sequence[str] |
         ) from None
 
 
-def _load_dcp(repo: Repository, sid: SnapshotId, include: Sequence[str] | None) -> dict[str, Any]:
+def _load_dcp(
+    repo: Repository, sid: SnapshotId, include: Sequence[str] | None, part: str | None = None
+) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 
     from ..adapters.dcp import Reader
 
-    reader = Reader(repo, sid.stream, sid.seq)
+    reader = Reader(repo, sid.stream, sid.seq, part=part)
     keys = None
     if include is not None:
         fqns = list(reader.read_metadata().state_dict_metadata)
@@ -141,7 +162,7 @@ def _load_dcp(repo: Repository, sid: SnapshotId, include: Sequence[str] | None) 
                 f"nothing in snapshot {sid} matches --include {', '.join(map(repr, include))}; "
                 f"`tqsnap ls` lists its {len(fqns)} entries"
             )
-        reader = Reader(repo, sid.stream, sid.seq)
+        reader = Reader(repo, sid.stream, sid.seq, part=part)
     # DCP's planner for loading without a template (what torch's dcp_to_torch_save uses): it
     # builds the state dict from the checkpoint's metadata and keeps it as original_state_dict.
     planner = _EmptyStateDictLoadPlanner(keys=keys)

@@ -45,11 +45,11 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteIte
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from ...engine import PackOptions, PackResult, Repository, ShardPacker, SnapshotInfo, SnapshotWriter
-from ...engine.job import PartStager, StagedPart, part_reuse_index, stage_part_name
+from ...engine import PackOptions, PackResult, ShardPacker, SnapshotWriter
+from ...engine.job import PartStager, part_reuse_index
 from ...errors import ManifestError, SnapshotNotFoundError
-from ...format.keys import validate_name
 from ...format.manifest import ShardRef, SnapshotId
+from ..checkpoint_writer import CheckpointWriterSettings
 from ..tensors import dtype_name, tensor_bytes
 from .layout import (
     EXTRA_KEY,
@@ -61,7 +61,7 @@ from .layout import (
     tensor_item_path,
 )
 from .metadata_json import encode_metadata
-from .repos import RepoLike, open_repository, repo_url
+from .repos import RepoLike, repo_url
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def item_path(item: WriteItem) -> str:
     return tensor_item_path(item.index.fqn, item.index.offset)
 
 
-class Writer(StorageWriter):
+class Writer(CheckpointWriterSettings, StorageWriter):
     """Save DCP checkpoints as incremental, deduplicated, atomically committed tqsnap snapshots.
 
     ``dcp.save(state_dict, storage_writer=Writer("s3://bucket/prefix", stream="run-1"))``
@@ -138,42 +138,23 @@ class Writer(StorageWriter):
         part: str | None = None,
     ) -> None:
         super().__init__()
-        self.stage = stage
-        self.part = stage_part_name(stage, part, stream, "tqsnap.dcp.Writer")
-        #: The staged part of the last save (coordinator rank, with ``stage``); None elsewhere.
-        self.staged: StagedPart | None = None
+        self._settle(
+            url,
+            stream,
+            storage_options=storage_options,
+            options=options,
+            metadata=metadata,
+            parent=parent,
+            create=create,
+            stage=stage,
+            part=part,
+            caller="tqsnap.dcp.Writer",
+        )
         self._stager: PartStager | None = None
-        self.url = url
-        self.stream = validate_name(stream)
-        self.storage_options = dict(storage_options or {})
-        self.options = options or PackOptions()
-        self.metadata = dict(metadata or {})
-        self.parent = parent
-        self.create = create
-        self.is_coordinator = False
-        self.rank: int | None = None
         self.save_id = uuid.uuid4().hex
-        #: The snapshot the last save committed (on the coordinator only).
-        self.last_snapshot: SnapshotInfo | None = None
-        self._repo: Repository | None = url if isinstance(url, Repository) else None
         self._begun: SnapshotWriter | None = None
 
-    # --- pickling (async_save with a process executor ships the writer to a new process) ----
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if isinstance(self.url, str):
-            state["_repo"] = None  # connections do not pickle; the new process reopens the URL
-        state["_begun"] = None
-        state["_stager"] = None
-        return state
-
     # --- identity ----------------------------------------------------------------------------
-
-    @property
-    def checkpoint_id(self) -> str:
-        """``<url>#<stream>``: where the next save goes (DCP logs it with every step)."""
-        return str(CheckpointRef(repo_url(self.url), self.stream, None))
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
@@ -337,11 +318,6 @@ class Writer(StorageWriter):
         return paths
 
     # --- helpers -----------------------------------------------------------------------------
-
-    def _repository(self) -> Repository:
-        if self._repo is None:
-            self._repo = open_repository(self.url, self.storage_options, create=self.create)
-        return self._repo
 
     def _reuse_index(self, data: SavePlanData) -> dict[str, ShardRef]:
         """The parent's shards by hash, if the parent is still visible now."""

@@ -36,13 +36,13 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
-from ...engine import PackOptions, PackResult, Repository, SnapshotInfo, SnapshotWriter
-from ...engine.job import PartStager, StagedPart, stage_part_name
+from ...engine import PackOptions, PackResult, SnapshotWriter
+from ...engine.job import PartStager
 from ...errors import ManifestError, ShapeMismatchError
-from ...format.keys import validate_name
 from ...format.manifest import SnapshotId
 from ..checkpoint_ranks import PackEntry, adopt_earliest_clock, pack_entries, rank_reuse_index, save_id
-from ..dcp.repos import RepoLike, open_repository, repo_url
+from ..checkpoint_writer import CheckpointWriterSettings
+from ..dcp.repos import RepoLike, repo_url
 from ..dcp.writer import SavePlanData
 from ..tensors import dtype_name, tensor_bytes
 from .layout import (
@@ -93,7 +93,7 @@ def item_path(item: Any) -> str:
     return tensor_item_path(item.index.fqn, item.index.offset)
 
 
-class Writer(StorageWriter):
+class Writer(CheckpointWriterSettings, StorageWriter):
     """Save hyper_parallel checkpoints as incremental, deduplicated, atomically committed snapshots.
 
     ``save(state_dict, storage_writer=Writer("s3://bucket/prefix", stream="run-1"))`` commits
@@ -129,36 +129,19 @@ class Writer(StorageWriter):
         part: str | None = None,
     ) -> None:
         super().__init__()
-        self.stage = stage
-        self.part = stage_part_name(stage, part, stream, "tqsnap.hyper_parallel.Writer")
-        #: The staged part of the last save (coordinator rank, with ``stage``); None elsewhere.
-        self.staged: StagedPart | None = None
-        self.url = url
-        self.stream = validate_name(stream)
-        self.storage_options = dict(storage_options or {})
-        self.options = options or PackOptions()
-        self.metadata = dict(metadata or {})
-        self.parent = parent
-        self.create = create
-        self.is_coordinator = False
-        self.rank: int | None = None
-        #: The snapshot the last save committed (on the coordinator only).
-        self.last_snapshot: SnapshotInfo | None = None
-        self._repo: Repository | None = url if isinstance(url, Repository) else None
+        self._settle(
+            url,
+            stream,
+            storage_options=storage_options,
+            options=options,
+            metadata=metadata,
+            parent=parent,
+            create=create,
+            stage=stage,
+            part=part,
+            caller="tqsnap.hyper_parallel.Writer",
+        )
         self._begun: SnapshotWriter | PartStager | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """async_save ships the writer to a persist process: connections stay behind."""
-        state = self.__dict__.copy()
-        if isinstance(self.url, str):
-            state["_repo"] = None
-        state["_begun"] = None
-        return state
-
-    @property
-    def checkpoint_id(self) -> str:
-        """``<url>#<stream>``: where the next save goes."""
-        return str(CheckpointRef(repo_url(self.url), self.stream, None))
 
     @property
     def last_checkpoint_id(self) -> str | None:
@@ -290,11 +273,6 @@ class Writer(StorageWriter):
         )
 
     # --- helpers -----------------------------------------------------------------------------
-
-    def _repository(self) -> Repository:
-        if self._repo is None:
-            self._repo = open_repository(self.url, self.storage_options, create=self.create)
-        return self._repo
 
     def _begin(self) -> SnapshotWriter | PartStager:
         """Begin this save (coordinator), or on a rank without the coordinator's word, find its parent."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MissingShardError
-from ..format.body_columnar_read import items_by_path
-from ..format.manifest import Item, Manifest, ShardRef, decode_body
+from ..format.body_columnar_read import decode_any_body, items_by_path
+from ..format.manifest import Item, Manifest, ShardRef
 from ..store.base import ObjectStore
 from ..store.buffers import writable_buffer
 from .shards import Shards
@@ -105,9 +105,7 @@ def load_body(shards: Shards | ObjectStore, manifest: Manifest) -> Manifest:
         shards = shards if isinstance(shards, Shards) else Shards(shards)
         ref = manifest.shards[manifest.body_shard]
         data = shards.get(ref, snapshot=str(manifest.id))
-        manifest.items, manifest.extra = decode_body(  # type: ignore[assignment]
-            data if manifest.body_format else bytes(data), ref.key, manifest.body_format
-        )
+        manifest.items, manifest.extra = decode_any_body(data, ref.key, manifest.body_format)  # type: ignore[assignment]
         manifest.validate(str(manifest.id))
     return manifest
 

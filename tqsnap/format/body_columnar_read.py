@@ -32,7 +32,7 @@ from .body_columnar import (
     MAX_EXTENT_LENGTH,
     MAX_HEADER_BYTES,
 )
-from .manifest import MAX_DIMS, Extent, Item
+from .manifest import MAX_DIMS, Extent, Item, decode_body
 from .strict import MAX_BYTES, MAX_EXTENTS
 
 #: Paths are at most 4096 characters, so at most 4 x 4096 UTF-8 bytes.
@@ -332,6 +332,16 @@ def _check_paths(items: ColumnarItems, c: dict[str, np.ndarray], n: int) -> None
             what = "lists item {!r:.200} twice" if here == prev else "'path_sort' is not in path order at {!r:.200}"
             raise _fail(key, what.format(here.decode("utf-8", "replace")))
         prev = here
+
+
+def decode_any_body(data: bytes | memoryview, key: str, body_format: str | None) -> tuple[Sequence[Item], dict[str, Any]]:
+    """A body shard's items and ``extra``: JSON (``body_format`` None), or ``columnar/1`` as a
+    lazy sequence whose columns were all checked here (the manifest's ``validate`` then checks
+    its extents against the shard table)."""
+    if body_format == BODY_FORMAT:
+        items = ColumnarItems(data, key)
+        return items, items.extra
+    return decode_body(bytes(data), key)
 
 
 def items_by_path(items: Sequence[Item]) -> Mapping[str, Item]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ManifestError, UnsupportedFormatError
 from . import strict, typed_json
+from .body_columnar import MAX_COLUMNAR_BODY_BYTES
 from .keys import parse_shard_key, validate_name
 from .shard import CODECS
 from .strict import MAX_BYTES, MAX_EXTENTS, MAX_ITEMS, MAX_SEQ, MAX_SHARDS
@@ -328,9 +328,6 @@ class Manifest:
 
     def validate(self, key: str) -> None:
         """Check internal references so a reader never indexes out of range."""
-        from .body_columnar import MAX_COLUMNAR_BODY_BYTES
-        from .body_columnar_read import ColumnarItems
-
         n = len(self.shards)
         if self.body_shard is not None and not 0 <= self.body_shard < n:
             raise ManifestError(f"manifest {key!r}: body_shard {self.body_shard} out of range")
@@ -340,8 +337,9 @@ class Manifest:
                 f"manifest {key!r}: its body shard declares {self.shards[self.body_shard].size} bytes, "
                 f"more than the {limit}-byte limit for a body"
             )
-        if isinstance(self.items, ColumnarItems):  # every other rule held when it was decoded
-            self.items.check_shards([ref.size for ref in self.shards], key)
+        check_shards = getattr(self.items, "check_shards", None)
+        if check_shards is not None:  # a columnar body (body_columnar_read): the rest held at decoding
+            check_shards([ref.size for ref in self.shards], key)
             return
         if len(self.items) > MAX_ITEMS:
             raise ManifestError(f"manifest {key!r} lists {len(self.items)} items, more than {MAX_ITEMS}")
@@ -370,18 +368,11 @@ def encode_body(items: list[Item], extra: dict[str, Any]) -> bytes:
     return typed_json.portable_dumps(body, "a snapshot body")
 
 
-def decode_body(data: bytes, key: str, body_format: str | None = None) -> tuple[Sequence[Item], dict[str, Any]]:
-    """Parse a body shard strictly (the same rules and limits as a manifest's inline body).
+def decode_body(data: bytes, key: str) -> tuple[list[Item], dict[str, Any]]:
+    """Parse a JSON body shard strictly (the same rules and limits as a manifest's inline body).
 
-    A ``columnar/1`` body (the manifest's ``body_format``) comes back as a lazy sequence whose
-    columns were all checked here; the manifest's ``validate`` then checks its extents against
-    the shard table.
+    A columnar body is :func:`.body_columnar_read.decode_any_body`'s.
     """
-    if body_format == COLUMNAR_BODY:
-        from .body_columnar_read import ColumnarItems
-
-        items = ColumnarItems(data, key)
-        return items, items.extra
     what = "body shard"
     doc = strict.obj(strict.load_json(data, key, what, max_bytes=strict.MAX_BODY_BYTES), key, what)
     items = [Item.from_json(i, key, what) for i in strict.array(doc, "items", key, what, max_len=MAX_ITEMS)]

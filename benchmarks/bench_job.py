@@ -14,7 +14,7 @@ interleaved round by round, it measures:
   the same trainer state to the same store (``FileSystemWriter`` on disk, ``tqsnap.dcp.Writer``
   on S3) and ``tqsnap.dcp.Writer`` on disk;
 - the stall of an asynchronous job snapshot: the loop waits for ``tqsnap.job.begin``, the
-  queue's capture (``tqsnap.tq.stage_async``, overlapped with the trainer's staging copy),
+  queue's capture (``tqsnap.tq.capture(wait=False)``, overlapped with the trainer's staging copy),
   ``dcp.async_save``'s staging copy, the loop state's copy and ``commit_async``; the uploads
   and the commit run in the background (also timed, until the commit lands). The loop keeps its
   repository and TransferQueue handles open across snapshots, as a training job does;
@@ -152,10 +152,10 @@ def job_snapshot_async(store: Store, stream: str, trainer: Trainer, loop: dict[s
     """One asynchronous job snapshot: the stall (until the loop may go on) and the time to commit."""
     t0 = time.perf_counter()
     job = tqsnap.job.begin(store.repo, stream=stream)
-    queue = tqsnap.tq.stage_async(job, part="queue", system=store.system, wait_capture=False)
+    queue = tqsnap.tq.capture(job, part="queue", system=store.system, wait=False)  # sent, not waited for
     writer = tqsnap.dcp.Writer(store.repo, stream=stream, stage=job.token, part="trainer")
     saving = dcp.async_save(trainer.state(), storage_writer=writer)
-    queue.captured.result()  # the queue's capture ran beside the trainer's staging copy
+    queue.wait()  # the queue's capture ran in its actors beside the trainer's staging copy
     job.add_async("trainer", saving, writer=writer)
     job.add_async("queue", queue)
     job.add_async("loop", loop)

@@ -116,7 +116,9 @@ def test_an_async_job_past_the_deadline_refuses_from_the_future(tmp_path):
     url = str(tmp_path / "repo")
     tqsnap.init_repo(url, grace=2.5, max_write_duration=1.0)
     job = tqsnap.job.begin(url, stream="late")
-    job.add_async("loop", loop_state(1)).result(timeout=60)  # J1: the clock runs from this stage
+    pending = job.add_async("loop", loop_state(1))
+    assert not pending.done()  # its upload starts with the commit (or wait_parts)
+    job.wait_parts()  # J1: the clock runs from this stage
     time.sleep(1.3)
     with pytest.raises(JobDeadlineExceededError, match="part 'loop' was staged"):
         job.commit_async().result(timeout=60)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -39,7 +39,7 @@ from ..errors import JobError, JobPartError
 from ..format.job import validate_part_name
 from ..format.manifest import SnapshotId
 from .api import RepoLike, open_repo
-from .background import in_background
+from .background import PendingPart, in_background
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class JobSnapshot:
         self.options = options
         self._parts: dict[str, StagedPart] = {}
         self._pending: dict[str, Future[StagedPart]] = {}
+        #: add_async parts whose upload starts with the commit: name -> (start, what was added).
+        self._deferred: dict[str, tuple[Callable[[], StagedPart], Any]] = {}
         self._repo: Repository | None = url if isinstance(url, Repository) else None
         self.state = "open"
         #: The committed snapshot, once :meth:`commit` returned.
@@ -155,31 +157,46 @@ class JobSnapshot:
           was given (built with ``stage=job.token``; the coordinator rank's): the part is
           ``writer.staged`` once the save is done. ``dcp.async_save`` made the staging copy
           before it returned;
-        - a state (dict of tensors, numbers, ...): it is encoded and its bytes copied now,
-          then uploaded on a thread.
+        - a :class:`~tqsnap.tq.QueueCapture` (``tqsnap.tq.capture(job)``): the queue as captured;
+        - a state (dict of tensors, numbers, ...): it is encoded and its bytes copied now.
 
+        The last three are uploaded on threads that start with :meth:`commit_async` (or
+        :meth:`wait_parts`), so the step boundary is not slowed by uploads running beside it.
         Returns the part's future. A part that fails makes :meth:`commit` and
         :meth:`commit_async` raise :class:`~tqsnap.errors.JobPartError` with nothing committed.
         """
         self._check_open(f"add part {name!r}")
         self._check_new(name)
+        start: Callable[[], StagedPart] | None = None
         if writer is not None:
             if not isinstance(part, Future) and not hasattr(part, "upload_completion"):
                 raise JobError(f"part {name!r}: writer= goes with the future dcp.async_save returned")
-            fut = in_background(lambda: _dcp_staged(name, part, writer), name=f"tqsnap-job-{name}")
+            start = functools.partial(_dcp_staged, name, part, writer)
         elif isinstance(part, Future):
-            fut = part
+            self._pending[name] = part
+            return part
         elif isinstance(part, StagedPart):
-            fut = Future()
-            fut.set_result(part)
+            done: Future[StagedPart] = Future()
+            done.set_result(part)
+            self._pending[name] = done
+            return done
+        elif callable(getattr(part, "upload", None)):  # a tqsnap.tq.capture(...)
+            start = part.upload
         else:
             captured = capture_state(part, allow_pickle=allow_pickle)  # the copy, at the step boundary
-            repo, token, options = self.repository(), self._token, self.options
-            fut = in_background(
-                lambda: stage_captured(repo, token, name, captured, options=options), name=f"tqsnap-job-{name}"
-            )
-        self._pending[name] = fut
-        return fut
+            start = functools.partial(stage_captured, self.repository(), self._token, name, captured, options=self.options)
+        # Uploads start with the commit (commit_async, wait_parts), not here: until then the
+        # loop's own work at the step boundary has the interpreter to itself.
+        placeholder: Future[StagedPart] = PendingPart(name)
+        self._deferred[name] = (start, part)
+        self._pending[name] = placeholder
+        return placeholder
+
+    def _start_deferred(self) -> None:
+        """Start the uploads :meth:`add_async` deferred, each on a thread of its own."""
+        deferred, self._deferred = self._deferred, {}
+        for name, (start, _) in deferred.items():
+            in_background(start, self._pending[name], name=f"tqsnap-job-{name}")
 
     def wait_parts(self, timeout: float | None = None) -> Mapping[str, StagedPart]:
         """Wait until every part added with :meth:`add_async` is staged; returns all parts.
@@ -187,6 +204,7 @@ class JobSnapshot:
         If one failed, the job is ``failed`` and this raises
         :class:`~tqsnap.errors.JobPartError` (after every part ended): nothing can be committed.
         """
+        self._start_deferred()
         failures: list[tuple[str, BaseException]] = []
         for name, fut in sorted(self._pending.items()):
             try:
@@ -230,6 +248,7 @@ class JobSnapshot:
         """
         self._check_open("commit")
         self.state = "committing"
+        self._start_deferred()
         return in_background(lambda: self._commit(metadata, background=True), name=f"tqsnap-job-commit-{self.job_id[:8]}")
 
     def _commit(self, metadata: dict[str, Any] | None, *, background: bool = False) -> SnapshotInfo:
@@ -246,6 +265,10 @@ class JobSnapshot:
     def abort(self) -> None:
         """Give the job up: nothing is committed; its staged shards are gc's after the grace period."""
         if self.state == "open":
+            for _, added in self._deferred.values():
+                if callable(getattr(added, "discard", None)):
+                    added.discard()  # a queue capture: its actors forget the copies
+            self._deferred.clear()
             log.info("job %s of %s aborted with parts %s", self.job_id, self.stream, sorted(self._parts))
             self.state = "aborted"
 

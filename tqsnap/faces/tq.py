@@ -20,7 +20,7 @@ from ..adapters.transferqueue import (
     restore_system,
     snapshot_system,
 )
-from ..adapters.transferqueue.stage_capture import QueueCapture, capture_system
+from ..adapters.transferqueue.stage_capture import QueueCapture, start_capture
 from ..engine import PackOptions, Repository
 from ..engine.job import JobToken, StagedPart
 from .api import RepoLike, open_repo
@@ -100,6 +100,7 @@ def capture(
     system: TransferQueueSystem | None = None,
     options: PackOptions | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    wait: bool = True,
 ) -> QueueCapture:
     """Freeze the attached TransferQueue for part ``part`` of a job; ``.upload()`` stages it later.
 
@@ -109,6 +110,9 @@ def capture(
     thread, and returns the :class:`StagedPart`: what the queue held at the capture, whatever
     happened to it since. ``job`` is a :class:`tqsnap.job.JobSnapshot`, or its ``token`` with ``url``.
     Pass ``system`` (``TransferQueueSystem.attached()``, kept) to skip looking the units up.
+    ``wait=False`` returns as soon as the capture is sent: do other work (the trainer's staging
+    copy), then call ``.wait()`` before the loop changes the queue. ``job.add_async(part, capture)``
+    uploads it with the job's commit.
     """
     if isinstance(job, str | JobToken):
         if url is None:
@@ -117,7 +121,7 @@ def capture(
         token = JobToken.decode(job)
     else:
         repo, token = job.repository(), JobToken.decode(job.token)
-    return capture_system(
+    started = start_capture(
         system or TransferQueueSystem.attached(),
         repo,
         token,
@@ -126,6 +130,7 @@ def capture(
         options=options,
         block_size=block_size,
     )
+    return started.wait() if wait else started
 
 
 def stage(
@@ -179,18 +184,21 @@ def stage_async(
     """
     pending = PendingPart(part)
 
+    started = capture(
+        job,
+        part=part,
+        url=url,
+        storage_options=storage_options,
+        allow_pickle=allow_pickle,
+        system=system,
+        options=options,
+        block_size=block_size,
+        wait=False,
+    )
+
     def run() -> StagedPart:
         try:
-            cap = capture(
-                job,
-                part=part,
-                url=url,
-                storage_options=storage_options,
-                allow_pickle=allow_pickle,
-                system=system,
-                options=options,
-                block_size=block_size,
-            )
+            cap = started.wait()
         except BaseException as exc:
             pending.captured.set_exception(exc)
             raise

@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ...engine import PackOptions, Repository
 from ...engine.job import JobToken, PartStager, StagedPart
@@ -50,9 +51,27 @@ class QueueCapture:
     allow_pickle: bool
     block_size: int
     _state: str = field(default="captured", repr=False)
+    _refs: list[Any] = field(default_factory=list, repr=False)
+    _t0: float = field(default=0.0, repr=False)
+
+    def wait(self) -> QueueCapture:
+        """Wait until the controller and every unit hold their copies (raises if one failed)."""
+        if self._state != "capturing":
+            return self
+        try:
+            stalls = self.system.collect(self._refs)
+        except BaseException:
+            self._state = "failed"
+            self.discard()
+            raise
+        self.controller_stall_s, self.unit_stall_s = stalls[0], list(stalls[1:])
+        self.capture_s = time.monotonic() - self._t0
+        self._state, self._refs = "captured", []
+        return self
 
     def upload(self) -> StagedPart:
         """Pack and upload the captured copies; the part's description, nothing committed."""
+        self.wait()
         if self._state != "captured":
             raise JobError(f"capture {self.capture_id} of part {self.part!r} was already {self._state}")
         self._state = "uploading"
@@ -94,6 +113,48 @@ class QueueCapture:
             self._state = "discarded"
 
 
+def start_capture(
+    system: TransferQueueSystem,
+    repo: Repository,
+    token: JobToken | str,
+    part: str = "queue",
+    *,
+    allow_pickle: bool = False,
+    options: PackOptions | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> QueueCapture:
+    """Start freezing ``system`` for part ``part``; :meth:`QueueCapture.wait` for the copies.
+
+    Returns at once: the controller's capture and every unit's are sent together, the units'
+    with the controller's result as an argument, so Ray runs them only after the controller's
+    copy is taken (no round trip through this process between the two). The caller can do
+    other work meanwhile (the trainer's own staging copy) and wait afterwards.
+    """
+    _check_args(repo, block_size)
+    token = JobToken.decode(token)
+    validate_part_name(part)
+    t0 = time.monotonic()
+    capture_id = f"{token.job_id}.{part}.{secrets.token_hex(4)}"
+    controller_ref = system.start_controller(capture_held, capture_id)
+    unit_refs = system.start_units(capture_unit, [(capture_id, controller_ref)] * system.n_units)
+    return QueueCapture(
+        system,
+        repo,
+        token,
+        part,
+        capture_id,
+        0.0,
+        [],
+        0.0,
+        options or TQ_PACK_OPTIONS,
+        allow_pickle,
+        block_size,
+        _state="capturing",
+        _refs=[controller_ref, *unit_refs],
+        _t0=t0,
+    )
+
+
 def capture_system(
     system: TransferQueueSystem,
     repo: Repository,
@@ -105,30 +166,9 @@ def capture_system(
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> QueueCapture:
     """Freeze ``system`` for part ``part`` of a job: the controller's copy, then every unit's."""
-    _check_args(repo, block_size)
-    token = JobToken.decode(token)
-    validate_part_name(part)
-    t0 = time.monotonic()
-    capture_id = f"{token.job_id}.{part}.{secrets.token_hex(4)}"
-    controller_stall = system.call_controller(capture_held, capture_id)
-    try:
-        unit_stalls = system.call_units(capture_unit, [(capture_id,)] * system.n_units)
-    except BaseException:
-        system.call_controller(drop_held, capture_id)
-        raise
-    return QueueCapture(
-        system,
-        repo,
-        token,
-        part,
-        capture_id,
-        controller_stall,
-        list(unit_stalls),
-        time.monotonic() - t0,
-        options or TQ_PACK_OPTIONS,
-        allow_pickle,
-        block_size,
-    )
+    return start_capture(
+        system, repo, token, part, allow_pickle=allow_pickle, options=options, block_size=block_size
+    ).wait()
 
 
 def stage_system(

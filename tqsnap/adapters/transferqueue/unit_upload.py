@@ -28,7 +28,7 @@ from .blocks import EncodedBlock, encode_block
 from .guard import between_requests
 from .held import drop, hold, take
 from .layout import data_path, encode_runs
-from .system import in_actor
+from .system import RemoteError, in_actor
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,15 @@ def snapshot_unit(self: Any, job: UnitJob, reuse: dict[str, ShardRef]) -> UnitRe
 
 
 @in_actor
-def capture_unit(self: Any, capture_id: str) -> float:
-    """The capture of an asynchronous stage: the pointer copy, kept here; returns the stall."""
+def capture_unit(self: Any, capture_id: str, after: Any = None) -> Any:
+    """The capture of an asynchronous stage: the pointer copy, kept here; returns the stall.
+
+    ``after`` is the controller's capture result: passed as a Ray object reference, it makes
+    Ray start this call only once the controller's copy is taken (the order of :mod:`.snapshot`)
+    without a round trip through the caller. If the controller's capture failed, nothing is copied.
+    """
+    if isinstance(after, RemoteError):
+        return after
     snap, stall = copy_field_data(self.storage_data)
     hold(self, capture_id, (snap, stall))
     return stall

@@ -246,11 +246,24 @@ def orchestrate(a: argparse.Namespace) -> list[dict[str, Any]]:
                     ]
                     k += 1
                     out = sim.run_on("client", argv, timeout=a.timeout, log_name=f"bench-{method}-{direction}.log")
-                    row = json.loads(out.strip().splitlines()[-1])
+                    row = _result_line(out)
                     row["load_avg_1m"] = round(os.getloadavg()[0], 1)  # other work on the machine
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     return rows
+
+
+def _result_line(output: str) -> dict[str, Any]:
+    """The measurement's JSON row: the last line that is one (a library may warn after it)."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "method" in row:
+                return row
+    raise RuntimeError(f"the measurement printed no result row: {output[-2000:]}")
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -248,7 +248,7 @@ class JobSnapshot:
         """
         self._check_open("commit")
         self.state = "committing"
-        self._start_deferred()
+        # One thread here (the step boundary pays for one start); it starts the uploads.
         return in_background(lambda: self._commit(metadata, background=True), name=f"tqsnap-job-commit-{self.job_id[:8]}")
 
     def _commit(self, metadata: dict[str, Any] | None, *, background: bool = False) -> SnapshotInfo:

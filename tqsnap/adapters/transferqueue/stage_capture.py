@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine import PackOptions, Repository
 from ...engine.job import JobToken, PartStager, StagedPart
-from ...errors import JobError
+from ...errors import JobError, TqsnapError
 from ...format.job import validate_part_name
 from .controller_capture import capture_held, drop_held, encode_held
 from .layout import DEFAULT_BLOCK_SIZE, KIND
@@ -53,12 +54,21 @@ class QueueCapture:
     _state: str = field(default="captured", repr=False)
     _refs: list[Any] = field(default_factory=list, repr=False)
     _t0: float = field(default=0.0, repr=False)
+    _sender: threading.Thread | None = field(default=None, repr=False)
 
     def wait(self) -> QueueCapture:
         """Wait until the controller and every unit hold their copies (raises if one failed)."""
         if self._state != "capturing":
             return self
+        if self._sender is not None:
+            self._sender.join()
+            self._sender = None
         try:
+            failed = [r for r in self._refs if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+            if len(self._refs) != 1 + self.system.n_units:
+                raise TqsnapError(f"capture {self.capture_id} of part {self.part!r} was not sent to the queue's actors")
             stalls = self.system.collect(self._refs)
         except BaseException:
             self._state = "failed"
@@ -135,8 +145,20 @@ def start_capture(
     validate_part_name(part)
     t0 = time.monotonic()
     capture_id = f"{token.job_id}.{part}.{secrets.token_hex(4)}"
-    controller_ref = system.start_controller(capture_held, capture_id)
-    unit_refs = system.start_units(capture_unit, [(capture_id, controller_ref)] * system.n_units)
+    refs: list[Any] = []
+
+    def send() -> None:
+        try:
+            controller_ref = system.start_controller(capture_held, capture_id)
+            refs.append(controller_ref)
+            refs.extend(system.start_units(capture_unit, [(capture_id, controller_ref)] * system.n_units))
+        except BaseException as exc:  # noqa: BLE001 - raised by wait(), in the caller's thread
+            refs.append(exc)
+
+    # Submitting a Ray call costs a millisecond or more on a busy host; the calls go out from a
+    # thread so that the caller's own staging copy runs meanwhile. wait() joins it first.
+    sender = threading.Thread(target=send, name=f"tqsnap-capture-{part}")
+    sender.start()
     return QueueCapture(
         system,
         repo,
@@ -150,8 +172,9 @@ def start_capture(
         allow_pickle,
         block_size,
         _state="capturing",
-        _refs=[controller_ref, *unit_refs],
+        _refs=refs,
         _t0=t0,
+        _sender=sender,
     )
 
 

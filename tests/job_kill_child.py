@@ -2,7 +2,8 @@
 
 ``python job_kill_child.py URL STREAM STOP``: begins a job of STREAM, stages part ``loop``,
 then part ``opt``, then commits. At STOP (``between``: after ``loop``; ``before_commit``: after
-both) it prints ``STAGED <parts>`` and sleeps until the test SIGKILLs it.
+both; ``async``: after both were staged in the background by ``add_async``) it prints
+``STAGED <parts>`` and sleeps until the test SIGKILLs it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ def state(stream: str, part: str) -> dict[str, object]:
 
 def main(url: str, stream: str, stop: str) -> None:
     job = tqsnap.job.begin(url, stream=stream)
+    if stop == "async":  # both parts staged in the background, the commit not yet begun
+        job.add_async("loop", state(stream, "loop"))
+        job.add_async("opt", state(stream, "opt"))
+        job.wait_parts()
+        print("STAGED loop,opt", flush=True)
+        time.sleep(120)
     job.add("loop", state(stream, "loop"))
     if stop == "between":
         print("STAGED loop", flush=True)

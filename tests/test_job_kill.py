@@ -81,7 +81,7 @@ def _kill_driver_at(url: str, stream: str, stop: str) -> str:
     return line.strip()
 
 
-@pytest.mark.parametrize("stop", ["between", "before_commit"])
+@pytest.mark.parametrize("stop", ["between", "before_commit", "async"])
 def test_a_driver_killed_between_stages_or_before_the_commit_leaves_nothing_visible(tmp_path, stop):
     url = str(tmp_path / "repo")
     first = tqsnap.job.begin(url, stream="run")
@@ -90,7 +90,7 @@ def test_a_driver_killed_between_stages_or_before_the_commit_leaves_nothing_visi
 
     said = _kill_driver_at(url, "run", stop)
 
-    assert said == {"between": "STAGED loop", "before_commit": "STAGED loop,opt"}[stop]
+    assert said == {"between": "STAGED loop", "before_commit": "STAGED loop,opt", "async": "STAGED loop,opt"}[stop]
     _after_the_kill(url, "run", [1])
 
 

@@ -160,8 +160,9 @@ class JobSnapshot:
         - a :class:`~tqsnap.tq.QueueCapture` (``tqsnap.tq.capture(job)``): the queue as captured;
         - a state (dict of tensors, numbers, ...): it is encoded and its bytes copied now.
 
-        The last three are uploaded on threads that start with :meth:`commit_async` (or
-        :meth:`wait_parts`), so the step boundary is not slowed by uploads running beside it.
+        A capture's and a state's uploads (and the wait for a DCP save, whose upload runs on
+        DCP's thread) start with :meth:`commit_async` (or :meth:`wait_parts`), on threads of
+        their own, so the step boundary is not slowed by uploads running beside it.
         Returns the part's future. A part that fails makes :meth:`commit` and
         :meth:`commit_async` raise :class:`~tqsnap.errors.JobPartError` with nothing committed.
         """

@@ -275,3 +275,16 @@ def test_snapshots_below_the_threshold_keep_the_json_body(tmp_path: Path) -> Non
     tqsnap.save(url, many_items_state(), stream="s")
     doc = json.loads(open_store(url).get("snapshots/s/00000000000000000001.json"))
     assert doc["format_version"] == "1.2" and "body_format" not in doc
+
+
+def test_a_manifest_longer_than_readers_accept_is_never_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen at 5M items and 1.25M shards: the shard table made a manifest readers refuse."""
+    import tqsnap.format.strict as strict_mod
+
+    url = str(tmp_path / "repo")
+    monkeypatch.setattr(strict_mod, "MAX_MANIFEST_BYTES", 600)
+    with pytest.raises(FormatError, match="larger chunks"):
+        tqsnap.save(url, {f"w{i}": torch.full((300_000,), float(i)) for i in range(4)}, stream="s")
+    assert [info.key for info in open_store(url).list("snapshots/")] == []

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ManifestError, UnsupportedFormatError
+from ..errors import FormatError, ManifestError, UnsupportedFormatError
 from . import strict, typed_json
 from .body_columnar import MAX_COLUMNAR_BODY_BYTES
 from .keys import parse_shard_key, validate_name
@@ -271,9 +271,17 @@ class Manifest:
         return d
 
     def encode(self) -> bytes:
-        """Compact UTF-8 JSON; refuses what a parser in another language would misread (typed_json)."""
+        """Compact UTF-8 JSON; refuses what a parser in another language would misread (typed_json),
+        and a manifest longer than readers accept (``FormatError``): committed, it could never be read."""
         typed_json.check_plain_json(self.metadata, f"the metadata of snapshot {self.stream}@{self.seq}")
-        return typed_json.portable_dumps(self.to_json(), f"snapshot {self.stream}@{self.seq}")
+        data = typed_json.portable_dumps(self.to_json(), f"snapshot {self.stream}@{self.seq}")
+        if len(data) > strict.MAX_MANIFEST_BYTES:
+            raise FormatError(
+                f"snapshot {self.stream}@{self.seq}: its manifest would be {len(data)} bytes ({len(self.shards)} "
+                f"shards), more than the {strict.MAX_MANIFEST_BYTES}-byte limit readers accept; nothing was "
+                "committed. Save with larger chunks (PackOptions.chunk_size) so that fewer shards are needed"
+            )
+        return data
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> Manifest:

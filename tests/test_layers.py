@@ -193,10 +193,11 @@ def test_the_import_reader_sees_lazy_and_relative_imports() -> None:
 
 
 def test_importing_tqsnap_or_its_command_loads_neither_torch_nor_ray() -> None:
-    """``import tqsnap`` and ``tqsnap --help`` stay fast: the heavy adapters load on first use."""
+    """``import tqsnap`` and ``tqsnap --help`` stay fast: the heavy adapters load on first use,
+    and numpy only when a columnar manifest body is read or written."""
     code = (
         "import sys, tqsnap, tqsnap.faces.cli, tqsnap.faces.scheduler; "
-        "print(sorted(m for m in ('torch', 'ray', 'transfer_queue') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'ray', 'transfer_queue', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

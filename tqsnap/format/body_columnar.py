@@ -17,12 +17,13 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
 from . import typed_json
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: First bytes of a columnar body shard: a JSON body starts with ``{`` and never with these.
 MAGIC = b"TQSNCOL1"
@@ -77,6 +78,7 @@ COLUMNS: tuple[Column, ...] = (
 
 
 def _offsets(lengths: Sequence[int], what: str) -> np.ndarray:
+    import numpy as np  # imported on first use: `import tqsnap` stays light
     out = np.zeros(len(lengths) + 1, dtype=np.uint64)
     np.cumsum(np.asarray(lengths, dtype=np.uint64), out=out[1:])
     if out[-1] > 0xFFFFFFFF:
@@ -85,6 +87,7 @@ def _offsets(lengths: Sequence[int], what: str) -> np.ndarray:
 
 
 def _dictionary(values: list[Any], what: str) -> tuple[list[Any], np.ndarray]:
+    import numpy as np
     table = list(dict.fromkeys(values))
     if len(table) > MAX_DICTIONARY:
         raise FormatError(f"a columnar body holds {len(table)} distinct {what} values, more than {MAX_DICTIONARY}")
@@ -115,6 +118,7 @@ def encode_columnar(items: Sequence[Any], extra: dict[str, Any], where: str = "a
 
 def build_columns(items: Sequence[Any], extra: dict[str, Any], where: str = "a snapshot body") -> Columns:
     """The columns of ``items`` (see :func:`encode_columnar`), before :func:`assemble` lays them out."""
+    import numpy as np
     n = len(items)
     if n > MAX_COLUMNAR_ITEMS:
         raise FormatError(f"{where} has {n} items, more than the {MAX_COLUMNAR_ITEMS} a columnar body holds")

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, overload
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import ManifestError
 from . import strict
@@ -34,6 +32,9 @@ from .body_columnar import (
 )
 from .manifest import MAX_DIMS, Extent, Item, decode_body
 from .strict import MAX_BYTES, MAX_EXTENTS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Paths are at most 4096 characters, so at most 4 x 4096 UTF-8 bytes.
 MAX_PATH_CHARS = 4096
@@ -162,6 +163,7 @@ class ColumnarItems(Sequence[Item]):
 
     def check_shards(self, shard_sizes: Sequence[int], key: str) -> None:
         """Refuse an extent that names no shard of the manifest or reaches past its shard's end."""
+        import numpy as np  # imported on first use: `import tqsnap` stays light
         c = self._c
         shard, offset, length = c["extent_shard"], c["extent_offset"], c["extent_length"]
         if not shard.size:
@@ -213,6 +215,7 @@ def _fail(key: str, why: str) -> ManifestError:
 
 def _columns(data: bytes, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The header, checked, and a zero-copy numpy view of each column, each checked in length."""
+    import numpy as np
     size = len(data)
     if size < len(MAGIC) + 4 or data[: len(MAGIC)] != MAGIC:
         raise _fail(key, f"it does not start with {MAGIC!r}")
@@ -263,12 +266,14 @@ def _columns(data: bytes, key: str) -> tuple[dict[str, np.ndarray], dict[str, An
 
 
 def _check_offsets(o: np.ndarray, name: str, key: str) -> None:
+    import numpy as np
     if int(o[0]) != 0 or bool(np.any(o[1:] < o[:-1])):
         raise _fail(key, f"column {name!r} does not start at 0 and never decrease")
 
 
 def _check_rows(items: ColumnarItems, c: dict[str, np.ndarray], n: int) -> dict[int, dict[str, Any]]:
     """Every per-row rule, vectorised; returns the parsed ``meta`` of the rows that have one."""
+    import numpy as np
     key = items.key
     _check_paths(items, c, n)  # first: later messages name items by path
     if int(c["extent_offsets"][-1]) != c["extent_shard"].size or int(c["shape_offsets"][-1]) != c["shape_dims"].size:
@@ -309,6 +314,7 @@ def _check_rows(items: ColumnarItems, c: dict[str, np.ndarray], n: int) -> dict[
 
 def _check_paths(items: ColumnarItems, c: dict[str, np.ndarray], n: int) -> None:
     """Paths: UTF-8 cut at character boundaries, at most 4096 characters, unique and sorted."""
+    import numpy as np
     key, data = items.key, c["path_data"]
     o = c["path_offsets"]
     if bool(np.any(data >= 0x80)):  # ASCII needs no decoding; anything else is checked whole

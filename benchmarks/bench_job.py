@@ -304,6 +304,7 @@ def main() -> int:
     for s in stores:
         s.repo, s.system = tqsnap.open_repo(s.url, create=True, storage_options=s.options), system
     step = 0
+    loads = [os.getloadavg()[0]]  # other work on the machine, for the record
     for round_ in range(args.repeat):
         for store in stores:
             r = rows[store.name]
@@ -354,7 +355,9 @@ def main() -> int:
             for name, fn in resumes if round_ % 2 == 0 else resumes[::-1]:  # alternate who goes first
                 r.setdefault(name, []).append(fn())
             print(f"round {round_ + 1}/{args.repeat} on {store.name} done", flush=True)
+    loads.append(os.getloadavg()[0])
     text = render(args, trainer, rows, incremental, unit_stall, unit_stall_async)
+    text += f"\n\n1-minute load average of the machine: {loads[0]:.1f} when the rounds began, {loads[1]:.1f} at the end."
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -148,12 +148,24 @@ def job_snapshot(store: Store, stream: str, trainer: Trainer, loop: dict[str, An
     return {"stall": stall, "parts": parts, "seq": info.seq}
 
 
-def job_snapshot_async(store: Store, stream: str, trainer: Trainer, loop: dict[str, Any]) -> dict[str, Any]:
-    """One asynchronous job snapshot: the stall (until the loop may go on) and the time to commit."""
+def job_snapshot_async(
+    store: Store, stream: str, trainer: Trainer, loop: dict[str, Any], *, begin_ahead: bool = False
+) -> dict[str, Any]:
+    """One asynchronous job snapshot: the stall (until the loop may go on) and the time to commit.
+
+    With ``begin_ahead`` the job is begun (its parent resolved) and the trainer's writer made
+    before the step boundary, as a loop does while its step computes; the stall is then the
+    captures and the commit's start only.
+    """
+    if begin_ahead:
+        job = tqsnap.job.begin(store.repo, stream=stream)
+        writer = tqsnap.dcp.Writer(store.repo, stream=stream, stage=job.token, part="trainer")
     t0 = time.perf_counter()
-    job = tqsnap.job.begin(store.repo, stream=stream)
+    if not begin_ahead:
+        job = tqsnap.job.begin(store.repo, stream=stream)
     queue = tqsnap.tq.capture(job, part="queue", system=store.system, wait=False)  # sent, not waited for
-    writer = tqsnap.dcp.Writer(store.repo, stream=stream, stage=job.token, part="trainer")
+    if not begin_ahead:
+        writer = tqsnap.dcp.Writer(store.repo, stream=stream, stage=job.token, part="trainer")
     saving = dcp.async_save(trainer.state(), storage_writer=writer)
     queue.wait()  # the queue's capture ran in its actors beside the trainer's staging copy
     job.add_async("trainer", saving, writer=writer)
@@ -258,6 +270,7 @@ def resume_separate(store: Store, stream: str, trainer: Trainer) -> float:
 
 JOB = "job snapshot (trainer, queue beside it, loop, one commit)"
 JOB_ASYNC = "job snapshot, asynchronous (captures only; uploads and commit in the background)"
+JOB_ASYNC_AHEAD = "job snapshot, asynchronous, begun while the step computes (captures only)"
 JOB_ASYNC_COMMITTED = "(not a stall) asynchronous job snapshot: until its commit lands"
 BESIDE = "separate snapshots, queue beside the trainer"
 RESUME_JOB = "resume: one job snapshot, part by part"
@@ -327,6 +340,8 @@ def main() -> int:
             async_job = job_snapshot_async(store, f"{stream}-async-full", trainer, loop)
             r.setdefault(JOB_ASYNC, []).append(async_job["stall"])
             r.setdefault(JOB_ASYNC_COMMITTED, []).append(async_job["committed"])
+            ahead = job_snapshot_async(store, f"{stream}-async-full", trainer, loop, begin_ahead=True)
+            r.setdefault(JOB_ASYNC_AHEAD, []).append(ahead["stall"])
             r.setdefault(BESIDE, []).append(sep["beside"])
             r.setdefault("separate snapshots, one after another", []).append(
                 sep["trainer"] + sep["queue"] + sep["loop"]
@@ -437,7 +452,9 @@ def render(
             f"- {store}: the asynchronous job snapshot stalls training {job_async:.3f}s: "
             f"{job_async / fastest:.2f}x the fastest separate save ({fastest_name}, {fastest:.3f}s; goal <= 1.10x: "
             f"{'met' if job_async <= 1.1 * fastest else 'NOT met'}); its commit lands {med[JOB_ASYNC_COMMITTED]:.3f}s "
-            f"after the snapshot began. The blocking job snapshot stalls {job:.3f}s ({job / fastest:.2f}x), "
+            f"after the snapshot began. Begun while the step computes, it stalls {med[JOB_ASYNC_AHEAD]:.3f}s "
+            f"({med[JOB_ASYNC_AHEAD] / fastest:.2f}x; goal: {'met' if med[JOB_ASYNC_AHEAD] <= 1.1 * fastest else 'NOT met'}). "
+            f"The blocking job snapshot stalls {job:.3f}s ({job / fastest:.2f}x), "
             f"{job / med[BESIDE]:.2f}x the three separate snapshots taken the same way ({med[BESIDE]:.3f}s). "
             f"Resume {med[RESUME_JOB_CALL]:.3f}s from the job snapshot with tqsnap.job.restore "
             f"({med[RESUME_JOB]:.3f}s part by part) vs {med[RESUME_SEPARATE]:.3f}s from separate ones "

@@ -163,7 +163,7 @@ MANIFEST_CASES: dict[str, Mutation] = {
     "version-space": setting("format_version", " 1.0"),
 }
 
-UNSUPPORTED = {"version-major-2": setting("format_version", "2.0")}
+UNSUPPORTED = {"version-major-3": setting("format_version", "3.0")}
 
 
 def craft(scene: Scene, key: str, mutation: Mutation) -> None:
@@ -177,7 +177,7 @@ def test_a_crafted_manifest_is_refused(scene: Scene, case: str) -> None:
 
 
 def test_a_newer_major_version_is_refused(scene: Scene) -> None:
-    craft(scene, MANIFEST_2, UNSUPPORTED["version-major-2"])
+    craft(scene, MANIFEST_2, UNSUPPORTED["version-major-3"])
     refuses(scene, lambda: Repository.open(scene.url).load_manifest(STREAM, 2), UnsupportedFormatError, MANIFEST_2)
 
 
